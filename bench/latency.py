@@ -1,0 +1,249 @@
+"""Latency and footprint of the runtime against the bare model, measured in the same run.
+
+Builds a store of ``n_edits`` CounterFact edits, then times single-row ``generate``
+(greedy, 16 new tokens) and ``score`` for the unedited model (``use_memory=False``) and for
+the runtime, on edit prompts (an edit is expected to fire) and on locality prompts (nothing
+should fire). Bare and runtime calls alternate query by query, and which goes first
+alternates too, so load from other processes lands on both sides; each ratio is the median
+of per-query runtime/bare ratios. Whether an edit actually fired is read from
+``explain`` after the timing, so the table can also be split by what really happened.
+
+Run as ``recall bench latency [--n-edits 1000] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import resource
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from recall.demo import (
+    load_sample,
+    machine_info,
+    md_table,
+    percentiles_ms,
+    pick_threads,
+    summarize_pairs,
+    time_queries,
+    torch_threads,
+)
+from recall.runtime import Runtime
+
+DEFAULT_DATA = Path("../shared/data/counterfact/easyedit_mend_format/counterfact-edit.json")
+GEN_TOKENS = 16
+
+
+def load_records(data: str | Path | None) -> tuple[list[dict[str, Any]], str]:
+    """CounterFact records (MEND schema) and a label saying where they came from.
+
+    ``data=None`` takes ``DEFAULT_DATA`` relative to the working directory when it exists,
+    else the 200-record sample shipped in recall/data."""
+    if data is None and DEFAULT_DATA.is_file():
+        data = DEFAULT_DATA
+    if data is None:
+        return load_sample(), "recall/data/counterfact_sample.json"
+    records = json.loads(Path(data).read_text(encoding="utf-8"))
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{data}: expected a non-empty JSON list of CounterFact records")
+    return records, str(data)
+
+
+def expand(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` records; when there are fewer, cycle them with renamed subjects
+    ("Danielle Darrieux 2" on the second pass, ...) so that every edit is a distinct fact.
+    The locality prompt is about another subject and is kept as it is."""
+    out = []
+    for i in range(n):
+        r = dict(records[i % len(records)])
+        cycle = i // len(records)
+        if cycle:
+            old, new = r["subject"], f"{r['subject']} {cycle + 1}"
+            swap, literal = re.compile(re.escape(old), re.IGNORECASE), new.replace("\\", "\\\\")
+            for key in ("prompt", "rephrase_prompt"):
+                r[key] = swap.sub(literal, r[key])
+            r["subject"] = new
+        out.append(r)
+    return out
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if os.uname().sysname == "Darwin" else rss * 1024
+
+
+@contextmanager
+def _store_dir(store: str | Path | None) -> Iterator[Path]:
+    if store is not None:
+        yield Path(store)
+        return
+    with tempfile.TemporaryDirectory(prefix="recall-latency-") as tmp:
+        yield Path(tmp) / "store"
+
+
+def run(
+    n_edits: int = 1000,
+    n_queries: int = 30,
+    out: str | Path | None = None,
+    *,
+    data: str | Path | None = None,
+    model: str | Path | None = None,
+    device: str = "auto",
+    store: str | Path | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark, print its table, and (with ``out``) write latency.json/latency.md.
+
+    ``store``: build the store in this (new) directory and keep it; default: a temporary one.
+    ``threads``: torch threads (default: ``recall.demo.pick_threads``, i.e. the idle CPUs)."""
+    t_start = time.perf_counter()
+    source_records, source = load_records(data)
+    records = expand(source_records, n_edits)
+    n_threads = pick_threads(threads)
+    info_start = {**machine_info(), "torch_threads": n_threads}
+
+    with _store_dir(store) as path, torch_threads(n_threads):
+        t0 = time.perf_counter()
+        rt = Runtime.open(path, model=model, device=device)
+        open_s = time.perf_counter() - t0
+        try:
+            result = _measure(rt, records, n_queries, seed)
+            result["store_bytes_open"] = rt.memory.store.disk_bytes()
+        finally:
+            rt.close()
+        # after close the FAISS index file has been written next to LMDB
+        result["store_bytes"] = rt.memory.store.disk_bytes()
+    result.update(
+        n_edits=n_edits,
+        n_queries=n_queries,
+        data=source,
+        data_records=len(source_records),
+        model=rt.spec.model_type,
+        device=str(rt.model.device),
+        gate=rt.memory.gate.kind,
+        injection=rt.injector.mode,
+        open_s=open_s,
+        peak_rss_bytes=peak_rss_bytes(),
+        machine={**info_start, "loadavg_1m_end": os.getloadavg()[0]},
+        wall_s=time.perf_counter() - t_start,
+    )
+    text = report(result)
+    print(text)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "latency.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        (out / "latency.md").write_text(text + "\n", encoding="utf-8")
+    return result
+
+
+def _measure(rt: Runtime, records: list[dict[str, Any]], n_queries: int, seed: int) -> dict[str, Any]:
+    add_s = []
+    for r in tqdm(records, desc="add_edit", unit="edit"):
+        t0 = time.perf_counter()
+        rt.add_edit(prompt=r["prompt"], target=r["target_new"], subject=r["subject"])
+        add_s.append(time.perf_counter() - t0)
+    active = len(rt.edits())
+
+    picks = random.Random(seed).sample(range(len(records)), min(n_queries, len(records)))
+    queries = []  # alternate the groups so that drifting load spreads over both
+    for i in picks:
+        r = records[i]
+        queries += [
+            ("edit", r["prompt"], r["target_new"]),
+            ("locality", r["locality_prompt"], r["locality_ground_truth"]),
+        ]
+    # warm-up: first calls pay for lazy initialisation (allocator, kernels, caches)
+    time_queries(rt, queries[:2], GEN_TOKENS, desc="warm-up")
+    rows = time_queries(rt, queries, GEN_TOKENS, desc="timing queries")
+    for row in rows:  # untimed: did an edit actually fire?
+        row["fired"] = bool(rt.explain(row["prompt"])["fired"])
+
+    latency: dict[str, Any] = {}
+    for kind in ("generate", "score"):
+        latency[kind] = {
+            "bare": summarize_pairs(rows, kind),
+            "edit_prompts": summarize_pairs([r for r in rows if r["group"] == "edit"], kind),
+            "locality_prompts": summarize_pairs([r for r in rows if r["group"] == "locality"], kind),
+            "fired": summarize_pairs([r for r in rows if r["fired"]], kind),
+            "none_fired": summarize_pairs([r for r in rows if not r["fired"]], kind),
+        }
+    fire_rate = {
+        g: sum(r["fired"] for r in rows if r["group"] == g) / max(1, sum(r["group"] == g for r in rows))
+        for g in ("edit", "locality")
+    }
+    return {
+        "active_edits": active,
+        "add_edit_ms": percentiles_ms(add_s),
+        "add_total_s": sum(add_s),
+        "latency": latency,
+        "fire_rate": fire_rate,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    """The benchmark's tables as markdown text."""
+    a = result["add_edit_ms"]
+    m = result["machine"]
+    lines = [
+        f"## recall bench latency: {result['n_edits']} edits, {result['n_queries']} queries per group",
+        "",
+        f"data {result['data']} ({result['data_records']} records); model {result['model']} on {result['device']}; "
+        f"gate {result['gate']}; injection {result['injection']}",
+        f"{m['cpus']} CPUs, torch threads {m['torch_threads']}, load average {m['loadavg_1m']:.2f} at start, "
+        f"{m['loadavg_1m_end']:.2f} at end",
+        f"active edits: {result['active_edits']}; fired on edit prompts {result['fire_rate']['edit']:.0%}, "
+        f"on locality prompts {result['fire_rate']['locality']:.0%}",
+        "",
+        md_table(
+            ["add_edit", "p50 ms", "p95 ms", "mean ms", "max ms", "total s"],
+            [["", a["p50"], a["p95"], a["mean"], a["max"], result["add_total_s"]]],
+        ),
+        "",
+    ]
+    rows = []
+    for kind in ("generate", "score"):
+        lat = result["latency"][kind]
+        label = f"generate ({GEN_TOKENS} tok)" if kind == "generate" else "score"
+        b = lat["bare"]
+        rows.append([label, "bare model (all queries)", b["n"], b["bare_ms"], "", ""])
+        for key, name in [
+            ("edit_prompts", "runtime, edit prompts"),
+            ("locality_prompts", "runtime, locality prompts"),
+            ("fired", "runtime, an edit fired"),
+            ("none_fired", "runtime, nothing fired"),
+        ]:
+            s = lat[key]
+            if s["n"]:
+                rows.append([label, name, s["n"], s["runtime_ms"], s["ratio_median"], s["ratio_p95"]])
+            else:
+                rows.append([label, name, 0, "-", "-", "-"])
+    lines += [
+        "single-row queries; ratio = median over queries of runtime/bare, timed back to back:",
+        "",
+        md_table(["call", "system / queries", "n", "median ms", "ratio (median)", "ratio (p95)"], rows),
+        "",
+        md_table(
+            ["footprint", "value"],
+            [
+                ["store on disk (open, LMDB)", f"{result['store_bytes_open'] / 2**20:.2f} MiB"],
+                ["store on disk (closed, + FAISS index)", f"{result['store_bytes'] / 2**20:.2f} MiB"],
+                ["per edit", f"{result['store_bytes'] / max(result['n_edits'], 1) / 1024:.1f} KiB"],
+                ["peak RSS", f"{result['peak_rss_bytes'] / 2**20:.0f} MiB"],
+                ["Runtime.open", f"{result['open_s']:.1f} s"],
+                ["wall time", f"{result['wall_s']:.1f} s"],
+            ],
+        ),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,237 @@
+"""LMDB record store: the source of truth for every edit.
+
+Layout (named sub-databases of one LMDB environment in the store directory):
+
+- ``edits``:   edit id -> JSON record
+- ``nums``:    8-byte big-endian num -> edit id (num is the store-local integer id)
+- ``vectors``: num -> ``np.save`` bytes of that edit's key (and gate) vectors
+- ``changes``: 8-byte generation -> JSON {"op": "add"|"remove", "num": n}; lets readers in
+  other processes bring their derived index up to date without a rebuild
+- ``meta``:    schema version, generation counter, next num, encoder name and dimension
+
+Every write is one LMDB transaction; LMDB fsyncs on commit, so a write that returned is on
+disk and survives SIGKILL. A write that raised was rolled back whole.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from recall.edits import SCHEMA_VERSION, Edit
+from recall.errors import EditNotFoundError, SchemaVersionError, StoreCorruptError, StoreError, StoreLockedError
+
+_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as used
+
+
+def _u64(n: int) -> bytes:
+    return struct.pack(">Q", n)
+
+
+def _from_u64(b: bytes) -> int:
+    return struct.unpack(">Q", b)[0]
+
+
+class EditStore:
+    """Durable edit records in one LMDB environment."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False, create: bool = True) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"store path {self.path} exists and is not a directory")
+        if not self.path.exists():
+            if readonly or not create:
+                raise StoreError(f"no store at {self.path}")
+            self.path.mkdir(parents=True)
+        data = self.path / "data.mdb"
+        if data.exists() and data.stat().st_size == 0:
+            raise StoreCorruptError(f"store file {data} is empty (corrupt)")
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=_MAP_SIZE,
+                max_dbs=8,
+                subdir=True,
+                readonly=readonly,
+                lock=True,
+                create=not readonly,
+            )
+            self._edits = self.env.open_db(b"edits", create=not readonly)
+            self._nums = self.env.open_db(b"nums", create=not readonly)
+            self._vectors = self.env.open_db(b"vectors", create=not readonly)
+            self._changes = self.env.open_db(b"changes", create=not readonly)
+            self._meta = self.env.open_db(b"meta", create=not readonly)
+        except lmdb.Error as exc:
+            raise StoreCorruptError(f"store at {self.path} cannot be opened: {exc}") from exc
+        self._check_schema()
+
+    # -- meta -----------------------------------------------------------------
+    def _check_schema(self) -> None:
+        with self.env.begin(db=self._meta) as txn:
+            raw = txn.get(b"schema")
+        if raw is None:
+            if self.readonly:
+                raise StoreCorruptError(f"store at {self.path} has no schema entry")
+            with self._write() as txn:
+                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
+            return
+        try:
+            schema = int(raw)
+        except ValueError as exc:
+            raise StoreCorruptError(f"store at {self.path} has a malformed schema entry {raw!r}") from exc
+        if schema > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"store at {self.path} was written with schema {schema}; this recall "
+                f"reads schema {SCHEMA_VERSION} and older. Upgrade recall."
+            )
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        with self.env.begin(db=self._meta) as txn:
+            raw = txn.get(key.encode())
+        return default if raw is None else json.loads(raw)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._write() as txn:
+            txn.put(key.encode(), json.dumps(value).encode(), db=self._meta)
+
+    @property
+    def generation(self) -> int:
+        with self.env.begin(db=self._meta) as txn:
+            raw = txn.get(b"generation")
+        return 0 if raw is None else int(raw)
+
+    # -- transactions ---------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[lmdb.Transaction]:
+        if self.readonly:
+            raise StoreLockedError(f"store at {self.path} is open read-only")
+        if self.env is None:
+            raise StoreLockedError("store is closed")
+        with self.env.begin(write=True) as txn:
+            yield txn
+
+    def _bump(self, txn: lmdb.Transaction, op: str, num: int) -> int:
+        raw = txn.get(b"generation", db=self._meta)
+        gen = (0 if raw is None else int(raw)) + 1
+        txn.put(b"generation", str(gen).encode(), db=self._meta)
+        txn.put(_u64(gen), json.dumps({"op": op, "num": num}).encode(), db=self._changes)
+        return gen
+
+    # -- records --------------------------------------------------------------
+    def _decode(self, raw: bytes, where: str) -> Edit:
+        try:
+            return Edit.from_dict(json.loads(raw))
+        except (ValueError, TypeError) as exc:
+            raise StoreCorruptError(f"record {where} in {self.path} is unreadable: {exc}") from exc
+
+    def add(self, edit: Edit, vectors: np.ndarray, retire: dict[str, str] | None = None) -> Edit:
+        """Store a new edit (assigning its num) and retire others, in one transaction.
+
+        ``retire`` maps edit ids to the reason they are retired (they are superseded by
+        ``edit``). Returns only after the transaction has committed."""
+        with self._write() as txn:
+            if txn.get(edit.id.encode(), db=self._edits) is not None:
+                raise StoreError(f"edit id {edit.id} already exists")
+            raw = txn.get(b"next_num", db=self._meta)
+            num = 0 if raw is None else int(raw)
+            txn.put(b"next_num", str(num + 1).encode(), db=self._meta)
+            edit.num = num
+            for old_id, reason in (retire or {}).items():
+                old = self._get_in(txn, old_id)
+                old.status, old.retired_by, old.retired_reason = "retired", edit.id, reason
+                txn.put(old_id.encode(), json.dumps(old.to_dict()).encode(), db=self._edits)
+                self._bump(txn, "remove", old.num)
+            txn.put(edit.id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
+            txn.put(_u64(num), edit.id.encode(), db=self._nums)
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+            txn.put(_u64(num), buf.getvalue(), db=self._vectors)
+            if edit.status == "active":
+                self._bump(txn, "add", num)
+            else:
+                self._bump(txn, "noop", num)
+        return edit
+
+    def _get_in(self, txn: lmdb.Transaction, edit_id: str) -> Edit:
+        if not isinstance(edit_id, str) or not edit_id:
+            raise EditNotFoundError(f"edit id must be a non-empty string, got {edit_id!r}")
+        raw = txn.get(edit_id.encode(), db=self._edits)
+        if raw is None:
+            raise EditNotFoundError(f"no edit with id {edit_id!r}")
+        return self._decode(raw, edit_id)
+
+    def get(self, edit_id: str) -> Edit:
+        with self.env.begin() as txn:
+            return self._get_in(txn, edit_id)
+
+    def get_by_num(self, num: int) -> Edit | None:
+        with self.env.begin() as txn:
+            raw = txn.get(_u64(num), db=self._nums)
+            return None if raw is None else self._get_in(txn, raw.decode())
+
+    def set_status(self, edit_id: str, status: str, reason: str | None = None) -> Edit:
+        """Change an edit's status (retire, consolidate, reactivate) in one transaction."""
+        with self._write() as txn:
+            edit = self._get_in(txn, edit_id)
+            if edit.status == status:
+                return edit
+            was_active = edit.status == "active"
+            edit.status = status
+            edit.retired_reason = reason if status == "retired" else edit.retired_reason
+            txn.put(edit_id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
+            if was_active != (status == "active"):
+                self._bump(txn, "add" if status == "active" else "remove", edit.num)
+        return edit
+
+    def vectors(self, num: int) -> np.ndarray:
+        with self.env.begin(db=self._vectors) as txn:
+            raw = txn.get(_u64(num))
+        if raw is None:
+            raise StoreCorruptError(f"vectors of edit num {num} are missing from {self.path}")
+        try:
+            return np.load(io.BytesIO(raw), allow_pickle=False)
+        except ValueError as exc:
+            raise StoreCorruptError(f"vectors of edit num {num} in {self.path} are unreadable: {exc}") from exc
+
+    def iter_edits(self, status: str | None = "active") -> Iterator[Edit]:
+        """All edits (with the given status; None for all), in insertion order."""
+        with self.env.begin() as txn:
+            for num_key, edit_id in txn.cursor(db=self._nums):
+                raw = txn.get(edit_id, db=self._edits)
+                if raw is None:
+                    raise StoreCorruptError(f"edit num {_from_u64(num_key)} points to a missing record")
+                edit = self._decode(raw, edit_id.decode())
+                if status is None or edit.status == status:
+                    yield edit
+
+    def count(self) -> int:
+        with self.env.begin(db=self._edits) as txn:
+            return txn.stat(self._edits)["entries"]
+
+    def changes_since(self, generation: int) -> list[tuple[int, str, int]]:
+        """(generation, op, num) for every change after ``generation``, oldest first."""
+        out = []
+        with self.env.begin(db=self._changes) as txn:
+            cur = txn.cursor()
+            if cur.set_range(_u64(generation + 1)):
+                for key, raw in cur:
+                    change = json.loads(raw)
+                    out.append((_from_u64(key), change["op"], change["num"]))
+        return out
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None

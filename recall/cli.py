@@ -1,0 +1,321 @@
+"""The `recall` command line: edit a store, query through it, run the demo and benchmarks.
+
+Every command that opens a store loads the model and encoder too (the encoder computes the
+retrieval keys), so expect a few seconds of start-up. Errors raised by recall itself are
+printed as ``error: <message>`` on stderr with exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .errors import RecallError
+
+app = typer.Typer(
+    name="recall",
+    help="A retrieval-first runtime for lifelong knowledge editing of language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+edit_app = typer.Typer(help="Add, list, remove, import and export the edits of a store.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (see bench/).", no_args_is_help=True)
+app.add_typer(edit_app, name="edit")
+app.add_typer(bench_app, name="bench")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+StoreArg = Annotated[Path, typer.Argument(help="Store directory (created by commands that write).")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Local Hugging Face model directory (default: the embedded model).")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(min=1, help="Torch CPU threads (default: as many as the load average leaves idle).")
+]
+
+
+class Kind(str, Enum):
+    fact = "fact"
+    patch = "patch"
+    regex = "regex"
+
+
+class Scope(str, Enum):
+    input = "input"
+    output = "output"
+
+
+class Status(str, Enum):
+    active = "active"
+    retired = "retired"
+    consolidated = "consolidated"
+    all = "all"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn recall's typed errors (and file-system errors) into ``error: ...`` and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RecallError as exc:
+            raise _fail(str(exc)) from None
+        except OSError as exc:
+            raise _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _open(store: Path, model: str | None, device: str, *, readonly: bool = False):
+    """Open a Runtime; read-only commands refuse a missing store instead of creating one."""
+    from .runtime import Runtime  # imported late: torch/transformers make `recall --help` slow
+
+    if readonly and not store.is_dir():
+        raise _fail(f"no store at {store}")
+    return Runtime.open(store, model=model, device=device, readonly=readonly)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# -- top-level commands ---------------------------------------------------------
+@app.command()
+@handle_errors
+def demo(
+    n: Annotated[int, typer.Option("--n", min=1, max=200, help="Number of CounterFact edits to stream.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed for the order of edits and the queries timed.")] = 0,
+    store: Annotated[
+        Path | None, typer.Option(help="Build the store here and keep it (default: a temporary directory).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write all numbers to this JSON file.")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Stream CounterFact edits into a fresh store on the embedded model and measure them."""
+    from . import demo as demo_mod
+
+    result = demo_mod.run(n=n, seed=seed, store=store, threads=threads)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+@app.command()
+@handle_errors
+def ask(
+    store: StoreArg,
+    prompt: Annotated[str, typer.Argument(help="The query text.")],
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=4096)] = 30,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Also print which edits were retrieved and fired.")
+    ] = False,
+    use_memory: Annotated[
+        bool, typer.Option("--memory/--no-memory", help="--no-memory asks the unedited model.")
+    ] = True,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Generate one greedy continuation of PROMPT through the store's edits."""
+    rt = _open(store, model, device, readonly=True)
+    try:
+        (text,) = rt.generate([prompt], max_new_tokens=max_new_tokens, use_memory=use_memory)
+        typer.echo(text)
+        if explain:
+            _print_json(rt.explain(prompt))
+    finally:
+        rt.close()
+
+
+# -- edit sub-commands ------------------------------------------------------------
+@edit_app.command("add")
+@handle_errors
+def edit_add(
+    store: StoreArg,
+    kind: Annotated[Kind, typer.Option(help="fact (prompt/target), patch (--text) or regex (--pattern).")] = Kind.fact,
+    prompt: Annotated[str | None, typer.Option(help="fact: the prompt, e.g. 'The CEO of Acme is'.")] = None,
+    target: Annotated[str | None, typer.Option(help="fact: the new answer.")] = None,
+    subject: Annotated[str | None, typer.Option(help="fact: the subject, as written in the prompt.")] = None,
+    relation: Annotated[str | None, typer.Option(help="fact: a relation name, e.g. P27.")] = None,
+    text: Annotated[str | None, typer.Option(help="patch: 'If <condition>, then <consequence>'.")] = None,
+    pattern: Annotated[str | None, typer.Option(help="regex: the pattern.")] = None,
+    replacement: Annotated[str | None, typer.Option(help="regex: the replacement.")] = None,
+    scope: Annotated[Scope | None, typer.Option(help="regex: rewrite the input or the output.")] = None,
+    ignore_case: Annotated[bool, typer.Option("--ignore-case", help="regex: match case-insensitively.")] = False,
+    provenance: Annotated[str, typer.Option(help="Who or what added the edit.")] = "cli",
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Add one edit and print it as JSON."""
+    given = {
+        "prompt": prompt,
+        "target": target,
+        "subject": subject,
+        "relation": relation,
+        "text": text,
+        "pattern": pattern,
+        "replacement": replacement,
+        "scope": scope.value if scope is not None else None,
+        "ignore_case": ignore_case or None,
+    }
+    # only what was given: the edit's own validation then names a missing or misplaced field
+    fields = {k: v for k, v in given.items() if v is not None}
+    rt = _open(store, model, device)
+    try:
+        edit = rt.add_edit(kind.value, provenance=provenance, **fields)
+        _print_json(edit.to_dict())
+    finally:
+        rt.close()
+
+
+def _summary(edit) -> str:
+    p = edit.payload
+    if edit.kind == "fact":
+        return f"{p['prompt']} -> {p['target']}"
+    if edit.kind == "patch":
+        return f"If {p['condition']}, then {p['consequence']}"
+    if edit.kind == "regex":
+        return f"{p['scope']}: s/{p['pattern']}/{p['replacement']}/" + ("i" if p.get("ignore_case") else "")
+    return json.dumps(p, ensure_ascii=False)
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@edit_app.command("list")
+@handle_errors
+def edit_list(
+    store: StoreArg,
+    status: Annotated[Status, typer.Option(help="Which edits to list.")] = Status.active,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of full records.")] = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """List the edits of a store (active ones by default)."""
+    rt = _open(store, model, device, readonly=True)
+    try:
+        edits = rt.edits(None if status is Status.all else status.value)
+    finally:
+        rt.close()
+    if as_json:
+        _print_json([e.to_dict() for e in edits])
+        return
+    if not edits:
+        typer.echo("no edits" if status is Status.all else f"no {status.value} edits")
+        return
+    headers = ["id", "kind", "status", "created", "subject", "edit"]
+    rows = [
+        [
+            e.id,
+            e.kind,
+            e.status,
+            datetime.datetime.fromtimestamp(e.created_at).strftime("%Y-%m-%d %H:%M"),
+            _cut(e.subject or "-", 24),
+            _cut(_summary(e), 70),
+        ]
+        for e in edits
+    ]
+    widths = [max(len(r[j]) for r in [headers, *rows]) for j in range(len(headers))]
+    for row in [headers, ["-" * w for w in widths], *rows]:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    typer.echo(f"{len(edits)} edit(s)")
+
+
+@edit_app.command("remove")
+@handle_errors
+def edit_remove(
+    store: StoreArg,
+    edit_id: Annotated[str, typer.Argument(metavar="ID", help="The id of the edit to retire.")],
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Retire an edit (it stays in the store with status 'retired')."""
+    if not store.is_dir():
+        raise _fail(f"no store at {store}")
+    rt = _open(store, model, device)
+    try:
+        edit = rt.remove_edit(edit_id)
+    finally:
+        rt.close()
+    typer.echo(f"retired {edit.id}")
+
+
+@edit_app.command("import")
+@handle_errors
+def edit_import(
+    store: StoreArg,
+    file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="One edit per line (as `export` writes).")],
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Import edits from JSONL; a bad line leaves the store unchanged."""
+    if not file.is_file():
+        raise _fail(f"no such file: {file}")
+    rt = _open(store, model, device)
+    try:
+        counts = rt.import_jsonl(file)
+    finally:
+        rt.close()
+    typer.echo(f"imported {counts['imported']}, skipped {counts['skipped']} already present")
+
+
+@edit_app.command("export")
+@handle_errors
+def edit_export(
+    store: StoreArg,
+    file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="Where to write (replaced atomically).")],
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Export every edit (all statuses) as JSONL."""
+    rt = _open(store, model, device, readonly=True)
+    try:
+        n = rt.export_jsonl(file)
+    finally:
+        rt.close()
+    typer.echo(f"exported {n} edit(s) to {file}")
+
+
+# -- bench sub-commands -----------------------------------------------------------
+@bench_app.command("latency")
+@handle_errors
+def bench_latency(
+    n_edits: Annotated[int, typer.Option(min=1, help="Edits streamed into the store.")] = 1000,
+    n_queries: Annotated[int, typer.Option(min=1, help="Queries timed per group (edit / locality).")] = 30,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="CounterFact JSON (MEND schema); default: ../shared/data/... if present, else the sample."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write latency.json and latency.md here.")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Edit latency, query latency relative to the bare model, store size and peak memory."""
+    from recall.bench import latency
+
+    latency.run(n_edits=n_edits, n_queries=n_queries, out=out, data=data, model=model, device=device, threads=threads)
+
+
+def main() -> None:  # pragma: no cover - `python -m recall.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Edit records: the kinds the runtime knows, their fields, and validation.
+
+An :class:`Edit` is what the store keeps and what the API returns. Validation happens
+here, before anything is written, so a bad edit never reaches the store.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import regex_patch
+from .errors import EmptyTextError, InvalidEditError, MissingFieldError, TextTooLongError, UnknownKindError
+from .limits import LIMITS
+
+SCHEMA_VERSION = 1
+KINDS = ("fact", "patch", "regex")
+STATUSES = ("active", "retired", "consolidated")
+REGEX_SCOPES = ("input", "output")
+
+_PATCH_RE = re.compile(r"^\s*if\s+(?P<cond>.+?)\s*,\s*then\s+(?P<cons>.+?)\s*$", re.IGNORECASE | re.DOTALL)
+
+
+@dataclass
+class Edit:
+    """One correction held by the store.
+
+    ``payload`` holds the kind's fields (fact: prompt, target, relation; patch: condition,
+    consequence; regex: pattern, replacement, scope). ``keys`` are the texts indexed for
+    retrieval. ``num`` is the store-local integer used as the vector index id.
+    """
+
+    id: str
+    kind: str
+    payload: dict[str, Any]
+    keys: list[str]
+    subject: str | None = None
+    status: str = "active"
+    created_at: float = field(default_factory=time.time)
+    provenance: str | None = None
+    schema: int = SCHEMA_VERSION
+    num: int = -1
+    retired_by: str | None = None
+    retired_reason: str | None = None
+
+    @property
+    def prompt(self) -> str | None:
+        return self.payload.get("prompt")
+
+    @property
+    def target(self) -> str | None:
+        return self.payload.get("target")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Edit:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _text(fields: dict[str, Any], name: str, limit: int, *, required: bool = True) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        if required:
+            raise MissingFieldError(f"edit field {name!r} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidEditError(f"edit field {name!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise EmptyTextError(f"edit field {name!r} is empty or whitespace only")
+    if len(value) > limit:
+        raise TextTooLongError(f"edit field {name!r} has {len(value)} characters; the limit is {limit}")
+    return value
+
+
+def split_patch(text: str) -> tuple[str, str]:
+    """Split "If <condition>, then <consequence>" into its two parts."""
+    m = _PATCH_RE.match(text)
+    if not m:
+        raise InvalidEditError(f"patch text must read 'If <condition>, then <consequence>'; got {text!r}")
+    return m.group("cond"), m.group("cons")
+
+
+def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: str | None = None, **fields: Any) -> Edit:
+    """Validate user-supplied fields and return a new, not yet stored, Edit."""
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise UnknownKindError(f"unknown edit kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    allowed = {
+        "fact": {"prompt", "target", "subject", "relation"},
+        "patch": {"text", "condition", "consequence"},
+        "regex": {"pattern", "replacement", "scope", "ignore_case"},
+    }[kind]
+    unknown = set(fields) - allowed
+    if unknown:
+        raise InvalidEditError(f"{kind} edits take {sorted(allowed)}; unexpected field(s) {sorted(unknown)}")
+    if provenance is not None and not isinstance(provenance, str):
+        raise InvalidEditError("provenance must be a string")
+    subject = None
+    if kind == "fact":
+        prompt = _text(fields, "prompt", LIMITS.max_prompt_chars)
+        target = _text(fields, "target", LIMITS.max_target_chars)
+        subject = _text(fields, "subject", LIMITS.max_prompt_chars, required=False)
+        relation = _text(fields, "relation", 200, required=False)
+        if subject is not None and subject.strip().casefold() not in prompt.casefold():
+            raise InvalidEditError(f"subject {subject!r} does not occur in prompt {prompt!r}")
+        payload = {"prompt": prompt.strip(), "target": target.strip(), "relation": relation}
+        subject = subject.strip() if subject else None
+        keys = [payload["prompt"]]
+    elif kind == "patch":
+        if "text" in fields:
+            text = _text(fields, "text", LIMITS.max_prompt_chars)
+            condition, consequence = split_patch(text)
+        else:
+            condition = _text(fields, "condition", LIMITS.max_prompt_chars)
+            consequence = _text(fields, "consequence", LIMITS.max_prompt_chars)
+        payload = {"condition": condition.strip(), "consequence": consequence.strip()}
+        keys = [payload["condition"]]
+    else:
+        pattern = _text(fields, "pattern", LIMITS.max_prompt_chars)
+        replacement = fields.get("replacement")
+        if replacement is None:
+            raise MissingFieldError("edit field 'replacement' is required")
+        if not isinstance(replacement, str):
+            raise InvalidEditError("edit field 'replacement' must be a string")
+        if len(replacement) > LIMITS.max_target_chars:
+            raise TextTooLongError(
+                f"edit field 'replacement' has {len(replacement)} characters; the limit is {LIMITS.max_target_chars}"
+            )
+        scope = fields.get("scope", "output")
+        if scope not in REGEX_SCOPES:
+            raise InvalidEditError(f"regex scope must be one of {REGEX_SCOPES}, got {scope!r}")
+        ignore_case = fields.get("ignore_case", False)
+        if not isinstance(ignore_case, bool):
+            raise InvalidEditError("edit field 'ignore_case' must be a boolean")
+        compiled = regex_patch.compile_pattern(pattern, regex_patch.regex.IGNORECASE if ignore_case else 0)
+        regex_patch.check_replacement(compiled, replacement)
+        payload = {"pattern": pattern, "replacement": replacement, "scope": scope, "ignore_case": ignore_case}
+        keys = []
+    return Edit(
+        id=edit_id or uuid.uuid4().hex[:16],
+        kind=kind,
+        payload=payload,
+        keys=keys,
+        subject=subject,
+        provenance=provenance,
+    )
+
+
+def validate_record(data: Any, where: str) -> Edit:
+    """Turn an exported record back into an Edit, re-validating every field."""
+    from .errors import ImportFormatError
+
+    if not isinstance(data, dict):
+        raise ImportFormatError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    kind = data.get("kind", "fact")
+    payload = data.get("payload")
+    if payload is None:  # flat form: {"kind": ..., "prompt": ..., "target": ...}
+        payload = {
+            k: v
+            for k, v in data.items()
+            if k
+            not in (
+                "kind",
+                "id",
+                "provenance",
+                "status",
+                "created_at",
+                "schema",
+                "num",
+                "keys",
+                "retired_by",
+                "retired_reason",
+                "subject",
+            )
+        }
+        if kind == "fact" and data.get("subject") is not None:
+            payload["subject"] = data["subject"]
+    elif kind == "fact":
+        payload = {**payload, "subject": data.get("subject")}
+    if not isinstance(payload, dict):
+        raise ImportFormatError(f"{where}: 'payload' must be an object")
+    schema = data.get("schema", SCHEMA_VERSION)
+    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        raise ImportFormatError(f"{where}: record schema {schema!r} is newer than this recall ({SCHEMA_VERSION})")
+    payload = {k: v for k, v in payload.items() if v is not None}
+    edit_id = data.get("id")
+    if edit_id is not None and (not isinstance(edit_id, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", edit_id)):
+        raise ImportFormatError(f"{where}: id {edit_id!r} must be 1-64 characters of [A-Za-z0-9_.:-]")
+    try:
+        edit = build_edit(kind, provenance=data.get("provenance"), edit_id=edit_id, **payload)
+    except InvalidEditError as exc:
+        raise ImportFormatError(f"{where}: {exc}") from exc
+    status = data.get("status", "active")
+    if status not in STATUSES:
+        raise ImportFormatError(f"{where}: unknown status {status!r}")
+    edit.status = status
+    if isinstance(data.get("created_at"), (int, float)):
+        edit.created_at = float(data["created_at"])
+    edit.retired_by = data.get("retired_by")
+    edit.retired_reason = data.get("retired_reason")
+    return edit

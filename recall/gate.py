@@ -1,0 +1,94 @@
+"""The gate: decides per query whether a retrieved edit is in scope.
+
+Three gates share one feature extractor so they can be compared on equal terms:
+
+- ``cosine``:   fire when cos(query, edit key) >= threshold (the naive baseline);
+- ``subject``:  fire when the edit's subject occurs in the query's focus sentence and the
+                relation texts (subject masked) are similar enough;
+- ``learned``:  logistic regression over all features (including the elementwise product of the
+                query's and the edit's relation vectors, i.e. a learned reweighting of the
+                relation cosine), trained on the train splits
+                (``recall gate train``; parameters ship in ``recall/data/gate.json``).
+
+Patches and facts without a subject always use the cosine rule on their condition/prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+GATE_KINDS = ("cosine", "subject", "learned")
+FEATURES = ("cos_key", "subj_focus", "subj_any", "cos_rel", "subj_focus*cos_rel")
+DEFAULT_PARAMS_PATH = Path(__file__).parent / "data" / "gate.json"
+
+
+@dataclass
+class GateParams:
+    """Thresholds and weights of every gate (tuned on train splits, see methods/gate_training.py)."""
+
+    cosine_threshold: float = 0.75
+    subject_rel_threshold: float = 0.5
+    patch_threshold: float = 0.6
+    learned_weights: list[float] = field(default_factory=lambda: [0.0] * len(FEATURES))
+    learned_bias: float = 0.0
+    learned_threshold: float = 0.5
+    trained_on: str = "untrained defaults"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> GateParams:
+        path = Path(path) if path is not None else DEFAULT_PARAMS_PATH
+        if not path.exists():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+
+
+@dataclass
+class PairFeatures:
+    """Features of one (query, edit) pair."""
+
+    cos_key: float
+    subj_focus: float = 0.0
+    subj_any: float = 0.0
+    cos_rel: float = 0.0
+    has_subject: bool = False
+    rel_product: np.ndarray | None = None  # query-relation ⊙ edit-relation vectors (subject matched)
+
+    def vector(self, dim: int = 0) -> np.ndarray:
+        """The base features, then ``dim`` relation-product features (zeros when unmatched)."""
+        base = [self.cos_key, self.subj_focus, self.subj_any, self.cos_rel, self.subj_focus * self.cos_rel]
+        prod = self.rel_product if self.rel_product is not None and dim else np.zeros(dim)
+        return np.concatenate([np.asarray(base, dtype=np.float64), np.asarray(prod, dtype=np.float64)[:dim]])
+
+
+class Gate:
+    """Scores a pair in [0, 1]-ish units and fires when the score passes the gate's threshold."""
+
+    def __init__(self, kind: str = "learned", params: GateParams | None = None) -> None:
+        if kind not in GATE_KINDS:
+            raise ValueError(f"unknown gate {kind!r}; choose one of {GATE_KINDS}")
+        self.kind = kind
+        self.params = params or GateParams.load()
+
+    def score(self, f: PairFeatures, edit_kind: str = "fact") -> tuple[float, bool]:
+        """(score, fired) for one pair."""
+        p = self.params
+        if edit_kind == "patch":
+            return f.cos_key, f.cos_key >= p.patch_threshold
+        if self.kind == "cosine" or not f.has_subject:
+            return f.cos_key, f.cos_key >= p.cosine_threshold
+        if self.kind == "subject":
+            s = f.cos_rel if f.subj_focus else 0.0
+            return s, bool(f.subj_focus) and f.cos_rel >= p.subject_rel_threshold
+        w = p.learned_weights
+        z = float(np.dot(w, f.vector(len(w) - len(FEATURES))) + p.learned_bias)
+        prob = 1.0 / (1.0 + math.exp(-z))
+        return prob, prob >= p.learned_threshold

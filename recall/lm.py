@@ -1,0 +1,163 @@
+"""Batched scoring and generation with optional per-row memory-conditioned decoding.
+
+Memory-conditioned decoding (kNN-LM style): for a row with fired fact edits, the next-token
+distribution is mixed with a distribution over the next token of each stored answer whose
+prefix matches what has been produced so far:
+
+    p'(y) = (1 - lam) * p_LM(y) + lam * q(y),   q uniform over the matching answers' next tokens.
+
+Rows with no bias go through exactly the same arithmetic as the unedited model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class RowPlan:
+    """How one row is run: the (possibly injected) prompt, and answers to bias toward."""
+
+    prompt: str
+    bias_targets: list[list[int]] = field(default_factory=list)
+    bias_weight: float = 0.0
+
+    @property
+    def plain(self) -> bool:
+        return not self.bias_targets
+
+
+@dataclass
+class SamplingOptions:
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+
+def join_continuation(prompt: str, continuation: str) -> str:
+    """The continuation as it is tokenized after ``prompt``: one separating space is added
+    when neither side has whitespace at the seam (the ROME/EasyEdit convention)."""
+    if prompt and continuation and not prompt[-1].isspace() and not continuation[0].isspace():
+        return " " + continuation
+    return continuation
+
+
+def answer_tokens(tokenizer, prompt: str, answer: str) -> list[int]:
+    return tokenizer(join_continuation(prompt, answer), add_special_tokens=False).input_ids
+
+
+def _mix(logp: torch.Tensor, boosted: list[int], lam: float) -> torch.Tensor:
+    """log((1-lam) p + lam q) for one position's log-probs (1-D), q uniform over ``boosted``."""
+    if not boosted or lam <= 0:
+        return logp
+    q = torch.zeros_like(logp)
+    q[boosted] = 1.0 / len(boosted)
+    return torch.log((1 - lam) * logp.exp() + lam * q)
+
+
+def _boosted(targets: list[list[int]], produced: list[int]) -> list[int]:
+    j = len(produced)
+    return sorted({t[j] for t in targets if len(t) > j and t[:j] == produced})
+
+
+@torch.inference_mode()
+def score_rows(model, tokenizer, plans: list[RowPlan], continuations: list[str], micro_batch: int = 16) -> list[float]:
+    """Mean log-probability per continuation token, for each (plan, continuation)."""
+    device = model.device
+    out: list[float] = []
+    for start in range(0, len(plans), micro_batch):
+        rows = list(zip(plans[start : start + micro_batch], continuations[start : start + micro_batch]))
+        seqs, spans = [], []
+        for plan, cont in rows:
+            p_ids = tokenizer(plan.prompt).input_ids
+            c_ids = tokenizer(join_continuation(plan.prompt, cont), add_special_tokens=False).input_ids
+            if not c_ids:
+                c_ids = [tokenizer.eos_token_id]
+            seqs.append(p_ids + c_ids)
+            spans.append((len(p_ids), c_ids))
+        width = max(map(len, seqs))
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        for r, ((plan, _), (p_len, c_ids)) in enumerate(zip(rows, spans)):
+            logp = torch.log_softmax(logits[r, p_len - 1 : p_len - 1 + len(c_ids)], dim=-1)
+            total = 0.0
+            for j, tok in enumerate(c_ids):
+                lp = logp[j]
+                if not plan.plain:
+                    lp = _mix(lp, _boosted(plan.bias_targets, c_ids[:j]), plan.bias_weight)
+                total += float(lp[tok])
+            out.append(total / len(c_ids))
+    return out
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = ids if isinstance(ids, list) else [ids]
+    return {i for i in ids + [tokenizer.eos_token_id] if i is not None}
+
+
+@torch.inference_mode()
+def generate_rows(model, tokenizer, plans: list[RowPlan], max_new_tokens: int, sampling: SamplingOptions) -> list[str]:
+    """Left-padded batched decoding with a KV cache; returns the new text of each row."""
+    device = model.device
+    encoded = [tokenizer(p.prompt).input_ids for p in plans]
+    width = max(map(len, encoded))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    gen = torch.Generator(device=device)
+    if sampling.seed is not None:
+        gen.manual_seed(sampling.seed)
+    stops = _stop_ids(model, tokenizer)
+    produced: list[list[int]] = [[] for _ in plans]
+    done = [False] * len(plans)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    past = out.past_key_values
+    for _step in range(max_new_tokens):
+        logits = out.logits[:, -1].float()
+        if sampling.do_sample and sampling.temperature > 0:
+            logits = logits / sampling.temperature
+        logp = torch.log_softmax(logits, dim=-1)
+        next_tokens = []
+        for r, plan in enumerate(plans):
+            lp = logp[r] if plan.plain else _mix(logp[r], _boosted(plan.bias_targets, produced[r]), plan.bias_weight)
+            next_tokens.append(_choose(lp, sampling, gen))
+        for r, tok in enumerate(next_tokens):
+            if done[r]:
+                next_tokens[r] = pad
+                continue
+            if tok in stops:
+                done[r] = True
+            else:
+                produced[r].append(tok)
+        if all(done):
+            break
+        step = torch.tensor(next_tokens, device=device)[:, None]
+        mask = torch.cat([mask, torch.ones_like(step)], dim=-1)
+        pos = pos[:, -1:] + 1
+        out = model(input_ids=step, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+    return [tokenizer.decode(p, skip_special_tokens=True) for p in produced]
+
+
+def _choose(logp: torch.Tensor, s: SamplingOptions, gen: torch.Generator) -> int:
+    if not s.do_sample:
+        return int(torch.argmax(logp))
+    probs = logp.exp()
+    if s.top_k and s.top_k > 0:
+        kth = torch.topk(probs, min(s.top_k, probs.numel())).values[-1]
+        probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+    if s.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = (sorted_p.cumsum(0) - sorted_p) < s.top_p * sorted_p.sum()
+        filtered = torch.zeros_like(probs)
+        filtered[order[keep]] = sorted_p[keep]
+        probs = filtered
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))

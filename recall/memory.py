@@ -1,0 +1,276 @@
+"""The edit memory as the query path sees it: the LMDB store plus the structures derived from
+it (FAISS key index, subject lexicon, compiled regex patches), kept in step through the
+store's change log so that readers in other processes see a writer's edits."""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recall.index import EditStore, TextEncoder, VectorIndex
+
+from . import regex_patch
+from .edits import Edit
+from .errors import InvalidQueryError
+from .gate import Gate, PairFeatures
+from .limits import LIMITS
+from .text import contains_phrase, focus, normalize, relation_text, word_ngrams
+
+SLOTS = 16  # FAISS id = num * SLOTS + key slot
+INDEX_FILE = "index.faiss"
+
+
+@dataclass
+class Candidate:
+    """A retrieved edit with the gate's features, score and verdict for one query."""
+
+    edit: Edit
+    features: PairFeatures
+    gate_score: float = 0.0
+    fired: bool = False
+
+
+class EditMemory:
+    def __init__(self, path: str | Path, encoder: TextEncoder, gate: Gate, *, readonly: bool = False) -> None:
+        self.store = EditStore(path, readonly=readonly)
+        self.encoder = encoder
+        self.gate = gate
+        self._lock = threading.RLock()
+        stored_dim = self.store.get_meta("encoder_dim")
+        if stored_dim is None and not readonly:
+            self.store.set_meta("encoder", encoder.name)
+            self.store.set_meta("encoder_dim", encoder.dim)
+        elif stored_dim is not None and stored_dim != encoder.dim:
+            from .errors import StoreError
+
+            raise StoreError(
+                f"store was built with a {stored_dim}-d encoder "
+                f"({self.store.get_meta('encoder')}); this encoder is {encoder.dim}-d"
+            )
+        self._reset_derived()
+        self._load_or_rebuild_index()
+
+    # -- derived state --------------------------------------------------------
+    def _reset_derived(self) -> None:
+        self.index = VectorIndex(self.encoder.dim)
+        self.lexicon: dict[str, set[int]] = {}
+        self.max_subject_words = 1
+        self.regexes: dict[int, tuple[Edit, object]] = {}
+        self.generation = 0
+
+    def _load_or_rebuild_index(self) -> None:
+        current = self.store.generation
+        loaded = VectorIndex.load(self.store.path / INDEX_FILE, self.encoder.dim, self.encoder.name)
+        active = list(self.store.iter_edits("active"))
+        for edit in active:
+            self._add_lookup(edit)
+        if loaded is not None and loaded[1] <= current:
+            self.index, self.generation = loaded
+            self._apply_changes(self.store.changes_since(self.generation), index_only=True)
+        else:
+            self.index = VectorIndex(self.encoder.dim)
+            for edit in active:
+                self._add_vectors(edit)
+        self.generation = current
+
+    def _add_lookup(self, edit: Edit) -> None:
+        if edit.kind == "fact" and edit.subject:
+            key = normalize(edit.subject)
+            self.lexicon.setdefault(key, set()).add(edit.num)
+            self.max_subject_words = max(self.max_subject_words, len(key.split()))
+        elif edit.kind == "regex":
+            flags = regex_patch.regex.IGNORECASE if edit.payload.get("ignore_case") else 0
+            self.regexes[edit.num] = (edit, regex_patch.compile_pattern(edit.payload["pattern"], flags))
+
+    def _drop_lookup(self, edit: Edit) -> None:
+        if edit.kind == "fact" and edit.subject:
+            nums = self.lexicon.get(normalize(edit.subject), set())
+            nums.discard(edit.num)
+        self.regexes.pop(edit.num, None)
+
+    def _add_vectors(self, edit: Edit) -> None:
+        if edit.keys:
+            vecs = self.store.vectors(edit.num)[: len(edit.keys)]
+            self.index.add(np.arange(len(edit.keys)) + edit.num * SLOTS, vecs)
+
+    def _drop_vectors(self, edit: Edit) -> None:
+        if edit.keys:
+            self.index.remove(np.arange(len(edit.keys)) + edit.num * SLOTS)
+
+    def _apply_changes(self, changes: list[tuple[int, str, int]], index_only: bool = False) -> None:
+        for gen, op, num in changes:
+            edit = self.store.get_by_num(num)
+            if edit is not None and op == "add":
+                self._add_vectors(edit)
+                if not index_only:
+                    self._add_lookup(edit)
+            elif edit is not None and op == "remove":
+                self._drop_vectors(edit)
+                if not index_only:
+                    self._drop_lookup(edit)
+            self.generation = gen
+
+    def sync(self) -> None:
+        """Bring derived state up to the store's latest generation (cheap when nothing changed)."""
+        with self._lock:
+            if self.store.generation != self.generation:
+                self._apply_changes(self.store.changes_since(self.generation))
+
+    # -- writes ---------------------------------------------------------------
+    def encode_edit(self, edit: Edit) -> np.ndarray:
+        """Rows: one per retrieval key, then the relation text (facts with a subject)."""
+        texts = list(edit.keys)
+        if edit.kind == "fact":
+            texts.append(relation_text(edit.payload["prompt"], edit.subject))
+        return self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
+
+    def conflicts(self, edit: Edit, vectors: np.ndarray) -> dict[str, str]:
+        """Active facts the new fact supersedes: same subject and same relation.
+
+        The relation is the same when both edits name it and the names agree, or, when either
+        does not, when the gate fires for the new edit's prompt against the older edit."""
+        if edit.kind != "fact" or not edit.subject:
+            return {}
+        out = {}
+        for num in list(self.lexicon.get(normalize(edit.subject), ())):
+            old = self.store.get_by_num(num)
+            if old is None or old.status != "active" or old.id == edit.id:
+                continue
+            rel_new, rel_old = edit.payload.get("relation"), old.payload.get("relation")
+            if rel_new and rel_old:
+                same = rel_new == rel_old
+            else:
+                f = self._features(
+                    edit.payload["prompt"],
+                    normalize(edit.payload["prompt"]),
+                    vectors[0],
+                    {normalize(edit.subject): vectors[-1]},
+                    old,
+                )
+                same = self.gate.score(f, old.kind)[1]
+            if same:
+                out[old.id] = (
+                    f"superseded by {edit.id}: same subject {edit.subject!r} and relation "
+                    f"({edit.payload['prompt']!r} -> {edit.payload['target']!r})"
+                )
+        return out
+
+    def add(self, edit: Edit) -> Edit:
+        vectors = self.encode_edit(edit)
+        with self._lock:
+            self.sync()
+            retire = self.conflicts(edit, vectors) if edit.status == "active" else {}
+            self.store.add(edit, vectors, retire)
+            self.sync()
+        return edit
+
+    def set_status(self, edit_id: str, status: str, reason: str | None = None) -> Edit:
+        with self._lock:
+            edit = self.store.set_status(edit_id, status, reason)
+            self.sync()
+        return edit
+
+    # -- queries --------------------------------------------------------------
+    def _features(
+        self, query: str, norm_query: str, q_vec: np.ndarray, rel_vecs: dict[str, np.ndarray], edit: Edit
+    ) -> PairFeatures:
+        subj = normalize(edit.subject) if edit.subject else None
+        return pair_features(query, norm_query, q_vec, rel_vecs.get(subj), edit, self.store.vectors(edit.num))
+
+    def retrieve(self, queries: list[str], k: int = 8) -> list[list[Candidate]]:
+        """Top-k by key similarity plus every fact whose subject occurs in the query, each with
+        the gate's verdict."""
+        self.sync()
+        norms = [normalize(q) for q in queries]
+        subject_hits: list[dict[str, set[int]]] = []
+        for norm in norms:
+            grams = word_ngrams(norm, self.max_subject_words)
+            subject_hits.append({g: self.lexicon[g] for g in grams if self.lexicon.get(g)})
+        rel_texts = [(i, s, query_relation_text(queries[i], s)) for i, hits in enumerate(subject_hits) for s in hits]
+        vecs = self.encoder.encode(list(queries) + [t for _, _, t in rel_texts])
+        q_vecs, r_vecs = vecs[: len(queries)], vecs[len(queries) :]
+        rel_by_query: list[dict[str, np.ndarray]] = [{} for _ in queries]
+        for (i, s, _), v in zip(rel_texts, r_vecs):
+            rel_by_query[i][s] = v
+        _, ids = self.index.search(q_vecs, k)
+        out = []
+        for i, query in enumerate(queries):
+            nums = {int(x) // SLOTS for x in ids[i] if x >= 0}
+            for hit in subject_hits[i].values():
+                nums |= hit
+            cands = []
+            for num in sorted(nums):
+                edit = self.store.get_by_num(num)
+                if edit is None or edit.status != "active":
+                    continue
+                f = self._features(query, norms[i], q_vecs[i], rel_by_query[i], edit)
+                score, fired = self.gate.score(f, edit.kind)
+                cands.append(Candidate(edit, f, score, fired))
+            cands.sort(key=lambda c: (c.fired, c.gate_score), reverse=True)
+            out.append(cands)
+        return out
+
+    def regex_edits(self, scope: str) -> list[tuple[Edit, object]]:
+        self.sync()
+        return [(e, c) for e, c in self.regexes.values() if e.payload["scope"] == scope]
+
+    def close(self) -> None:
+        with self._lock:
+            if self.store.env is None:
+                return
+            if not self.store.readonly:
+                try:
+                    self.index.save(self.store.path / INDEX_FILE, self.generation, self.encoder.name)
+                except OSError:
+                    pass  # derived data: rebuilt on next open
+            self.store.close()
+
+
+def query_relation_text(query: str, norm_subject: str) -> str:
+    """The query's focus sentence with the subject (as written in the query) masked."""
+    words = norm_subject.split()
+    m = re.search(r"\W+".join(re.escape(w) for w in words), query, re.IGNORECASE)
+    return relation_text(focus(query), m.group(0) if m else norm_subject)
+
+
+def pair_features(
+    query: str, norm_query: str, q_vec: np.ndarray, query_rel_vec: np.ndarray | None, edit: Edit, edit_vecs: np.ndarray
+) -> PairFeatures:
+    """Gate features of one (query, edit) pair. ``edit_vecs`` rows: the edit's keys, then
+    (facts with a subject) its relation text; ``query_rel_vec`` encodes
+    ``query_relation_text(query, subject)`` when the subject occurs in the query."""
+    n_keys = len(edit.keys)
+    cos_key = float(np.max(edit_vecs[:n_keys] @ q_vec)) if n_keys else 0.0
+    if edit.kind != "fact" or not edit.subject:
+        return PairFeatures(cos_key=cos_key)
+    subj = normalize(edit.subject)
+    subj_any = contains_phrase(norm_query, subj)
+    subj_focus = contains_phrase(normalize(focus(query)), subj)
+    matched = subj_any and query_rel_vec is not None
+    cos_rel = float(edit_vecs[n_keys] @ query_rel_vec) if matched else 0.0
+    return PairFeatures(cos_key=cos_key, subj_focus=float(subj_focus), subj_any=float(subj_any), cos_rel=cos_rel,
+                        has_subject=True, rel_product=edit_vecs[n_keys] * query_rel_vec if matched else None)
+
+
+def check_queries(prompts: object, name: str = "prompts") -> list[str]:
+    """Validate a batch of query texts; raise InvalidQueryError naming the bad row."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)):
+        raise InvalidQueryError(f"{name} must be a string or a list of strings, got {type(prompts).__name__}")
+    if not prompts:
+        raise InvalidQueryError(f"{name} is empty")
+    if len(prompts) > LIMITS.max_batch:
+        raise InvalidQueryError(f"{name} has {len(prompts)} rows; the limit is {LIMITS.max_batch}")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InvalidQueryError(f"{name}[{i}] must be a string, got {type(p).__name__}")
+        if not p.strip():
+            raise InvalidQueryError(f"{name}[{i}] is empty or whitespace only")
+        if len(p) > LIMITS.max_query_chars:
+            raise InvalidQueryError(f"{name}[{i}] has {len(p)} characters; the limit is {LIMITS.max_query_chars}")
+    return list(prompts)

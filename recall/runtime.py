@@ -1,0 +1,248 @@
+"""The runtime users touch: an edit memory consulted before every query, over a model whose
+weights never change."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from recall.index import TextEncoder
+
+from . import regex_patch
+from .edits import Edit, build_edit, validate_record
+from .errors import EditConflictError, ImportFormatError, InvalidQueryError
+from .gate import Gate, GateParams
+from .inject import Injector
+from .lm import RowPlan, SamplingOptions, generate_rows, score_rows
+from .memory import EditMemory, check_queries
+from .models import load_model
+
+
+class Runtime:
+    """Open with :meth:`open`. Query path per row: input regexes -> retrieve top-k -> gate ->
+    inject -> model -> output regexes."""
+
+    def __init__(
+        self, memory: EditMemory, model, tokenizer, spec, injector: Injector, top_k: int = 8, max_fired: int = 3
+    ) -> None:
+        self.memory = memory
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.injector = injector
+        self.top_k = top_k
+        self.max_fired = max_fired
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        model: str | Path | None = None,
+        encoder: str | Path | None = None,
+        device: str = "auto",
+        *,
+        gate: str = "learned",
+        injection: str = "decode",
+        bias_weight: float = 0.9,
+        top_k: int = 8,
+        readonly: bool = False,
+        gate_params: str | Path | GateParams | None = None,
+    ) -> Runtime:
+        """Open (or create) a store directory and load the model and encoder.
+
+        ``model``/``encoder`` default to the embedded SmolLM2-135M-Instruct and all-MiniLM-L6-v2."""
+        lm, tok, spec = load_model(model, device)
+        enc = TextEncoder(encoder, device=str(lm.device))
+        params = gate_params if isinstance(gate_params, GateParams) else GateParams.load(gate_params)
+        memory = EditMemory(path, enc, Gate(gate, params), readonly=readonly)
+        return cls(memory, lm, tok, spec, Injector(tok, injection, bias_weight), top_k=top_k)
+
+    # -- edits ----------------------------------------------------------------
+    def add_edit(self, kind: str = "fact", *, provenance: str | None = None, **fields: Any) -> Edit:
+        """Validate and store an edit; returns after the LMDB transaction has committed.
+
+        A fact with the same subject and relation as an active fact retires the older one."""
+        return self.memory.add(build_edit(kind, provenance=provenance, **fields))
+
+    def remove_edit(self, edit_id: str) -> Edit:
+        """Retire an edit (it stays in the store, visible with ``edits(status="retired")``)."""
+        return self.memory.set_status(edit_id, "retired", "removed")
+
+    def get_edit(self, edit_id: str) -> Edit:
+        return self.memory.store.get(edit_id)
+
+    def edits(self, status: str | None = "active") -> list[Edit]:
+        """Edits with the given status ("active", "retired", "consolidated"; None for all)."""
+        return list(self.memory.store.iter_edits(status))
+
+    def export_jsonl(self, path: str | Path) -> int:
+        """Write every edit (all statuses) as one JSON object per line; returns the count."""
+        n = 0
+        tmp = Path(str(path) + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for edit in self.memory.store.iter_edits(None):
+                record = edit.to_dict()
+                record.pop("num")
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                n += 1
+        tmp.replace(path)
+        return n
+
+    def import_jsonl(self, path: str | Path) -> dict[str, int]:
+        """Import edits from JSONL. Every line is validated before anything is written, so a bad
+        line leaves the store unchanged. Lines whose id already exists with the same content
+        are skipped; the same id with other content is an EditConflictError."""
+        edits = []
+        raw = Path(path).read_bytes()
+        for lineno, line in enumerate(raw.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                data = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise ImportFormatError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+            except json.JSONDecodeError as exc:
+                raise ImportFormatError(f"{where}: not valid JSON ({exc.msg})") from exc
+            edits.append(validate_record(data, where))
+        ids = [e.id for e in edits]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ImportFormatError(f"{path}: id {dup!r} appears more than once")
+        fresh, skipped = [], 0
+        for edit in edits:
+            try:
+                old = self.memory.store.get(edit.id)
+            except KeyError:
+                fresh.append(edit)
+                continue
+            if (old.kind, old.payload, old.subject) != (edit.kind, edit.payload, edit.subject):
+                raise EditConflictError(f"{path}: id {edit.id!r} exists with different content")
+            skipped += 1
+        for edit in sorted(fresh, key=lambda e: e.created_at):
+            self.memory.add(edit)
+        return {"imported": len(fresh), "skipped": skipped}
+
+    # -- queries --------------------------------------------------------------
+    def _rewrite_input(self, prompt: str) -> tuple[str, list[str]]:
+        applied = []
+        for edit, compiled in self.memory.regex_edits("input"):
+            prompt, hit = regex_patch.apply(compiled, edit.payload["replacement"], prompt)
+            if hit:
+                applied.append(edit.id)
+        return prompt, applied
+
+    def _plans(self, prompts: list[str]) -> tuple[list[RowPlan], list[list], list[list[str]]]:
+        rewritten = [self._rewrite_input(p) for p in prompts]
+        queries = [q for q, _ in rewritten]
+        cands = self.memory.retrieve(queries, self.top_k)
+        plans = []
+        for q, row in zip(queries, cands):
+            fired = [c.edit for c in row if c.fired][: self.max_fired]
+            plans.append(self.injector.plan(q, fired))
+        return plans, cands, [a for _, a in rewritten]
+
+    def _run_partitioned(self, fn, plans: list[RowPlan], prompts: list[str], *extra) -> list:
+        """Rows the memory left untouched run as one group through the bare path, so that when
+        nothing fires the result is computed exactly as with ``use_memory=False``."""
+        plain = [i for i, (pl, p) in enumerate(zip(plans, prompts)) if pl.plain and pl.prompt == p]
+        if len(plain) == len(plans):
+            return fn(self.model, self.tokenizer, plans, *extra)
+        other = [i for i in range(len(plans)) if i not in set(plain)]
+        out: list = [None] * len(plans)
+        for group in (plain, other):
+            if group:
+                args = [[x[i] for i in group] if isinstance(x, list) else x for x in extra]
+                for i, v in zip(group, fn(self.model, self.tokenizer, [plans[i] for i in group], *args)):
+                    out[i] = v
+        return out
+
+    def score(self, prompts: list[str] | str, continuations: list[str] | str, use_memory: bool = True) -> list[float]:
+        """Mean log-probability per continuation token (a space joins the two when neither side
+        has one). Goes through the same retrieve/gate/inject path as ``generate``."""
+        prompts = check_queries(prompts)
+        continuations = check_queries(continuations, "continuations")
+        if len(prompts) != len(continuations):
+            raise InvalidQueryError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        if not use_memory:
+            return score_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], continuations)
+        plans, _, _ = self._plans(prompts)
+        return self._run_partitioned(score_rows, plans, prompts, continuations)
+
+    def generate(
+        self,
+        prompts: list[str] | str,
+        max_new_tokens: int = 20,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        use_memory: bool = True,
+    ) -> list[str]:
+        """Continue each prompt (greedy by default). Returns the new text of each row."""
+        prompts = check_queries(prompts)
+        if not isinstance(max_new_tokens, int) or not 0 < max_new_tokens <= 4096:
+            raise InvalidQueryError(f"max_new_tokens must be an int in 1..4096, got {max_new_tokens!r}")
+        if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
+            raise InvalidQueryError("need temperature > 0, 0 < top_p <= 1 and top_k >= 0")
+        sampling = SamplingOptions(do_sample, temperature, top_p, top_k, seed)
+        if not use_memory:
+            return generate_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], max_new_tokens, sampling)
+        plans, _, _ = self._plans(prompts)
+        texts = self._run_partitioned(generate_rows, plans, prompts, max_new_tokens, sampling)
+        outputs = self.memory.regex_edits("output")
+        for i, text in enumerate(texts):
+            for edit, compiled in outputs:
+                text, _ = regex_patch.apply(compiled, edit.payload["replacement"], text)
+            texts[i] = text
+        return texts
+
+    def explain(self, prompt: str) -> dict[str, Any]:
+        """Which edits were retrieved for ``prompt``, their scores, and which fired."""
+        (prompt,) = check_queries([prompt], "prompt")
+        plans, cands, regex_ids = self._plans([prompt])
+        rows = []
+        for c in cands[0]:
+            rows.append(
+                {
+                    "id": c.edit.id,
+                    "kind": c.edit.kind,
+                    "subject": c.edit.subject,
+                    "key": c.edit.keys[0] if c.edit.keys else None,
+                    "target": c.edit.payload.get("target"),
+                    "retrieval_score": round(c.features.cos_key, 4),
+                    "gate_score": round(c.gate_score, 4),
+                    "fired": c.fired,
+                    "features": {k: round(float(v), 4) for k, v in vars(c.features).items()},
+                    "supersedes": [e.id for e in self.memory.store.iter_edits("retired") if e.retired_by == c.edit.id],
+                }
+            )
+        return {
+            "query": prompt,
+            "gate": self.memory.gate.kind,
+            "injection": self.injector.mode,
+            "input_regexes": regex_ids[0],
+            "candidates": rows,
+            "fired": [r["id"] for r in rows if r["fired"]][: self.max_fired],
+            "model_prompt": plans[0].prompt,
+        }
+
+    # -- lifecycle ------------------------------------------------------------
+    def close(self) -> None:
+        self.memory.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Runtime(store={str(self.memory.store.path)!r}, model={self.spec.model_type}, "
+            f"gate={self.memory.gate.kind}, injection={self.injector.mode}, t={time.time():.0f})"
+        )

@@ -1,0 +1,64 @@
+"""Text helpers shared by retrieval and the gate: normalization, the query's focus sentence,
+and the relation text (a sentence with its subject masked)."""
+
+from __future__ import annotations
+
+import re
+
+_NON_WORD = re.compile(r"[^\w]+", re.UNICODE)
+_BOUNDARY = re.compile(r"[.!?]+[\"')\]]*\s+|\n+")
+# Words that end with a period without ending a sentence ("St. Louis", "Apple Inc. is").
+_ABBREVIATIONS = {"st", "mr", "mrs", "ms", "dr", "jr", "sr", "inc", "ltd", "co", "corp", "vs", "no", "mt", "ft",
+                  "gen", "col", "lt", "sgt", "prof", "rev", "hon", "u.s", "u.k", "e.g", "i.e", "etc", "jan", "feb",
+                  "mar", "apr", "aug", "sept", "sep", "oct", "nov", "dec", "fc", "ac", "bros"}
+SUBJECT_MASK = "X"
+
+
+def normalize(text: str) -> str:
+    """Casefold, turn punctuation into spaces, collapse whitespace."""
+    return " ".join(_NON_WORD.sub(" ", text.casefold()).split())
+
+
+def word_ngrams(norm_text: str, max_n: int) -> set[str]:
+    words = norm_text.split()
+    return {" ".join(words[i : i + n]) for n in range(1, max_n + 1) for i in range(len(words) - n + 1)}
+
+
+def contains_phrase(norm_text: str, norm_phrase: str) -> bool:
+    """Whole-word containment of an already-normalized phrase."""
+    return bool(norm_phrase) and f" {norm_phrase} " in f" {norm_text} "
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split at sentence ends, but not after abbreviations or single-letter initials."""
+    parts, start = [], 0
+    text = text.strip()
+    for m in _BOUNDARY.finditer(text):
+        word = text[start:m.start()].split()[-1:] or [""]
+        prev = word[0].casefold().lstrip("(\"'")
+        if m.group(0).startswith(".") and (len(prev) <= 1 or prev in _ABBREVIATIONS):
+            continue
+        parts.append(text[start:m.end()].strip())
+        start = m.end()
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]
+
+
+def focus(text: str) -> str:
+    """The part of a prompt the model is asked to continue: its last sentence, widened to the
+    previous sentence when the last one is a stub ("A:", "Answer:")."""
+    parts = [p for p in split_sentences(text) if p.strip()]
+    if not parts:
+        return text
+    last = parts[-1]
+    if len(last.split()) < 3 and len(parts) > 1:
+        last = parts[-2] + " " + last
+    return last
+
+
+def relation_text(text: str, subject: str | None) -> str:
+    """The sentence with the subject masked, e.g. "The mother tongue of X is"."""
+    if not subject:
+        return text
+    pattern = re.compile(re.escape(subject.strip()), re.IGNORECASE)
+    return pattern.sub(SUBJECT_MASK, text, count=1)

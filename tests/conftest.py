@@ -1,0 +1,147 @@
+"""Shared fixtures: the real embedded model and encoder, loaded once per session, and a
+factory that opens real Runtimes (real LMDB + FAISS) on per-test temporary store dirs.
+
+Nothing here is mocked. ``Runtime.open`` runs unchanged; while it runs, the two loaders it
+calls (``recall.runtime.load_model`` / ``recall.runtime.TextEncoder``) are pointed at the
+session's already-loaded objects so the ~5 s model load happens once, not per test.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hashlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Small batches on a 2-core box that other jobs share: one thread is several times faster
+# than two (OpenMP spin-waits when a core is busy). Override with RECALL_TEST_THREADS.
+torch.set_num_threads(int(os.environ.get("RECALL_TEST_THREADS", "1")))
+
+from recall.index import TextEncoder  # noqa: E402
+
+import recall.runtime as runtime_module  # noqa: E402
+from recall.models import load_model  # noqa: E402
+from recall.runtime import Runtime  # noqa: E402
+
+FACT_PROMPT = "The mother tongue of Danielle Darrieux is"
+FACT_PARAPHRASE = "Where Danielle Darrieux is from, people speak the language of"
+FACT_SUBJECT = "Danielle Darrieux"
+UNRELATED = "The capital of France is"
+
+
+@pytest.fixture(scope="session")
+def loaded_model():
+    """(model, tokenizer, spec) of the embedded SmolLM2-135M, loaded once."""
+    return load_model(None, "cpu")
+
+
+@pytest.fixture(scope="session")
+def encoder() -> TextEncoder:
+    """The embedded all-MiniLM-L6-v2 encoder, loaded once."""
+    return TextEncoder(None, device="cpu")
+
+
+def open_cached_runtime(path, loaded_model, encoder, **kwargs) -> Runtime:
+    """``Runtime.open(path, **kwargs)`` reusing the session's model and encoder."""
+    saved = runtime_module.load_model, runtime_module.TextEncoder
+    runtime_module.load_model = lambda model=None, device="auto": loaded_model
+    runtime_module.TextEncoder = lambda path=None, device="cpu": encoder
+    try:
+        rt = Runtime.open(path, **kwargs)
+    finally:
+        runtime_module.load_model, runtime_module.TextEncoder = saved
+    if rt.model is not loaded_model[0] or rt.memory.encoder is not encoder:
+        rt.close()
+        raise RuntimeError(
+            "Runtime.open no longer loads through recall.runtime.load_model/TextEncoder; update tests/conftest.py"
+        )
+    return rt
+
+
+@pytest.fixture
+def make_runtime(loaded_model, encoder):
+    """Factory: ``make_runtime(store_dir, gate=..., ...)`` -> Runtime; all closed at teardown."""
+    opened: list[Runtime] = []
+
+    def factory(path, **kwargs) -> Runtime:
+        rt = open_cached_runtime(path, loaded_model, encoder, **kwargs)
+        opened.append(rt)
+        return rt
+
+    yield factory
+    for rt in opened:
+        rt.close()
+
+
+@pytest.fixture
+def store_dir(tmp_path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def rt(make_runtime, store_dir) -> Runtime:
+    """A Runtime on a fresh store with the subject gate (behaviour of the obvious cases does not
+    depend on tuned thresholds)."""
+    return make_runtime(store_dir, gate="subject")
+
+
+def weights_digest(model) -> str:
+    """sha256 over every tensor of the state dict (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def child_env() -> dict[str, str]:
+    """Environment for helper subprocesses: offline, one thread, unbuffered."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def run_child(code: str, *args: str, timeout: float = 120) -> str:
+    """Run ``python -c code args...`` to completion; return its stdout (fail with its stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"child failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def active_key_count(store) -> int:
+    return sum(len(e.keys) for e in store.iter_edits("active"))
+
+
+def faiss_ids(memory) -> set[int]:
+    import faiss
+
+    return {int(i) for i in faiss.vector_to_array(memory.index.index.id_map)}
+
+
+def expected_faiss_ids(memory) -> set[int]:
+    from recall.memory import SLOTS
+
+    return {e.num * SLOTS + j for e in memory.store.iter_edits("active") for j in range(len(e.keys))}
