@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,38 @@ def _from_u64(b: bytes) -> int:
     return struct.unpack(">Q", b)[0]
 
 
+def _check_data_file(data: Path) -> None:
+    """Refuse a data.mdb shorter than its own meta pages say it is.
+
+    LMDB memory-maps the file, so reading a truncated one kills the process with SIGBUS
+    instead of raising. Each of the two meta pages (page 0 and 1) records the last page in
+    use (``mm_last_pg`` at byte 136 of the page: 16-byte page header, magic, version, address,
+    map size, two 48-byte DB records) and a transaction id; the newer one is authoritative."""
+    if not data.exists():
+        return
+    size = data.stat().st_size
+    if size == 0:
+        raise StoreCorruptError(f"store file {data} is empty (corrupt)")
+    with open(data, "rb") as fh:
+        head = fh.read(8192)
+    if len(head) < 160:
+        raise StoreCorruptError(f"store file {data} is truncated ({size} bytes)")
+    magic = struct.unpack_from("<I", head, 16)[0]
+    if magic != 0xBEEFC0DE:
+        raise StoreCorruptError(f"store file {data} is not an LMDB file (bad magic {magic:#x})")
+    page = mmap.PAGESIZE  # LMDB's page size is the OS page size
+    metas = []
+    for p in (0, 1):
+        if p * page + 152 <= len(head) and struct.unpack_from("<I", head, p * page + 16)[0] == 0xBEEFC0DE:
+            last_pg, txnid = struct.unpack_from("<QQ", head, p * page + 136)
+            metas.append((txnid, last_pg))
+    if metas:
+        _, last_pg = max(metas)
+        if size < (last_pg + 1) * page:
+            raise StoreCorruptError(f"store file {data} is truncated: {size} bytes, but its meta page "
+                                    f"records {last_pg + 1} pages of {page} bytes")
+
+
 class EditStore:
     """Durable edit records in one LMDB environment."""
 
@@ -52,9 +85,7 @@ class EditStore:
             if readonly or not create:
                 raise StoreError(f"no store at {self.path}")
             self.path.mkdir(parents=True)
-        data = self.path / "data.mdb"
-        if data.exists() and data.stat().st_size == 0:
-            raise StoreCorruptError(f"store file {data} is empty (corrupt)")
+        _check_data_file(self.path / "data.mdb")
         try:
             self.env = lmdb.open(
                 str(self.path),
@@ -72,11 +103,16 @@ class EditStore:
             self._meta = self.env.open_db(b"meta", create=not readonly)
         except lmdb.Error as exc:
             raise StoreCorruptError(f"store at {self.path} cannot be opened: {exc}") from exc
-        self._check_schema()
+        try:
+            self._check_schema()
+        except Exception:
+            self.env.close()
+            self.env = None
+            raise
 
     # -- meta -----------------------------------------------------------------
     def _check_schema(self) -> None:
-        with self.env.begin(db=self._meta) as txn:
+        with self._txn(db=self._meta) as txn:
             raw = txn.get(b"schema")
         if raw is None:
             if self.readonly:
@@ -95,7 +131,7 @@ class EditStore:
             )
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        with self.env.begin(db=self._meta) as txn:
+        with self._txn(db=self._meta) as txn:
             raw = txn.get(key.encode())
         return default if raw is None else json.loads(raw)
 
@@ -105,18 +141,23 @@ class EditStore:
 
     @property
     def generation(self) -> int:
-        with self.env.begin(db=self._meta) as txn:
+        with self._txn(db=self._meta) as txn:
             raw = txn.get(b"generation")
         return 0 if raw is None else int(raw)
 
     # -- transactions ---------------------------------------------------------
+    def _txn(self, **kwargs: Any) -> lmdb.Transaction:
+        if self.env is None:
+            raise StoreLockedError(f"store at {self.path} is closed")
+        return self.env.begin(**kwargs)
+
     @contextmanager
     def _write(self) -> Iterator[lmdb.Transaction]:
         if self.readonly:
             raise StoreLockedError(f"store at {self.path} is open read-only")
         if self.env is None:
             raise StoreLockedError("store is closed")
-        with self.env.begin(write=True) as txn:
+        with self._txn(write=True) as txn:
             yield txn
 
     def _bump(self, txn: lmdb.Transaction, op: str, num: int) -> int:
@@ -170,11 +211,11 @@ class EditStore:
         return self._decode(raw, edit_id)
 
     def get(self, edit_id: str) -> Edit:
-        with self.env.begin() as txn:
+        with self._txn() as txn:
             return self._get_in(txn, edit_id)
 
     def get_by_num(self, num: int) -> Edit | None:
-        with self.env.begin() as txn:
+        with self._txn() as txn:
             raw = txn.get(_u64(num), db=self._nums)
             return None if raw is None else self._get_in(txn, raw.decode())
 
@@ -193,7 +234,7 @@ class EditStore:
         return edit
 
     def vectors(self, num: int) -> np.ndarray:
-        with self.env.begin(db=self._vectors) as txn:
+        with self._txn(db=self._vectors) as txn:
             raw = txn.get(_u64(num))
         if raw is None:
             raise StoreCorruptError(f"vectors of edit num {num} are missing from {self.path}")
@@ -204,7 +245,7 @@ class EditStore:
 
     def iter_edits(self, status: str | None = "active") -> Iterator[Edit]:
         """All edits (with the given status; None for all), in insertion order."""
-        with self.env.begin() as txn:
+        with self._txn() as txn:
             for num_key, edit_id in txn.cursor(db=self._nums):
                 raw = txn.get(edit_id, db=self._edits)
                 if raw is None:
@@ -214,13 +255,13 @@ class EditStore:
                     yield edit
 
     def count(self) -> int:
-        with self.env.begin(db=self._edits) as txn:
+        with self._txn(db=self._edits) as txn:
             return txn.stat(self._edits)["entries"]
 
     def changes_since(self, generation: int) -> list[tuple[int, str, int]]:
         """(generation, op, num) for every change after ``generation``, oldest first."""
         out = []
-        with self.env.begin(db=self._changes) as txn:
+        with self._txn(db=self._changes) as txn:
             cur = txn.cursor()
             if cur.set_range(_u64(generation + 1)):
                 for key, raw in cur:

@@ -75,7 +75,19 @@ def _text(fields: dict[str, Any], name: str, limit: int, *, required: bool = Tru
         raise EmptyTextError(f"edit field {name!r} is empty or whitespace only")
     if len(value) > limit:
         raise TextTooLongError(f"edit field {name!r} has {len(value)} characters; the limit is {limit}")
+    check_utf8(value, f"edit field {name!r}", InvalidEditError)
     return value
+
+
+def check_utf8(value: str, what: str, error: type[Exception]) -> None:
+    """Reject strings that cannot be encoded as UTF-8 (lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(f"{what} is not valid Unicode text ({exc.reason} at position {exc.start})") from exc
+
+
+ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def split_patch(text: str) -> tuple[str, str]:
@@ -83,11 +95,16 @@ def split_patch(text: str) -> tuple[str, str]:
     m = _PATCH_RE.match(text)
     if not m:
         raise InvalidEditError(f"patch text must read 'If <condition>, then <consequence>'; got {text!r}")
-    return m.group("cond"), m.group("cons")
+    cond, cons = m.group("cond").strip(), m.group("cons").strip()
+    if not cond or not cons:
+        raise EmptyTextError(f"patch text {text!r} has an empty condition or consequence")
+    return cond, cons
 
 
 def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: str | None = None, **fields: Any) -> Edit:
     """Validate user-supplied fields and return a new, not yet stored, Edit."""
+    if edit_id is not None and (not isinstance(edit_id, str) or not ID_RE.fullmatch(edit_id)):
+        raise InvalidEditError(f"edit id {edit_id!r} must be 1-64 characters of [A-Za-z0-9_.:-]")
     if not isinstance(kind, str) or kind not in KINDS:
         raise UnknownKindError(f"unknown edit kind {kind!r}; known kinds: {', '.join(KINDS)}")
     allowed = {
@@ -189,7 +206,7 @@ def validate_record(data: Any, where: str) -> Edit:
         raise ImportFormatError(f"{where}: record schema {schema!r} is newer than this recall ({SCHEMA_VERSION})")
     payload = {k: v for k, v in payload.items() if v is not None}
     edit_id = data.get("id")
-    if edit_id is not None and (not isinstance(edit_id, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", edit_id)):
+    if edit_id is not None and (not isinstance(edit_id, str) or not ID_RE.fullmatch(edit_id)):
         raise ImportFormatError(f"{where}: id {edit_id!r} must be 1-64 characters of [A-Za-z0-9_.:-]")
     try:
         edit = build_edit(kind, provenance=data.get("provenance"), edit_id=edit_id, **payload)

@@ -34,6 +34,7 @@ class GateParams:
     cosine_threshold: float = 0.75
     subject_rel_threshold: float = 0.5
     patch_threshold: float = 0.6
+    conflict_rel_threshold: float = 0.8  # same subject + relation cosine >= this: the newer fact wins
     learned_weights: list[float] = field(default_factory=lambda: [0.0] * len(FEATURES))
     learned_bias: float = 0.0
     learned_threshold: float = 0.5

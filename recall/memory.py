@@ -14,7 +14,7 @@ import numpy as np
 from recall.index import EditStore, TextEncoder, VectorIndex
 
 from . import regex_patch
-from .edits import Edit
+from .edits import Edit, check_utf8
 from .errors import InvalidQueryError
 from .gate import Gate, PairFeatures
 from .limits import LIMITS
@@ -132,7 +132,8 @@ class EditMemory:
         """Active facts the new fact supersedes: same subject and same relation.
 
         The relation is the same when both edits name it and the names agree, or, when either
-        does not, when the gate fires for the new edit's prompt against the older edit."""
+        does not, when their relation texts (subject masked) are near-identical: stricter than
+        the gate, because retiring a fact wrongly loses it, while a gate miss only costs recall."""
         if edit.kind != "fact" or not edit.subject:
             return {}
         out = {}
@@ -151,7 +152,7 @@ class EditMemory:
                     {normalize(edit.subject): vectors[-1]},
                     old,
                 )
-                same = self.gate.score(f, old.kind)[1]
+                same = bool(f.subj_focus) and f.cos_rel >= self.gate.params.conflict_rel_threshold
             if same:
                 out[old.id] = (
                     f"superseded by {edit.id}: same subject {edit.subject!r} and relation "
@@ -271,6 +272,7 @@ def check_queries(prompts: object, name: str = "prompts") -> list[str]:
             raise InvalidQueryError(f"{name}[{i}] must be a string, got {type(p).__name__}")
         if not p.strip():
             raise InvalidQueryError(f"{name}[{i}] is empty or whitespace only")
+        check_utf8(p, f"{name}[{i}]", InvalidQueryError)
         if len(p) > LIMITS.max_query_chars:
             raise InvalidQueryError(f"{name}[{i}] has {len(p)} characters; the limit is {LIMITS.max_query_chars}")
     return list(prompts)

@@ -12,6 +12,7 @@ from .errors import InvalidRegexError, UnsafeRegexError
 from .limits import LIMITS
 
 _PROBE_LEN = 40
+_LONG_PROBE_LEN = 400
 
 
 def _probe_strings(pattern: str) -> list[str]:
@@ -20,8 +21,9 @@ def _probe_strings(pattern: str) -> list[str]:
     chars = {c for c in pattern if c.isalnum() or c in " -_.,:;@/"} | {"a", "0", " ", "x"}
     probes = []
     for c in sorted(chars):
-        run = c * _PROBE_LEN
-        probes += [run + "!", run + "\n" + run + "\x00"]
+        for n in (_PROBE_LEN, _LONG_PROBE_LEN):  # short runs catch exponential, long ones cubic blow-ups
+            run = c * n
+            probes += [run + "!", run + "\n" + run + "\x00"]
     mixed = "".join(sorted(chars)) * 8
     probes.append(mixed + "!")
     return probes

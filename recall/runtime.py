@@ -217,7 +217,7 @@ class Runtime:
                     "retrieval_score": round(c.features.cos_key, 4),
                     "gate_score": round(c.gate_score, 4),
                     "fired": c.fired,
-                    "features": {k: round(float(v), 4) for k, v in vars(c.features).items()},
+                    "features": {k: round(float(v), 4) for k, v in vars(c.features).items() if k != "rel_product"},
                     "supersedes": [e.id for e in self.memory.store.iter_edits("retired") if e.retired_by == c.edit.id],
                 }
             )

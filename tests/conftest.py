@@ -9,9 +9,12 @@ session's already-loaded objects so the ~5 s model load happens once, not per te
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# hypothesis keeps its caches out of the repository
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "recall-tests-hypothesis"))
 
 import hashlib  # noqa: E402
 import subprocess  # noqa: E402
