@@ -218,12 +218,10 @@ def report(result: dict[str, Any]) -> str:
         label = f"generate ({GEN_TOKENS} tok)" if kind == "generate" else "score"
         b = lat["bare"]
         rows.append([label, "bare model (all queries)", b["n"], b["bare_ms"], "", ""])
-        for key, name in [
-            ("edit_prompts", "runtime, edit prompts"),
-            ("locality_prompts", "runtime, locality prompts"),
-            ("fired", "runtime, an edit fired"),
-            ("none_fired", "runtime, nothing fired"),
-        ]:
+        keys = [("edit_prompts", "runtime, edit prompts"), ("locality_prompts", "runtime, locality prompts")]
+        if result["fire_rate"] != {"edit": 1.0, "locality": 0.0}:  # else these rows repeat the two above
+            keys += [("fired", "runtime, an edit fired"), ("none_fired", "runtime, nothing fired")]
+        for key, name in keys:
             s = lat[key]
             if s["n"]:
                 rows.append([label, name, s["n"], s["runtime_ms"], s["ratio_median"], s["ratio_p95"]])

@@ -164,7 +164,7 @@ def _best_threshold(scores: np.ndarray, y: np.ndarray) -> float:
     return best_t
 
 
-def tune(features: list[PairFeatures], labels: np.ndarray, dim: int = 0, l2: float = 1e-2) -> GateParams:
+def tune(features: list[PairFeatures], labels: np.ndarray, dim: int, l2: float = 1e-3) -> GateParams:
     """Fit the learned gate (``dim`` > 0 adds relation-product features) and pick thresholds."""
     x = np.stack([f.vector(dim) for f in features])
     w, b = fit_logistic(x, labels, l2=l2)
@@ -219,7 +219,7 @@ def train(data_dir: str | Path, out_params: str | Path, out_report: str | Path |
     train_pairs = counterfact_pairs(rng.sample(cf_train, min(n_train, len(cf_train))), data_dir, rng)
     train_pairs += zsre_pairs(zs_train)
     train_feats = featurize(train_pairs, encoder)
-    params = tune(train_feats, np.array([p.label for p in train_pairs]))
+    params = tune(train_feats, np.array([p.label for p in train_pairs]), encoder.dim)
     cf_dev = json.loads((data_dir / "counterfact/easyedit_mend_format/counterfact-edit.json").read_text())[:n_dev]
     distract_path = data_dir / "counterfact/easyedit_locality/counterfact_distracting_neighbor.json"
     distract = json.loads(distract_path.read_text())

@@ -105,12 +105,19 @@ def demo(
         Path | None, typer.Option(help="Build the store here and keep it (default: a temporary directory).")
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write all numbers to this JSON file.")] = None,
+    eval_n: Annotated[
+        int | None,
+        typer.Option(
+            "--eval-n", min=1, help="How many of the streamed edits to evaluate [default: 100, the time budget]."
+        ),
+    ] = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Stream CounterFact edits into a fresh store on the embedded model and measure them."""
     from . import demo as demo_mod
 
-    result = demo_mod.run(n=n, seed=seed, store=store, threads=threads)
+    extra = {} if eval_n is None else {"eval_n": eval_n}
+    result = demo_mod.run(n=n, seed=seed, store=store, threads=threads, **extra)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

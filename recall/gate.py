@@ -66,7 +66,8 @@ class PairFeatures:
     def vector(self, dim: int = 0) -> np.ndarray:
         """The base features, then ``dim`` relation-product features (zeros when unmatched)."""
         base = [self.cos_key, self.subj_focus, self.subj_any, self.cos_rel, self.subj_focus * self.cos_rel]
-        prod = self.rel_product if self.rel_product is not None and dim else np.zeros(dim)
+        # scaled by the dimension so that its entries are O(1), like the other features
+        prod = self.rel_product * dim if self.rel_product is not None and dim else np.zeros(dim)
         return np.concatenate([np.asarray(base, dtype=np.float64), np.asarray(prod, dtype=np.float64)[:dim]])
 
 

@@ -8,6 +8,7 @@ import re
 _NON_WORD = re.compile(r"[^\w]+", re.UNICODE)
 _BOUNDARY = re.compile(r"[.!?]+[\"')\]]*\s+|\n+")
 # Words that end with a period without ending a sentence ("St. Louis", "Apple Inc. is").
+_INITIALISM = re.compile(r"^(?:\w\.)+\w$")  # "r.a", "i.r.s", "f.c" (the final period is the match)
 _ABBREVIATIONS = {"st", "mr", "mrs", "ms", "dr", "jr", "sr", "inc", "ltd", "co", "corp", "vs", "no", "mt", "ft",
                   "gen", "col", "lt", "sgt", "prof", "rev", "hon", "u.s", "u.k", "e.g", "i.e", "etc", "jan", "feb",
                   "mar", "apr", "aug", "sept", "sep", "oct", "nov", "dec", "fc", "ac", "bros"}
@@ -36,7 +37,9 @@ def split_sentences(text: str) -> list[str]:
     for m in _BOUNDARY.finditer(text):
         word = text[start:m.start()].split()[-1:] or [""]
         prev = word[0].casefold().lstrip("(\"'")
-        if m.group(0).startswith(".") and (len(prev) <= 1 or prev in _ABBREVIATIONS):
+        if text[m.end():m.end() + 1].islower():  # "Plus! is", "Till Death... is": no new sentence
+            continue
+        if m.group(0).startswith(".") and (len(prev) <= 1 or prev in _ABBREVIATIONS or _INITIALISM.match(prev)):
             continue
         parts.append(text[start:m.end()].strip())
         start = m.end()
@@ -46,13 +49,13 @@ def split_sentences(text: str) -> list[str]:
 
 def focus(text: str) -> str:
     """The part of a prompt the model is asked to continue: its last sentence, widened to the
-    previous sentence when the last one is a stub ("A:", "Answer:")."""
+    previous sentence when the last one is a stub ("A:") or answers a question ("X? It is")."""
     parts = [p for p in split_sentences(text) if p.strip()]
     if not parts:
         return text
     last = parts[-1]
-    if len(last.split()) < 3 and len(parts) > 1:
-        last = parts[-2] + " " + last
+    if len(parts) > 1 and (len(last.split()) < 3 or parts[-2].rstrip().endswith("?")):
+        last = parts[-2] + " " + last  # an answer stub after its question: "Where is X? It is in"
     return last
 
 
