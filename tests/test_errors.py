@@ -110,13 +110,6 @@ def test_bad_edit_rejected_with_typed_error(populated, name):
     assert isinstance(err, InvalidEditError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="WEAKNESS (recall/regex_patch.py): the 40-character probes miss polynomial (cubic) backtracking. "
-    "These nested-quantifier patterns are accepted, then at query time time out (50 ms each) on texts of a few "
-    "hundred characters, and the rewrite is silently skipped",
-)
 @pytest.mark.parametrize("pattern", [r"(a+)+$", r"(\w+\s?)*$"])
 def test_nested_quantifier_regex_rejected(populated, pattern):
     assert_raises_unchanged(populated, UnsafeRegexError, populated.add_edit, "regex", pattern=pattern, replacement="x")
@@ -208,23 +201,10 @@ def test_bad_query_rejected(populated, name):
 # -- known bugs: lone surrogates --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG (recall/edits.py build_edit): a text field with a lone surrogate passes validation and the "
-    "encoder's tokenizer then raises an untyped TypeError from add_edit (such an edit could not be exported "
-    "as UTF-8 JSONL either); expected InvalidEditError",
-)
 def test_lone_surrogate_in_edit_is_invalid_edit(populated):
     assert_raises_unchanged(populated, InvalidEditError, populated.add_edit, prompt="Caf\ud800 owner is", target="x")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG (recall/memory.py check_queries): a query with a lone surrogate passes check_queries and the "
-    "encoder's tokenizer raises an untyped TypeError; expected InvalidQueryError",
-)
 def test_lone_surrogate_in_query_is_invalid_query(populated):
     assert_raises_unchanged(populated, InvalidQueryError, populated.explain, "Caf\ud800 owner is")
 
@@ -232,13 +212,6 @@ def test_lone_surrogate_in_query_is_invalid_query(populated):
 # -- known bug: patch text with a blank part ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG (recall/edits.py split_patch/build_edit): 'If <cond>, then <whitespace>' (or a whitespace "
-    "condition) is accepted and stored with an empty consequence/condition; such a record cannot be re-imported "
-    "(EmptyTextError) and when it fires inject.patch_sentence raises IndexError inside generate/score",
-)
 @pytest.mark.parametrize("text", ["If it rains in Paris, then  \t", "If \n, then say hello", "If 0, then \r"])
 def test_patch_text_with_blank_part_rejected(populated, text):
     assert_raises_unchanged(populated, InvalidEditError, populated.add_edit, "patch", text=text)
@@ -261,13 +234,6 @@ def test_readonly_runtime_rejects_writes(make_runtime, store_dir):
     assert not (store_dir.parent / "missing").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="BUG (index/store.py, recall/memory.py): after Runtime.close(), add_edit/edits/get_edit/explain/"
-    "generate raise AttributeError ('NoneType' object has no attribute 'begin') instead of StoreLockedError "
-    "('store is closed'); only remove_edit raises the typed error",
-)
 @pytest.mark.parametrize("call", ["add_edit", "edits", "get_edit", "explain", "generate"])
 def test_closed_runtime_raises_store_locked(rt, call):
     edit = rt.add_edit(prompt=FACT_PROMPT, target="English", subject=FACT_SUBJECT)
@@ -283,13 +249,6 @@ def test_closed_runtime_raises_store_locked(rt, call):
         calls[call]()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(AttributeError, pytest.fail.Exception),
-    reason="BUG (recall/runtime.py add_edit -> edits.build_edit): add_edit forwards an undocumented edit_id "
-    "keyword without validation: edit_id=5 raises AttributeError from the store; edit_id='has space/slash' "
-    "is stored, and then export_jsonl output cannot be re-imported (ImportFormatError on that id)",
-)
 @pytest.mark.parametrize("edit_id", [5, "has space/slash"])
 def test_add_edit_rejects_bad_edit_id(populated, edit_id):
     assert_raises_unchanged(

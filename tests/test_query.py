@@ -139,24 +139,7 @@ def test_same_subject_same_relation_retires_older(make_runtime, store_dir, gate)
     assert rt.get_edit(second.id).status == "retired" and rt.get_edit(second.id).retired_by == third.id
 
 
-@pytest.mark.parametrize(
-    "gate",
-    [
-        pytest.param(
-            g,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="GATE WEAKNESS (recall/memory.py conflicts uses the gate's firing decision as 'same relation'): "
-                "both the subject gate (masked relation texts have cosine ~0.59 > 0.534) and the learned gate "
-                "(fires on ~92% of same-subject-other-relation pairs per gate_report.md) treat 'Danielle Darrieux "
-                "was born in' as the relation of 'The mother tongue of Danielle Darrieux is', so adding a "
-                "birthplace retires the mother-tongue fact",
-            ),
-        )
-        for g in GATES
-    ],
-)
+@pytest.mark.parametrize("gate", list(GATES))
 def test_same_subject_other_relation_does_not_retire(make_runtime, store_dir, gate):
     rt = make_runtime(store_dir, **GATES[gate])
     tongue = add_darrieux(rt)

@@ -321,12 +321,6 @@ except StoreCorruptError as exc:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG (index/store.py): a truncated data.mdb (e.g. a half-copied store dir) kills the process "
-    "with SIGBUS when LMDB touches pages past EOF, instead of raising StoreCorruptError",
-)
 def test_truncated_store_raises_store_corrupt_error_not_sigbus(make_runtime, store_dir):
     rt = make_runtime(store_dir, gate="subject")
     for prompt, target, subject in FACTS:
