@@ -52,11 +52,35 @@ class Runtime:
     ) -> Runtime:
         """Open (or create) a store directory and load the model and encoder.
 
-        ``model``/``encoder`` default to the embedded SmolLM2-135M-Instruct and all-MiniLM-L6-v2."""
+        ``model``/``encoder`` are local paths and default to the embedded SmolLM2-135M-Instruct
+        and all-MiniLM-L6-v2. Options are those of :meth:`from_loaded`."""
         lm, tok, spec = load_model(model, device)
         enc = TextEncoder(encoder, device=str(lm.device))
+        return cls.from_loaded(path, (lm, tok, spec), enc, gate=gate, injection=injection,
+                               bias_weight=bias_weight, top_k=top_k, readonly=readonly, gate_params=gate_params)
+
+    @classmethod
+    def from_loaded(
+        cls,
+        path: str | Path,
+        loaded: tuple,
+        encoder: TextEncoder,
+        *,
+        gate: str = "learned",
+        injection: str = "decode",
+        bias_weight: float = 0.9,
+        top_k: int = 8,
+        readonly: bool = False,
+        gate_params: str | Path | GateParams | None = None,
+    ) -> Runtime:
+        """Open a store over an already loaded ``(model, tokenizer, spec)`` and encoder, so
+        several stores (tests, benchmarks) can share one model in memory.
+
+        ``gate``: "learned" (default), "subject" or "cosine"; ``injection``: "decode"
+        (default), "context" or "both"; ``bias_weight``: λ of memory-conditioned decoding."""
+        lm, tok, spec = loaded
         params = gate_params if isinstance(gate_params, GateParams) else GateParams.load(gate_params)
-        memory = EditMemory(path, enc, Gate(gate, params), readonly=readonly)
+        memory = EditMemory(path, encoder, Gate(gate, params), readonly=readonly)
         return cls(memory, lm, tok, spec, Injector(tok, injection, bias_weight), top_k=top_k)
 
     # -- edits ----------------------------------------------------------------

@@ -1,9 +1,8 @@
 """Shared fixtures: the real embedded model and encoder, loaded once per session, and a
 factory that opens real Runtimes (real LMDB + FAISS) on per-test temporary store dirs.
 
-Nothing here is mocked. ``Runtime.open`` runs unchanged; while it runs, the two loaders it
-calls (``recall.runtime.load_model`` / ``recall.runtime.TextEncoder``) are pointed at the
-session's already-loaded objects so the ~5 s model load happens once, not per test.
+Nothing here is mocked: ``Runtime.from_loaded`` is the same constructor ``Runtime.open`` uses
+after loading, so the ~5 s model load happens once, not per test.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ torch.set_num_threads(int(os.environ.get("RECALL_TEST_THREADS", "1")))
 
 from recall.index import TextEncoder  # noqa: E402
 
-import recall.runtime as runtime_module  # noqa: E402
 from recall.models import load_model  # noqa: E402
 from recall.runtime import Runtime  # noqa: E402
 
@@ -54,19 +52,7 @@ def encoder() -> TextEncoder:
 
 def open_cached_runtime(path, loaded_model, encoder, **kwargs) -> Runtime:
     """``Runtime.open(path, **kwargs)`` reusing the session's model and encoder."""
-    saved = runtime_module.load_model, runtime_module.TextEncoder
-    runtime_module.load_model = lambda model=None, device="auto": loaded_model
-    runtime_module.TextEncoder = lambda path=None, device="cpu": encoder
-    try:
-        rt = Runtime.open(path, **kwargs)
-    finally:
-        runtime_module.load_model, runtime_module.TextEncoder = saved
-    if rt.model is not loaded_model[0] or rt.memory.encoder is not encoder:
-        rt.close()
-        raise RuntimeError(
-            "Runtime.open no longer loads through recall.runtime.load_model/TextEncoder; update tests/conftest.py"
-        )
-    return rt
+    return Runtime.from_loaded(path, loaded_model, encoder, **kwargs)
 
 
 @pytest.fixture
