@@ -27,8 +27,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-edit_app = typer.Typer(help="Add, list, remove, import and export the edits of a store.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks (see bench/).", no_args_is_help=True)
+edit_app = typer.Typer(
+    help="Add, list, remove, import and export the edits of a store.", no_args_is_help=True, add_completion=False
+)
+bench_app = typer.Typer(no_args_is_help=True, add_completion=False)
 app.add_typer(edit_app, name="edit")
 app.add_typer(bench_app, name="bench")
 
@@ -300,6 +302,13 @@ def edit_export(
 
 
 # -- bench sub-commands -----------------------------------------------------------
+@bench_app.callback()
+def bench() -> None:
+    """Benchmarks (see bench/). Also runnable as `python -m recall.bench ...`."""
+    # a callback keeps `bench` a command group while it has a single command, so that
+    # `python -m recall.bench latency` and later sub-commands (lifelong, ...) parse alike
+
+
 @bench_app.command("latency")
 @handle_errors
 def bench_latency(
@@ -318,6 +327,34 @@ def bench_latency(
     from recall.bench import latency
 
     latency.run(n_edits=n_edits, n_queries=n_queries, out=out, data=data, model=model, device=device, threads=threads)
+
+
+gate_app = typer.Typer(help="The gate that decides whether a retrieved edit is in scope.", no_args_is_help=True)
+app.add_typer(gate_app, name="gate")
+
+
+@gate_app.command("train")
+@handle_errors
+def gate_train(
+    data: Annotated[
+        Path, typer.Option(help="The shared data folder (CounterFact, zsRE, distracting neighbors).")
+    ] = Path("../shared/data"),
+    out: Annotated[Path, typer.Option(help="Where to write the gate parameters (JSON).")] = Path(
+        "recall/data/gate.json"
+    ),
+    report: Annotated[Path, typer.Option(help="Where to write the markdown evaluation report.")] = Path(
+        "recall/data/gate_report.md"
+    ),
+    n_train: Annotated[int, typer.Option(min=10, help="CounterFact-train records sampled for training.")] = 3000,
+    n_dev: Annotated[int, typer.Option(min=10, help="counterfact-edit records used for the dev evaluation.")] = 600,
+    seed: int = 0,
+) -> None:
+    """Train the learned gate, tune the cosine and subject gates, and compare all three on dev."""
+    from recall.methods.gate_training import train
+
+    result = train(data, out, report, n_train=n_train, n_dev=n_dev, seed=seed)
+    typer.echo(result["report"])
+    typer.echo(f"wrote {out} and {report} in {result['seconds']:.0f} s")
 
 
 def main() -> None:  # pragma: no cover - `python -m recall.cli`

@@ -70,5 +70,13 @@ class StoreLockedError(StoreError):
     """The store is closed or read-only."""
 
 
+class ConfigError(RecallError):
+    """A configuration file (e.g. gate parameters) is missing or malformed."""
+
+
+class RecallIOError(RecallError, OSError):
+    """A file the caller named cannot be read or written."""
+
+
 class ModelLoadError(RecallError):
     """A model or encoder could not be loaded from local files."""

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConfigError
+
 GATE_KINDS = ("cosine", "subject", "learned")
 FEATURES = ("cos_key", "subj_focus", "subj_any", "cos_rel", "subj_focus*cos_rel")
 DEFAULT_PARAMS_PATH = Path(__file__).parent / "data" / "gate.json"
@@ -36,17 +38,18 @@ class GateParams:
     patch_threshold: float = 0.6
     conflict_rel_threshold: float = 0.8  # same subject + relation cosine >= this: the newer fact wins
     learned_weights: list[float] = field(default_factory=lambda: [0.0] * len(FEATURES))
-    learned_bias: float = 0.0
+    learned_bias: float = -20.0  # untrained: the learned gate never fires
     learned_threshold: float = 0.5
     trained_on: str = "untrained defaults"
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> GateParams:
         path = Path(path) if path is not None else DEFAULT_PARAMS_PATH
-        if not path.exists():
-            return cls()
-        data = json.loads(path.read_text())
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"gate parameters {path} cannot be loaded: {exc}") from exc
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1))

@@ -12,7 +12,7 @@ from recall.index import TextEncoder
 
 from . import regex_patch
 from .edits import Edit, build_edit, validate_record
-from .errors import EditConflictError, ImportFormatError, InvalidQueryError
+from .errors import EditConflictError, ImportFormatError, InvalidQueryError, RecallIOError
 from .gate import Gate, GateParams
 from .inject import Injector
 from .lm import RowPlan, SamplingOptions, generate_rows, score_rows
@@ -105,13 +105,17 @@ class Runtime:
         """Write every edit (all statuses) as one JSON object per line; returns the count."""
         n = 0
         tmp = Path(str(path) + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for edit in self.memory.store.iter_edits(None):
-                record = edit.to_dict()
-                record.pop("num")
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                n += 1
-        tmp.replace(path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for edit in self.memory.store.iter_edits(None):
+                    record = edit.to_dict()
+                    record.pop("num")
+                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    n += 1
+            tmp.replace(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise RecallIOError(f"cannot write the export to {path}: {exc.strerror or exc}") from exc
         return n
 
     def import_jsonl(self, path: str | Path) -> dict[str, int]:
@@ -119,7 +123,10 @@ class Runtime:
         line leaves the store unchanged. Lines whose id already exists with the same content
         are skipped; the same id with other content is an EditConflictError."""
         edits = []
-        raw = Path(path).read_bytes()
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise RecallIOError(f"cannot read the import file {path}: {exc.strerror or exc}") from exc
         for lineno, line in enumerate(raw.split(b"\n"), 1):
             if not line.strip():
                 continue

@@ -254,3 +254,25 @@ def test_add_edit_rejects_bad_edit_id(populated, edit_id):
     assert_raises_unchanged(
         populated, InvalidEditError, populated.add_edit, prompt="The sky is", target="green", edit_id=edit_id
     )
+
+
+def test_missing_gate_parameters_are_a_config_error(tmp_path):
+    from recall.errors import ConfigError
+    from recall.gate import Gate, GateParams, PairFeatures
+
+    with pytest.raises(ConfigError, match="nope.json"):
+        GateParams.load(tmp_path / "nope.json")
+    # untrained defaults never fire the learned gate, even on a perfect match
+    perfect = PairFeatures(cos_key=1.0, subj_focus=1.0, subj_any=1.0, cos_rel=1.0, has_subject=True)
+    assert Gate("learned", GateParams()).score(perfect)[1] is False
+
+
+def test_export_and_import_io_errors_are_typed(populated, tmp_path):
+    from recall.errors import RecallIOError
+
+    before = snapshot(populated)
+    with pytest.raises(RecallIOError, match="cannot write"):
+        populated.export_jsonl(tmp_path / "missing-dir" / "out.jsonl")
+    with pytest.raises(RecallIOError, match="cannot read"):
+        populated.import_jsonl(tmp_path / "absent.jsonl")
+    assert snapshot(populated) == before
