@@ -11,6 +11,7 @@ Three gates share one feature extractor so they can be compared on equal terms:
                 (``recall gate train``; parameters ship in ``recall/data/gate.json``).
 
 Patches and facts without a subject always use the cosine rule on their condition/prompt.
+``always`` (no gate: the nearest retrieved edits always fire) exists as a baseline.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-GATE_KINDS = ("cosine", "subject", "learned")
+GATE_KINDS = ("cosine", "subject", "learned", "always")
 FEATURES = ("cos_key", "subj_focus", "subj_any", "cos_rel", "subj_focus*cos_rel")
 DEFAULT_PARAMS_PATH = Path(__file__).parent / "data" / "gate.json"
 
@@ -88,6 +89,8 @@ class Gate:
         p = self.params
         if edit_kind == "patch":
             return f.cos_key, f.cos_key >= p.patch_threshold
+        if self.kind == "always":  # no gate: the nearest edits always fire (the IKE-style baseline)
+            return f.cos_key, True
         if self.kind == "cosine" or not f.has_subject:
             return f.cos_key, f.cos_key >= p.cosine_threshold
         if self.kind == "subject":

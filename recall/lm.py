@@ -64,11 +64,22 @@ def _boosted(targets: list[list[int]], produced: list[int]) -> list[int]:
     return sorted({t[j] for t in targets if len(t) > j and t[:j] == produced})
 
 
+@dataclass
+class TokenScore:
+    """One continuation token under teacher forcing: its log-prob and whether it was the argmax."""
+
+    token: int
+    logprob: float
+    argmax_hit: bool
+
+
 @torch.inference_mode()
-def score_rows(model, tokenizer, plans: list[RowPlan], continuations: list[str], micro_batch: int = 16) -> list[float]:
-    """Mean log-probability per continuation token, for each (plan, continuation)."""
+def score_tokens_rows(
+    model, tokenizer, plans: list[RowPlan], continuations: list[str], micro_batch: int = 16
+) -> list[list[TokenScore]]:
+    """Teacher-forced per-token scores of each continuation after its (possibly injected) prompt."""
     device = model.device
-    out: list[float] = []
+    out: list[list[TokenScore]] = []
     for start in range(0, len(plans), micro_batch):
         rows = list(zip(plans[start : start + micro_batch], continuations[start : start + micro_batch]))
         seqs, spans = [], []
@@ -86,13 +97,13 @@ def score_rows(model, tokenizer, plans: list[RowPlan], continuations: list[str],
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         for r, ((plan, _), (p_len, c_ids)) in enumerate(zip(rows, spans)):
             logp = torch.log_softmax(logits[r, p_len - 1 : p_len - 1 + len(c_ids)], dim=-1)
-            total = 0.0
+            row = []
             for j, tok in enumerate(c_ids):
                 lp = logp[j]
                 if not plan.plain:
                     lp = _mix(lp, _boosted(plan.bias_targets, c_ids[:j]), plan.bias_weight)
-                total += float(lp[tok])
-            out.append(total / len(c_ids))
+                row.append(TokenScore(tok, float(lp[tok]), int(torch.argmax(lp)) == tok))
+            out.append(row)
     return out
 
 

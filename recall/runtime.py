@@ -15,7 +15,7 @@ from .edits import Edit, build_edit, validate_record
 from .errors import EditConflictError, ImportFormatError, InvalidQueryError, RecallIOError
 from .gate import Gate, GateParams
 from .inject import Injector
-from .lm import RowPlan, SamplingOptions, generate_rows, score_rows
+from .lm import RowPlan, SamplingOptions, TokenScore, generate_rows, score_tokens_rows
 from .memory import EditMemory, check_queries
 from .models import load_model
 
@@ -56,8 +56,17 @@ class Runtime:
         and all-MiniLM-L6-v2. Options are those of :meth:`from_loaded`."""
         lm, tok, spec = load_model(model, device)
         enc = TextEncoder(encoder, device=str(lm.device))
-        return cls.from_loaded(path, (lm, tok, spec), enc, gate=gate, injection=injection,
-                               bias_weight=bias_weight, top_k=top_k, readonly=readonly, gate_params=gate_params)
+        return cls.from_loaded(
+            path,
+            (lm, tok, spec),
+            enc,
+            gate=gate,
+            injection=injection,
+            bias_weight=bias_weight,
+            top_k=top_k,
+            readonly=readonly,
+            gate_params=gate_params,
+        )
 
     @classmethod
     def from_loaded(
@@ -193,14 +202,22 @@ class Runtime:
     def score(self, prompts: list[str] | str, continuations: list[str] | str, use_memory: bool = True) -> list[float]:
         """Mean log-probability per continuation token (a space joins the two when neither side
         has one). Goes through the same retrieve/gate/inject path as ``generate``."""
+        rows = self.score_tokens(prompts, continuations, use_memory)
+        return [sum(t.logprob for t in row) / len(row) for row in rows]
+
+    def score_tokens(
+        self, prompts: list[str] | str, continuations: list[str] | str, use_memory: bool = True
+    ) -> list[list[TokenScore]]:
+        """Per-token teacher-forced scores (log-prob, and whether the token was the argmax) of
+        each continuation, through the same path as ``score``. Token accuracy metrics use it."""
         prompts = check_queries(prompts)
         continuations = check_queries(continuations, "continuations")
         if len(prompts) != len(continuations):
             raise InvalidQueryError(f"{len(prompts)} prompts but {len(continuations)} continuations")
         if not use_memory:
-            return score_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], continuations)
+            return score_tokens_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], continuations)
         plans, _, _ = self._plans(prompts)
-        return self._run_partitioned(score_rows, plans, prompts, continuations)
+        return self._run_partitioned(score_tokens_rows, plans, prompts, continuations)
 
     def generate(
         self,
