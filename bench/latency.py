@@ -18,10 +18,7 @@ import os
 import random
 import re
 import resource
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,7 @@ from recall.demo import (
     md_table,
     percentiles_ms,
     pick_threads,
+    store_dir,
     summarize_pairs,
     time_queries,
     torch_threads,
@@ -82,15 +80,6 @@ def peak_rss_bytes() -> int:
     return rss if os.uname().sysname == "Darwin" else rss * 1024
 
 
-@contextmanager
-def _store_dir(store: str | Path | None) -> Iterator[Path]:
-    if store is not None:
-        yield Path(store)
-        return
-    with tempfile.TemporaryDirectory(prefix="recall-latency-") as tmp:
-        yield Path(tmp) / "store"
-
-
 def run(
     n_edits: int = 1000,
     n_queries: int = 30,
@@ -113,7 +102,7 @@ def run(
     n_threads = pick_threads(threads)
     info_start = {**machine_info(), "torch_threads": n_threads}
 
-    with _store_dir(store) as path, torch_threads(n_threads):
+    with store_dir(store, "recall-latency-") as path, torch_threads(n_threads):
         t0 = time.perf_counter()
         rt = Runtime.open(path, model=model, device=device)
         open_s = time.perf_counter() - t0

@@ -75,7 +75,10 @@ def counterfact_pairs(records: list[dict], data_dir: Path, rng: random.Random) -
     return pairs
 
 
-def zsre_pairs(records: list[dict]) -> list[Pair]:
+def zsre_pairs(records: list[dict], rng: random.Random) -> list[Pair]:
+    """Positives src and rephrase; negatives the NQ question and a question about the same
+    subject built from another record's question (almost always another relation)."""
+    usable = [r for r in records if r["subject"] in r["src"]]
     pairs = []
     for r in records:
         fields = {"prompt": r["src"], "target": r["alt"], "subject": r["subject"]}
@@ -83,8 +86,15 @@ def zsre_pairs(records: list[dict]) -> list[Pair]:
             build_edit("fact", **fields)
         except Exception:
             continue
-        pairs += [Pair(fields, r["src"], 1, "zsre_prompt"), Pair(fields, r["rephrase"], 1, "zsre_rephrase"),
-                  Pair(fields, r["loc"], 0, "zsre_nq")]
+        pairs += [
+            Pair(fields, r["src"], 1, "zsre_prompt"),
+            Pair(fields, r["rephrase"], 1, "zsre_rephrase"),
+            Pair(fields, r["loc"], 0, "zsre_nq"),
+        ]
+        other = rng.choice(usable)
+        question = other["src"].replace(other["subject"], r["subject"], 1)
+        if other["src"].replace(other["subject"], "{}", 1) != r["src"].replace(r["subject"], "{}", 1):
+            pairs.append(Pair(fields, question, 0, "zsre_same_subject_other_question"))
     return pairs
 
 
@@ -217,7 +227,7 @@ def train(data_dir: str | Path, out_params: str | Path, out_report: str | Path |
     cf_train = json.loads((data_dir / "counterfact/easyedit_mend_format/counterfact-train.json").read_text())
     zs_train = json.loads((data_dir / "zsre/zsre_mend_train-1k.json").read_text())
     train_pairs = counterfact_pairs(rng.sample(cf_train, min(n_train, len(cf_train))), data_dir, rng)
-    train_pairs += zsre_pairs(zs_train)
+    train_pairs += zsre_pairs(zs_train, rng)
     train_feats = featurize(train_pairs, encoder)
     params = tune(train_feats, np.array([p.label for p in train_pairs]), encoder.dim)
     cf_dev = json.loads((data_dir / "counterfact/easyedit_mend_format/counterfact-edit.json").read_text())[:n_dev]

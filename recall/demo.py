@@ -192,11 +192,12 @@ def _short(text: str, limit: int = 60) -> str:
 
 
 @contextmanager
-def _store_dir(store: str | Path | None) -> Iterator[Path]:
+def store_dir(store: str | Path | None, prefix: str = "recall-demo-") -> Iterator[Path]:
+    """The given store directory, or a fresh temporary one removed afterwards."""
     if store is not None:
         yield Path(store)
         return
-    with tempfile.TemporaryDirectory(prefix="recall-demo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         yield Path(tmp) / "store"
 
 
@@ -233,7 +234,7 @@ def run(
     machine = machine_info()
     machine["torch_threads"] = n_threads
 
-    with _store_dir(store) as path, torch_threads(n_threads):
+    with store_dir(store) as path, torch_threads(n_threads):
         t0 = time.perf_counter()
         rt = Runtime.open(path)
         open_s = time.perf_counter() - t0
