@@ -4,7 +4,6 @@ weights never change."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +252,11 @@ class Runtime:
         """Which edits were retrieved for ``prompt``, their scores, and which fired."""
         (prompt,) = check_queries([prompt], "prompt")
         plans, cands, regex_ids = self._plans([prompt])
+        superseded: dict[str, list[str]] = {}
+        if cands[0]:
+            for old in self.memory.store.iter_edits("retired"):
+                if old.retired_by:
+                    superseded.setdefault(old.retired_by, []).append(old.id)
         rows = []
         for c in cands[0]:
             rows.append(
@@ -266,7 +270,7 @@ class Runtime:
                     "gate_score": round(c.gate_score, 4),
                     "fired": c.fired,
                     "features": {k: round(float(v), 4) for k, v in vars(c.features).items() if k != "rel_product"},
-                    "supersedes": [e.id for e in self.memory.store.iter_edits("retired") if e.retired_by == c.edit.id],
+                    "supersedes": superseded.get(c.edit.id, []),
                 }
             )
         return {
@@ -292,5 +296,5 @@ class Runtime:
     def __repr__(self) -> str:
         return (
             f"Runtime(store={str(self.memory.store.path)!r}, model={self.spec.model_type}, "
-            f"gate={self.memory.gate.kind}, injection={self.injector.mode}, t={time.time():.0f})"
+            f"gate={self.memory.gate.kind}, injection={self.injector.mode})"
         )
