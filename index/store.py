@@ -8,6 +8,7 @@ Layout (named sub-databases of one LMDB environment in the store directory):
 - ``changes``: 8-byte generation -> JSON {"op": "add"|"remove", "num": n}; lets readers in
   other processes bring their derived index up to date without a rebuild
 - ``meta``:    schema version, generation counter, next num, encoder name and dimension
+- ``supersedes``: edit id -> JSON list of the ids it retired as conflicts (for ``explain``)
 
 Every write is one LMDB transaction; LMDB fsyncs on commit, so a write that returned is on
 disk and survives SIGKILL. A write that raised was rolled back whole.
@@ -101,6 +102,7 @@ class EditStore:
             self._vectors = self.env.open_db(b"vectors", create=not readonly)
             self._changes = self.env.open_db(b"changes", create=not readonly)
             self._meta = self.env.open_db(b"meta", create=not readonly)
+            self._supersedes = self.env.open_db(b"supersedes", create=not readonly)
         except lmdb.Error as exc:
             raise StoreCorruptError(f"store at {self.path} cannot be opened: {exc}") from exc
         try:
@@ -192,6 +194,8 @@ class EditStore:
                 txn.put(old_id.encode(), json.dumps(old.to_dict()).encode(), db=self._edits)
                 self._bump(txn, "remove", old.num)
             txn.put(edit.id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
+            if retire:
+                txn.put(edit.id.encode(), json.dumps(sorted(retire)).encode(), db=self._supersedes)
             txn.put(_u64(num), edit.id.encode(), db=self._nums)
             buf = io.BytesIO()
             np.save(buf, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
@@ -232,6 +236,12 @@ class EditStore:
             if was_active != (status == "active"):
                 self._bump(txn, "add" if status == "active" else "remove", edit.num)
         return edit
+
+    def superseded_by(self, edit_id: str) -> list[str]:
+        """Ids of the edits that ``edit_id`` retired as conflicts when it was added."""
+        with self._txn(db=self._supersedes) as txn:
+            raw = txn.get(edit_id.encode())
+        return [] if raw is None else json.loads(raw)
 
     def vectors(self, num: int) -> np.ndarray:
         with self._txn(db=self._vectors) as txn:

@@ -252,11 +252,6 @@ class Runtime:
         """Which edits were retrieved for ``prompt``, their scores, and which fired."""
         (prompt,) = check_queries([prompt], "prompt")
         plans, cands, regex_ids = self._plans([prompt])
-        superseded: dict[str, list[str]] = {}
-        if cands[0]:
-            for old in self.memory.store.iter_edits("retired"):
-                if old.retired_by:
-                    superseded.setdefault(old.retired_by, []).append(old.id)
         rows = []
         for c in cands[0]:
             rows.append(
@@ -270,7 +265,7 @@ class Runtime:
                     "gate_score": round(c.gate_score, 4),
                     "fired": c.fired,
                     "features": {k: round(float(v), 4) for k, v in vars(c.features).items() if k != "rel_product"},
-                    "supersedes": superseded.get(c.edit.id, []),
+                    "supersedes": self.memory.store.superseded_by(c.edit.id),
                 }
             )
         return {
