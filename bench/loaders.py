@@ -85,8 +85,9 @@ class _Rec:
 
     def answer(self, value: Any, key: str) -> str:
         """First answer of a str / list / list-of-lists ground truth."""
-        while isinstance(value, list) and value:
-            value = value[0]
+        if isinstance(value, list):
+            flat = _flatten(value)
+            value = next((v for v in flat if isinstance(v, str) and v.strip()), flat[0] if flat else value)
         if not isinstance(value, str) or not value.strip():
             raise self.err(f"field {key!r} must be a non-empty string or list of strings, got {value!r:.80}")
         return value
@@ -137,8 +138,23 @@ class _Rec:
                 prompt = self.str("prompt", item, where)
                 if "ground_truth" not in item:
                     raise self.err(f"missing field {where + 'ground_truth'!r}")
+                if _empty(item["ground_truth"]):
+                    continue  # real KnowEdit files hold a few empty answers; nothing to check
                 out.append((prompt, self.answer(item["ground_truth"], where + "ground_truth")))
         return out
+
+
+def _flatten(value: list) -> list:
+    out = []
+    for v in value:
+        out.extend(_flatten(v) if isinstance(v, list) else [v])
+    return out
+
+
+def _empty(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_empty(v) for v in value)
+    return isinstance(value, str) and not value.strip()
 
 
 def _fill(r: _Rec, template: str, subject: str, where: str) -> str:
@@ -237,7 +253,9 @@ def _mquake(r: _Rec) -> EditCase:
             raise r.err(f"field {where[:-1]!r} must be an object")
         subject = r.str("subject", rw, where)
         prompt = _fill(r, r.str("prompt", rw, where), subject, where + "prompt")
-        edits.append(EditRequest(prompt, subject, _target(r, rw, "target_new", where), _target(r, rw, "target_true", where)))
+        edits.append(
+            EditRequest(prompt, subject, _target(r, rw, "target_new", where), _target(r, rw, "target_true", where))
+        )
     answers = [r.str("new_answer")]
     alias = rec.get("new_answer_alias", [])
     if not isinstance(alias, list) or not all(isinstance(a, str) for a in alias):
@@ -250,6 +268,7 @@ def _mquake(r: _Rec) -> EditCase:
     )
 
 
+LAST_SKIPPED: list[str] = []
 _PARSERS = {"counterfact": _counterfact, "zsre": _zsre, "knowedit": _knowedit, "mquake": _mquake}
 
 
@@ -269,8 +288,13 @@ def detect_format(rec: Any) -> str:
     raise DatasetFormatError(f"cannot detect the dataset format from record keys {sorted(keys)}")
 
 
-def load_cases(path: str | Path, fmt: str | None = None, limit: int | None = None) -> list[EditCase]:
-    """Every record of a JSON (list) or JSON-lines file as EditCases."""
+def load_cases(
+    path: str | Path, fmt: str | None = None, limit: int | None = None, skip_invalid: bool = False
+) -> list[EditCase]:
+    """Every record of a JSON (list) or JSON-lines file as EditCases.
+
+    ``skip_invalid`` drops malformed records (their errors are in :data:`LAST_SKIPPED`)
+    instead of raising on the first one; real files hold a few (e.g. an empty zsRE ``alt``)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -295,9 +319,18 @@ def load_cases(path: str | Path, fmt: str | None = None, limit: int | None = Non
     if fmt not in _PARSERS:
         raise DatasetFormatError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
     parse = _PARSERS[fmt]
-    out = []
-    for i, rec in enumerate(data[:limit] if limit else data):
-        case = parse(_Rec(str(path), i, rec))
+    out: list[EditCase] = []
+    LAST_SKIPPED.clear()
+    for i, rec in enumerate(data):
+        if limit and len(out) >= limit:
+            break
+        try:
+            case = parse(_Rec(str(path), i, rec))
+        except DatasetFormatError as exc:
+            if not skip_invalid:
+                raise
+            LAST_SKIPPED.append(str(exc))
+            continue
         case.source = fmt
         out.append(case)
     return out

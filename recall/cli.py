@@ -304,7 +304,18 @@ def edit_export(
 # -- bench sub-commands -----------------------------------------------------------
 @bench_app.callback()
 def bench() -> None:
-    """Benchmarks (see bench/). Also runnable as `python -m recall.bench ...`."""
+    """Benchmarks (see bench/). Also runnable as `python -m recall.bench ...`.
+
+    \b
+    latency   edit/query latency vs the bare model.
+    lifelong  sequential editing on real data (WISE protocol), writes results.json/summary.md/png.
+    \b
+    Datasets (--format, auto-detected): counterfact (ROME or MEND/EasyEdit schema), zsre (MEND
+    schema, optional portability), knowedit (prompt/target_new/locality{}/portability{}), mquake.
+    Protocols: lifelong (T edits streamed, then all T cases evaluated) or single (fresh per edit).
+    Editors: unedited (bare model), recall (learned gate + decode injection), recall-subject,
+    recall-cosine, recall-context (variants), ike (facts always in context, no gate), ft-l
+    (constrained fine-tuning of one MLP down_proj, methods/ft_l.py)."""
     # a callback keeps `bench` a command group while it has a single command, so that
     # `python -m recall.bench latency` and later sub-commands (lifelong, ...) parse alike
 
@@ -327,6 +338,93 @@ def bench_latency(
     from recall.bench import latency
 
     latency.run(n_edits=n_edits, n_queries=n_queries, out=out, data=data, model=model, device=device, threads=threads)
+
+
+@bench_app.command("scale")
+@handle_errors
+def bench_scale(
+    sizes: Annotated[str, typer.Option(help="Store sizes, comma-separated, measured on one growing store.")] = (
+        "1000,10000,100000"
+    ),
+    n_queries: Annotated[int, typer.Option(min=1, help="Queries timed per size (edit and unrelated prompts).")] = 20,
+    n_add: Annotated[int, typer.Option(min=1, help="Real add_edit calls timed at each size.")] = 50,
+    out: Annotated[Path | None, typer.Option(help="Write scale.json, scale.md and scale.png here.")] = None,
+    budget_s: Annotated[
+        float | None, typer.Option(help="Skip sizes that would end past this many seconds from the start.")
+    ] = None,
+    store: Annotated[Path | None, typer.Option(help="Build the store in this new directory and keep it.")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """add_edit, retrieval and query latency, index type, footprint and re-open time vs store size."""
+    from recall.bench import scale
+
+    try:
+        size_list = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"--sizes must be comma-separated integers, got {sizes!r}") from exc
+    scale.run(
+        sizes=size_list,
+        n_queries=n_queries,
+        out=out,
+        n_add=n_add,
+        budget_s=budget_s,
+        store=store,
+        model=model,
+        device=device,
+        threads=threads,
+    )
+
+
+@bench_app.command("lifelong")
+@handle_errors
+def bench_lifelong(
+    data: Annotated[Path, typer.Option(help="Dataset JSON / JSON-lines file (see `recall bench --help`).")],
+    out: Annotated[Path, typer.Option(help="Write results.json, summary.md and *.png here.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="counterfact, zsre, knowedit, mquake, or auto (detect).")
+    ] = "auto",
+    editors: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: unedited, recall, recall-subject, recall-cosine, recall-context, ike, ft-l."
+        ),
+    ] = "unedited,recall,ike,ft-l",
+    t: Annotated[str, typer.Option("--T", help="Comma-separated stream lengths T.")] = "1,10",
+    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N valid records.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the case shuffle (same cases for every editor).")] = 0,
+    protocol: Annotated[
+        str, typer.Option(help="lifelong: T edits, then evaluate all; single: fresh store/weights per edit.")
+    ] = "lifelong",
+    generation: Annotated[bool, typer.Option(help="Also compute greedy-generation metrics.")] = True,
+    fluency_n: Annotated[int, typer.Option(min=0, help="Edit prompts generated from for fluency (0: off).")] = 10,
+    ppl_texts: Annotated[int, typer.Option(min=0, help="WikiBio texts for perplexity (0: off).")] = 10,
+    model: ModelOpt = None,
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Sequential (lifelong) editing on real data: per T and editor, reset, stream T cases' edits, then
+    evaluate all T cases (WISE protocol). Writes results.json, summary.md and metric-vs-T plots."""
+    from recall.bench import lifelong
+
+    lifelong.run(
+        data,
+        out,
+        fmt=None if fmt == "auto" else fmt,
+        editors=[e.strip() for e in editors.split(",") if e.strip()],
+        ts=[int(x) for x in t.split(",") if x.strip()],
+        limit=limit,
+        seed=seed,
+        protocol=protocol,
+        generation=generation,
+        fluency_n=fluency_n,
+        ppl_texts=ppl_texts,
+        model=model,
+        device=device,
+        threads=threads,
+    )
+    typer.echo((out / "summary.md").read_text(encoding="utf-8"))
 
 
 gate_app = typer.Typer(help="The gate that decides whether a retrieved edit is in scope.", no_args_is_help=True)

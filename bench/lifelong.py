@@ -1,0 +1,240 @@
+"""Lifelong (sequential) editing on real benchmark data.
+
+For each stream length T and each editor: reset, write the edits of T cases one after another,
+then evaluate all T cases (the WISE protocol: metrics after the whole stream). Cases are drawn
+with a seeded shuffle of the (``--limit``-cut) dataset, the same for every editor; a smaller T
+uses a prefix of the larger T's cases. ``protocol="single"`` instead resets before every case
+(each edit evaluated alone on fresh store/weights).
+
+Outputs in ``out``: results.json (config, per-case rows, aggregates[editor][T]), summary.md
+(tables) and one PNG per headline metric (metric vs T, one line per editor).
+
+Run as ``recall bench lifelong --data PATH --out DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from recall.demo import machine_info, md_table, pick_threads, torch_threads
+
+from . import metrics
+from .editors import EDITORS, make_editor
+from .loaders import LAST_SKIPPED, load_cases, load_texts
+
+WIKIBIO = Path("../shared/data/knowedit/WikiBio/wikibio-test-all.json")
+
+# (column label, aggregate key) per table
+TABLES = {
+    "Teacher-forced token accuracy": [
+        ("Rel", "rel_tf"),
+        ("Gen", "gen_tf"),
+        ("Loc", "loc_tf"),
+        ("Port", "port_tf"),
+    ],
+    "Generation (greedy)": [
+        ("Rel", "rel_gen"),
+        ("Gen", "gen_gen"),
+        ("Loc", "loc_gen"),
+        ("Port", "port_gen"),
+        ("Multi-hop", "multihop"),
+    ],
+    "CounterFact probability (methods.md §11)": [
+        ("ES", "efficacy_success"),
+        ("PS", "paraphrase_success"),
+        ("NS", "neighborhood_success"),
+        ("EM", "efficacy_magnitude"),
+        ("PM", "paraphrase_magnitude"),
+        ("NM", "neighborhood_magnitude"),
+        ("Score", "score"),
+    ],
+    "Fluency, perplexity and cost": [
+        ("fluency", "fluency"),
+        ("ppl", "perplexity"),
+        ("edit s", "edit_seconds"),
+        ("eval s", "eval_seconds"),
+    ],
+}
+PLOTTED = ["rel_tf", "gen_tf", "loc_tf", "port_tf", "rel_gen", "efficacy_success", "neighborhood_success", "multihop"]
+
+
+def _hmean(xs: list[float]) -> float:
+    return len(xs) / sum(1 / x for x in xs) if all(x > 0 for x in xs) else 0.0
+
+
+def run(
+    data: str | Path,
+    out: str | Path,
+    *,
+    fmt: str | None = None,
+    editors: list[str] = ("unedited", "recall"),
+    ts: list[int] = (1, 10),
+    limit: int | None = None,
+    seed: int = 0,
+    protocol: str = "lifelong",
+    generation: bool = True,
+    fluency_n: int = 10,
+    ppl_texts: int = 10,
+    model: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    loaded: tuple | None = None,
+    encoder=None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the benchmark, write the outputs and return the results dict."""
+    if protocol not in ("lifelong", "single"):
+        raise ValueError(f"protocol must be 'lifelong' or 'single', got {protocol!r}")
+    unknown = [e for e in editors if e not in EDITORS]
+    if unknown:
+        raise ValueError(f"unknown editor(s) {unknown}; known: {', '.join(EDITORS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = load_cases(data, fmt, limit=limit, skip_invalid=True)
+    skipped = list(LAST_SKIPPED)
+    order = list(range(len(cases)))
+    random.Random(seed).shuffle(order)
+    ts = sorted(set(int(t) for t in ts))
+    if ts[-1] > len(cases):
+        raise ValueError(f"T={ts[-1]} needs {ts[-1]} cases but {data} gives {len(cases)} (after --limit)")
+    texts = load_texts(WIKIBIO, limit=ppl_texts) if ppl_texts and WIKIBIO.is_file() else []
+
+    if loaded is None or encoder is None:
+        from recall.index import TextEncoder
+
+        from recall.models import load_model
+
+        loaded = load_model(model, device)
+        encoder = TextEncoder(None, device=str(loaded[0].device))
+    n_threads = pick_threads(threads)
+    results: dict[str, Any] = {
+        "config": {
+            "data": str(data),
+            "format": cases[0].source,
+            "n_cases_available": len(cases),
+            "skipped_records": skipped,
+            "editors": list(editors),
+            "T": ts,
+            "limit": limit,
+            "seed": seed,
+            "protocol": protocol,
+            "threads": n_threads,
+            "machine": machine_info(),
+        },
+        "cases": {},
+        "aggregates": {},
+    }
+    started = time.perf_counter()
+    with torch_threads(n_threads), tempfile.TemporaryDirectory(prefix="recall-lifelong-") as work:
+        base = make_editor("unedited", loaded, encoder, work)
+        base_rt = base.runtime()
+        cache: dict = {}
+        for name in editors:
+            editor = base if name == "unedited" else make_editor(name, loaded, encoder, work)
+            for t in ts:
+                chosen = [cases[i] for i in order[:t]]
+                t0 = time.perf_counter()
+                rows: list[dict[str, Any]] = []
+                edit_s = 0.0
+                if protocol == "lifelong":
+                    editor.reset()
+                    e0 = time.perf_counter()
+                    for case in tqdm(chosen, desc=f"{name} T={t} edit", disable=not progress, leave=False):
+                        editor.apply([case])
+                    edit_s = time.perf_counter() - e0
+                    rt = editor.runtime()
+                    for i in tqdm(range(0, t, 16), desc=f"{name} T={t} eval", disable=not progress, leave=False):
+                        rows += metrics.evaluate_cases(
+                            rt, base_rt, chosen[i : i + 16], editor.use_memory, generation=generation, base_cache=cache
+                        )
+                else:
+                    for case in tqdm(chosen, desc=f"{name} T={t} single", disable=not progress, leave=False):
+                        editor.reset()
+                        e0 = time.perf_counter()
+                        editor.apply([case])
+                        edit_s += time.perf_counter() - e0
+                        rt = editor.runtime()
+                        rows += metrics.evaluate_cases(
+                            rt, base_rt, [case], editor.use_memory, generation=generation, base_cache=cache
+                        )
+                rt = editor.runtime()
+                agg = metrics.aggregate(rows)
+                if "efficacy_success" in agg:
+                    agg["score"] = _hmean(
+                        [agg.get(k, 0.0) for k in ("efficacy_success", "paraphrase_success", "neighborhood_success")]
+                    )
+                if fluency_n and generation:
+                    prompts = [c.edits[0].prompt for c in chosen[:fluency_n]]
+                    agg["fluency"] = metrics.fluency_of(rt, prompts, editor.use_memory)
+                if texts:
+                    agg["perplexity"] = metrics.perplexity(rt, texts, editor.use_memory)
+                agg["edit_seconds"] = edit_s
+                agg["eval_seconds"] = time.perf_counter() - t0 - edit_s
+                results["cases"].setdefault(name, {})[str(t)] = rows
+                results["aggregates"].setdefault(name, {})[str(t)] = agg
+            if editor is not base:
+                editor.close()
+        base.close()
+    results["wall_seconds"] = time.perf_counter() - started
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    (out / "summary.md").write_text(summary(results), encoding="utf-8")
+    plot(results, out)
+    return results
+
+
+def summary(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    aggs = results["aggregates"]
+    lines = [
+        f"# Lifelong editing: {cfg['data']} ({cfg['format']}, protocol {cfg['protocol']})",
+        "",
+        f"T = {cfg['T']}, seed {cfg['seed']}, limit {cfg['limit']}, {cfg['n_cases_available']} cases available, "
+        f"{len(cfg['skipped_records'])} malformed records skipped; wall {results.get('wall_seconds', 0):.0f} s.",
+        "Rel = edit prompt, Gen = rephrases, Loc = agreement with the unedited model, Port = portability.",
+    ]
+    present = {k for ed in aggs.values() for a in ed.values() for k in a}
+    for title, cols in TABLES.items():
+        cols = [(label, key) for label, key in cols if key in present]
+        if not cols:
+            continue
+        rows = [
+            [name, t, *[aggs[name][t].get(key, float("nan")) for _, key in cols]] for name in aggs for t in aggs[name]
+        ]
+        lines += ["", f"## {title}", "", md_table(["editor", "T", *[label for label, _ in cols]], rows)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    aggs = results["aggregates"]
+    written = []
+    for key in PLOTTED:
+        if not any(key in a for ed in aggs.values() for a in ed.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for name, by_t in aggs.items():
+            ts = [int(t) for t in by_t if key in by_t[t]]
+            ax.plot(ts, [by_t[str(t)][key] for t in ts], marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("T (edits in the stream)")
+        ax.set_ylabel(key)
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"{key}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

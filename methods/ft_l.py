@@ -1,0 +1,112 @@
+"""FT-L: constrained fine-tuning of one MLP output projection (the FT-L baseline of ROME /
+EasyEdit), as a pure function in the ROME style::
+
+    model, weights_copy = apply(model, requests, hparams)
+
+Each request ``{"prompt", "target_new"}`` is written in turn (sequentially): a few Adam steps
+on the NLL of " target_new" after the prompt, updating only the weight of
+``spec.mlp_out_template.format(layer)`` (``down_proj`` for Llama-style models, GPT-2's
+``c_proj`` Conv1D, whose (d_in, d_out) orientation needs no special handling because the
+update is elementwise), with each step followed by a projection onto the L-infinity ball
+of radius ``norm_constraint`` around the weights before the call. ``weights_copy`` holds those
+original weights so the caller can restore them (:func:`restore`).
+
+Hyper-parameters live in methods/hparams/ft_l/<model_type>.json (:meth:`FTLHyperParams.for_spec`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HPARAMS_DIR = Path(__file__).parent / "hparams" / "ft_l"
+
+
+@dataclass
+class FTLHyperParams:
+    layers: list[int] = field(default_factory=lambda: [20])
+    lr: float = 5e-4
+    num_steps: int = 20
+    norm_constraint: float = 2e-3
+    weight_decay: float = 0.0
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> FTLHyperParams:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown FT-L hyper-parameter(s) {sorted(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def for_spec(cls, spec, path: str | Path | None = None) -> FTLHyperParams:
+        """From ``path``, else the file for the spec's model family; layers beyond the model's
+        depth are replaced by the layer at 2/3 of the depth."""
+        if path is None:
+            family = spec.model_type if (HPARAMS_DIR / f"{spec.model_type}.json").exists() else None
+            family = family or ("gpt2" if spec.conv1d else "llama")
+            path = HPARAMS_DIR / f"{family}.json"
+        hp = cls.from_json(path)
+        hp.layers = [layer if 0 <= layer < spec.n_layers else (2 * spec.n_layers) // 3 for layer in hp.layers]
+        return hp
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _target_batch(tok, prompt: str, target: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """input ids of prompt + " " + target, and labels that are -100 outside the target."""
+    p_ids = tok(prompt, return_tensors=None)["input_ids"]
+    sep = "" if prompt.endswith(" ") or target.startswith(" ") else " "
+    t_ids = tok.encode(sep + target, add_special_tokens=False)
+    ids = torch.tensor([p_ids + t_ids], device=device)
+    labels = torch.tensor([[-100] * len(p_ids) + t_ids], device=device)
+    return ids, labels
+
+
+def apply(model, tok, spec, requests: list[dict[str, str]], hparams: FTLHyperParams):
+    """Write ``requests`` into ``model`` in place (sequentially); returns ``(model, weights_copy)``
+    with the original weights of every touched module."""
+    names = [spec.mlp_out_template.format(layer) + ".weight" for layer in hparams.layers]
+    params = dict(model.named_parameters())
+    weights = [params[n] for n in names]
+    weights_copy = {n: w.detach().clone() for n, w in zip(names, weights)}
+    was_training = model.training
+    model.eval()
+    requires = {n: p.requires_grad for n, p in params.items()}
+    for p in params.values():
+        p.requires_grad_(False)
+    for w in weights:
+        w.requires_grad_(True)
+    try:
+        for req in requests:
+            ids, labels = _target_batch(tok, req["prompt"], req["target_new"], weights[0].device)
+            opt = torch.optim.Adam(weights, lr=hparams.lr, weight_decay=hparams.weight_decay)
+            for _ in range(hparams.num_steps):
+                opt.zero_grad()
+                loss = model(input_ids=ids, labels=labels).loss
+                if loss.item() < 1e-2:
+                    break
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for n, w in zip(names, weights):
+                        orig = weights_copy[n]
+                        w.copy_(torch.clamp(w, orig - hparams.norm_constraint, orig + hparams.norm_constraint))
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(requires[n])
+        model.train(was_training)
+    return model, weights_copy
+
+
+def restore(model, weights_copy: dict[str, torch.Tensor]) -> None:
+    """Put back weights saved by :func:`apply`."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, w in weights_copy.items():
+            params[n].copy_(w)
