@@ -110,7 +110,7 @@ def demo(
     eval_n: Annotated[
         int | None,
         typer.Option(
-            "--eval-n", min=1, help="How many of the streamed edits to evaluate [default: 100, the time budget]."
+            "--eval-n", min=1, help="How many of the streamed edits to evaluate [default: 100]."
         ),
     ] = None,
     threads: ThreadsOpt = None,
