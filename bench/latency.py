@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from recall.demo import (
     load_sample,
     machine_info,
@@ -31,6 +29,7 @@ from recall.demo import (
     percentiles_ms,
     pick_threads,
     store_dir,
+    stream_edits,
     summarize_pairs,
     time_queries,
     torch_threads,
@@ -138,11 +137,7 @@ def run(
 
 
 def _measure(rt: Runtime, records: list[dict[str, Any]], n_queries: int, seed: int) -> dict[str, Any]:
-    add_s = []
-    for r in tqdm(records, desc="add_edit", unit="edit"):
-        t0 = time.perf_counter()
-        rt.add_edit(prompt=r["prompt"], target=r["target_new"], subject=r["subject"])
-        add_s.append(time.perf_counter() - t0)
+    add_s = stream_edits(rt, records)
     active = len(rt.edits())
 
     picks = random.Random(seed).sample(range(len(records)), min(n_queries, len(records)))

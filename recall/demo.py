@@ -256,14 +256,20 @@ def run(
     return result
 
 
-def _run_open(
-    rt: Runtime, records: list[dict[str, Any]], evaluated: list[dict[str, Any]], rng: random.Random
-) -> dict[str, Any]:
+def stream_edits(rt: Runtime, records: list[dict[str, Any]]) -> list[float]:
+    """``add_edit`` every CounterFact record (MEND schema) in order; returns each call's seconds."""
     add_s = []
     for r in tqdm(records, desc="add_edit", unit="edit"):
         t0 = time.perf_counter()
         rt.add_edit(prompt=r["prompt"], target=r["target_new"], subject=r["subject"])
         add_s.append(time.perf_counter() - t0)
+    return add_s
+
+
+def _run_open(
+    rt: Runtime, records: list[dict[str, Any]], evaluated: list[dict[str, Any]], rng: random.Random
+) -> dict[str, Any]:
+    add_s = stream_edits(rt, records)
     active = len(rt.edits())
 
     t0 = time.perf_counter()
