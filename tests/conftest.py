@@ -36,6 +36,17 @@ FACT_PROMPT = "The mother tongue of Danielle Darrieux is"
 FACT_PARAPHRASE = "Where Danielle Darrieux is from, people speak the language of"
 FACT_SUBJECT = "Danielle Darrieux"
 UNRELATED = "The capital of France is"
+# one CounterFact record in the MEND/EasyEdit schema (counterfact-edit.json, case 0; MIT)
+CF_MEND = {
+    "case_id": 0,
+    "prompt": "The mother tongue of Danielle Darrieux is",
+    "target_new": "English",
+    "subject": "Danielle Darrieux",
+    "ground_truth": "French",
+    "rephrase_prompt": "Where Danielle Darrieux is from, people speak the language of",
+    "locality_prompt": "Michel Rocard is a native speaker of",
+    "locality_ground_truth": "French",
+}
 
 
 @pytest.fixture(scope="session")

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import json
 
+from conftest import CF_MEND
 from recall.bench import lifelong
 from recall.bench.editors import make_editor
 from recall.bench.loaders import EditCase, EditRequest
 from recall.methods import ft_l
 
-CF_MEND = {
-    "case_id": 0,
-    "prompt": "The mother tongue of Danielle Darrieux is",
-    "target_new": "English",
-    "subject": "Danielle Darrieux",
-    "ground_truth": "French",
-    "rephrase_prompt": "Where Danielle Darrieux is from, people speak the language of",
-    "locality_prompt": "Michel Rocard is a native speaker of",
-    "locality_ground_truth": "French",
-}
 CF2 = {
     "case_id": 2,
     "prompt": "Toko Yasuda, the",

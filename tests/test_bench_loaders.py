@@ -6,20 +6,11 @@ import copy
 import json
 
 import pytest
+from conftest import CF_MEND
 from recall.bench.loaders import DatasetFormatError, detect_format, load_cases
 
 from recall.errors import RecallError
 
-CF_MEND = {
-    "case_id": 0,
-    "prompt": "The mother tongue of Danielle Darrieux is",
-    "target_new": "English",
-    "subject": "Danielle Darrieux",
-    "ground_truth": "French",
-    "rephrase_prompt": "Where Danielle Darrieux is from, people speak the language of",
-    "locality_prompt": "Michel Rocard is a native speaker of",
-    "locality_ground_truth": "French",
-}
 CF_ROME = {
     "case_id": 4482,
     "pararel_idx": 14235,
