@@ -11,11 +11,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 import recall
+from recall.demo import starts_with_target
 from recall.inject import INJECTION_MODES
-
-
-def _starts(text: str, target: str) -> bool:
-    return " ".join(text.split()).casefold().startswith(" ".join(target.split()).casefold())
 
 
 def evaluate(rt: recall.Runtime, recs: list[dict], use_memory: bool = True) -> dict[str, float]:
@@ -40,8 +37,8 @@ def evaluate(rt: recall.Runtime, recs: list[dict], use_memory: bool = True) -> d
         "rel": sum(prefers(P, new, old, use_memory)) / n,
         "gen": sum(prefers(R, new, old, use_memory)) / n,
         "loc": sum(a == b for a, b in zip(base_loc, loc)) / n,
-        "rel_generation": sum(_starts(t, x) for t, x in zip(gen_p, new)) / n,
-        "gen_generation": sum(_starts(t, x) for t, x in zip(gen_r, new)) / n,
+        "rel_generation": sum(starts_with_target(t, x) for t, x in zip(gen_p, new)) / n,
+        "gen_generation": sum(starts_with_target(t, x) for t, x in zip(gen_r, new)) / n,
     }
 
 
