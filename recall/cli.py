@@ -150,6 +150,50 @@ def ask(
         rt.close()
 
 
+@app.command()
+@handle_errors
+def serve(
+    store: StoreArg,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    token_file: Annotated[
+        Path | None, typer.Option(help="File holding the API token (default: $RECALL_API_TOKEN).")
+    ] = None,
+    auth_reads: Annotated[
+        bool, typer.Option("--auth-reads/--no-auth-reads", help="Require the token for reads and queries too.")
+    ] = False,
+    model_name: Annotated[str | None, typer.Option(help="Model id in /v1/models [default: recall-<type>].")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, max=1024, help="Rows in one forward pass.")] = 32,
+    batch_window_ms: Annotated[float, typer.Option(min=0, help="Wait this long for more requests.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(min=1, help="Queued requests before 429.")] = 256,
+    max_tokens_limit: Annotated[int, typer.Option(min=1, max=4096, help="Largest max_tokens allowed.")] = 256,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Per-request timeout in seconds.")] = 60.0,
+    use_memory: Annotated[
+        bool, typer.Option("--memory/--no-memory", help="--no-memory serves the unedited model.")
+    ] = True,
+    readonly: Annotated[bool, typer.Option("--readonly", help="Open the store read-only (no edit writes).")] = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Serve STORE over an OpenAI-compatible HTTP API with an edit admin API and a web page."""
+    from .server import ServerConfig
+    from .server import serve as run_server
+    from .server.auth import load_token
+
+    config = ServerConfig(
+        model_name=model_name,
+        token=load_token(token_file),
+        auth_reads=auth_reads,
+        use_memory=use_memory,
+        batch_window_ms=batch_window_ms,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        max_tokens_limit=max_tokens_limit,
+        request_timeout_s=timeout,
+    )
+    run_server(store, config, host=host, port=port, model=model, device=device, readonly=readonly)
+
+
 # -- edit sub-commands ------------------------------------------------------------
 @edit_app.command("add")
 @handle_errors

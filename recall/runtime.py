@@ -248,6 +248,44 @@ class Runtime:
             texts[i] = text
         return texts
 
+    def generate_with_edits(
+        self,
+        prompts: list[str] | str,
+        max_new_tokens: int = 20,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        use_memory: bool = True,
+    ) -> list[tuple[str, list[str]]]:
+        """``generate`` that also returns, per row, the ids of the edits applied to that row:
+        input regexes that matched, facts and patches that fired, output regexes that changed
+        the text. One retrieval serves both (a second ``explain`` could see a newer store), so
+        a server can report exactly the edits a request received."""
+        prompts = check_queries(prompts)
+        if not isinstance(max_new_tokens, int) or not 0 < max_new_tokens <= 4096:
+            raise InvalidQueryError(f"max_new_tokens must be an int in 1..4096, got {max_new_tokens!r}")
+        if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
+            raise InvalidQueryError("need temperature > 0, 0 < top_p <= 1 and top_k >= 0")
+        sampling = SamplingOptions(do_sample, temperature, top_p, top_k, seed)
+        if not use_memory:
+            bare = generate_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], max_new_tokens, sampling)
+            return [(text, []) for text in bare]
+        plans, cands, regex_ids = self._plans(prompts)
+        texts = self._run_partitioned(generate_rows, plans, prompts, max_new_tokens, sampling)
+        outputs = self.memory.regex_edits("output")
+        rows = []
+        for text, row_cands, applied in zip(texts, cands, regex_ids):
+            ids = list(applied) + [c.edit.id for c in row_cands if c.fired][: self.max_fired]
+            for edit, compiled in outputs:
+                text, hit = regex_patch.apply(compiled, edit.payload["replacement"], text)
+                if hit:
+                    ids.append(edit.id)
+            rows.append((text, ids))
+        return rows
+
     def explain(self, prompt: str) -> dict[str, Any]:
         """Which edits were retrieved for ``prompt``, their scores, and which fired."""
         (prompt,) = check_queries([prompt], "prompt")

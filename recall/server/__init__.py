@@ -1,0 +1,13 @@
+"""An OpenAI-compatible HTTP server over a Runtime, with an edit admin API and a web page.
+
+``create_app(runtime, ServerConfig(...))`` builds the FastAPI app; ``serve(store, config)``
+runs it with uvicorn (``recall serve``). Modules: ``config`` (settings), ``auth`` (bearer
+token), ``batching`` (the worker thread that owns model calls), ``schemas`` (request
+bodies), ``responses`` (OpenAI response and SSE shapes), ``openai_routes``, ``edit_routes``,
+``limits`` (body size), ``errors`` (OpenAI error shape), ``ray_serve`` (Ray Serve
+deployments), ``static/index.html`` (the page at ``/``)."""
+
+from .app import create_app, serve
+from .config import ServerConfig
+
+__all__ = ["ServerConfig", "create_app", "serve"]

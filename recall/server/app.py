@@ -1,0 +1,100 @@
+"""The app factory: one FastAPI app over one Runtime, with its batching worker.
+
+``create_app(runtime)`` takes an open Runtime (tests and benchmarks share one loaded model);
+``serve(...)`` opens a store and runs uvicorn until SIGINT/SIGTERM. Shutdown order: uvicorn
+stops accepting connections and lets in-flight requests finish, then the worker refuses new
+jobs, finishes the queued ones, and (if the app owns it) the runtime closes, which saves the
+FAISS index. Edits were durable before they were acknowledged, so none is lost either way."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
+
+from recall.runtime import Runtime
+
+from .batching import BatchWorker
+from .config import ServerConfig
+from .edit_routes import edit_router
+from .errors import install_handlers
+from .limits import BodyLimit
+from .openai_routes import openai_router
+from .state import ServerState
+
+log = logging.getLogger("recall.server")
+
+
+def create_app(runtime: Runtime, config: ServerConfig | None = None, *, owns_runtime: bool = False) -> FastAPI:
+    """An app serving ``runtime``. With ``owns_runtime`` the runtime is closed at shutdown."""
+    config = config or ServerConfig()
+    worker = BatchWorker(
+        runtime,
+        window_s=config.batch_window_ms / 1000.0,
+        max_batch=config.max_batch,
+        max_queue=config.max_queue,
+        use_memory=config.use_memory,
+    )
+    state = ServerState(runtime, config, worker, config.model_name or f"recall-{runtime.spec.model_type}")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        if config.token is None:
+            log.warning("no API token (RECALL_API_TOKEN or --token-file): the edit API is read-only")
+        try:
+            yield
+        finally:
+            worker.stop()
+            if owns_runtime:
+                runtime.close()
+
+    app = FastAPI(title="recall", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.recall = state
+    install_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.include_router(openai_router(state))
+    app.include_router(edit_router(state))
+    page = resources.files("recall.server").joinpath("static", "index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    @app.get("/health")
+    async def health(request: Request) -> dict:
+        state.authorize(request, write=False)
+        return {
+            "status": "shutting_down" if worker.closing else "ok",
+            "model": state.model_name,
+            "use_memory": config.use_memory,
+            "queued": worker.queued,
+            "auth_reads": config.auth_reads,
+            "writes_enabled": config.token is not None,
+            **worker.stats.as_dict(),
+        }
+
+    return app
+
+
+def serve(
+    store: str | Path,
+    config: ServerConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model: str | None = None,
+    device: str = "auto",
+    readonly: bool = False,
+) -> None:
+    """Open ``store`` and serve it until interrupted (``recall serve``)."""
+    import uvicorn
+
+    runtime = Runtime.open(store, model=model, device=device, readonly=readonly)
+    app = create_app(runtime, config, owns_runtime=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)

@@ -1,0 +1,230 @@
+"""The batching worker: one thread owns every call into the Runtime.
+
+Requests that arrive within a short window (or pile up while a batch runs) are grouped by
+generation settings and run as one ``Runtime.generate_with_edits`` call per group. The
+runtime plans each row on its own (retrieve -> gate -> inject), so a row only ever gets the
+edits its own prompt fired, and rows where nothing fired run through the bare path.
+
+Store writes take the same lock as model calls (FAISS and the encoder are not safe to use
+from two threads at once), so an edit acknowledged to one client is in effect for every
+batch that starts after it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from recall.runtime import Runtime
+
+T = TypeVar("T")
+Row = tuple[str, list[str]]  # generated text, ids of the edits applied to the row
+
+
+class Overloaded(Exception):
+    """The queue is full: the client should retry later (HTTP 429)."""
+
+
+class Closed(Exception):
+    """The worker is shutting down and takes no new work (HTTP 503)."""
+
+
+class Expired(Exception):
+    """The request's deadline passed before its batch started (HTTP 504)."""
+
+
+@dataclass(frozen=True)
+class GenerationKey:
+    """Settings a batch must share: requests with equal keys can run in one call.
+
+    ``solo`` is set for seeded sampling: a seeded request gets its own call, so that its
+    sample does not depend on which other requests happened to share the batch."""
+
+    max_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    solo: int = 0
+
+
+@dataclass
+class Job:
+    prompts: list[str]
+    key: GenerationKey
+    deadline: float  # time.monotonic() seconds
+    future: Future = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0  # runtime calls
+    rows: int = 0
+    max_rows: int = 0  # largest number of rows in one runtime call
+    expired: int = 0
+    rejected: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class BatchWorker:
+    """Collects jobs for ``window_s`` after the first one arrives (up to ``max_batch`` rows),
+    then runs them grouped by :class:`GenerationKey`."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        window_s: float = 0.005,
+        max_batch: int = 32,
+        max_queue: int = 256,
+        use_memory: bool = True,
+    ) -> None:
+        self.runtime = runtime
+        self.window_s = window_s
+        self.max_batch = max_batch
+        self.use_memory = use_memory
+        self.lock = threading.Lock()  # model calls and store writes
+        self.stats = WorkerStats()
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._closing = threading.Event()
+        self._solo = itertools.count(1)
+        self._thread = threading.Thread(target=self._loop, name="recall-batch-worker", daemon=True)
+
+    # -- client side -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    def key(self, max_tokens: int, temperature: float | None, top_p: float | None, seed: int | None) -> GenerationKey:
+        """The key for a request: temperature 0 or None is greedy (the runtime's default)."""
+        if not temperature:
+            return GenerationKey(max_tokens)
+        solo = next(self._solo) if seed is not None else 0
+        return GenerationKey(max_tokens, True, float(temperature), float(top_p or 1.0), seed, solo)
+
+    def submit(self, prompts: list[str], key: GenerationKey, timeout_s: float) -> Future:
+        """Queue a job; its future resolves to one :data:`Row` per prompt."""
+        if self._closing.is_set():
+            raise Closed("the server is shutting down")
+        job = Job(list(prompts), key, time.monotonic() + timeout_s)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self.stats.rejected += 1
+            raise Overloaded(f"the request queue is full ({self._queue.maxsize} waiting)") from None
+        return job.future
+
+    def exclusive(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` with the runtime to itself (store writes, explain)."""
+        with self.lock:
+            return fn(*args, **kwargs)
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Refuse new jobs, finish every accepted one, then end the thread."""
+        self._closing.set()
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout_s)
+
+    # -- worker side -------------------------------------------------------------
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            jobs, rows = [first], len(first.prompts)
+            end = time.monotonic() + self.window_s
+            while rows < self.max_batch:
+                try:
+                    nxt = self._queue.get(timeout=max(0.0, end - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                jobs.append(nxt)
+                rows += len(nxt.prompts)
+            self._run(jobs)
+        # a job can slip in between the closing check and the stop marker: serve it too
+        leftovers = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not _STOP:
+                leftovers.append(job)
+        if leftovers:
+            self._run(leftovers)
+
+    def _run(self, jobs: list[Job]) -> None:
+        now = time.monotonic()
+        groups: dict[GenerationKey, list[Job]] = {}
+        for job in jobs:
+            if now > job.deadline:
+                self.stats.expired += 1
+                if job.future.set_running_or_notify_cancel():
+                    job.future.set_exception(Expired("the request timed out in the queue"))
+                continue
+            if job.future.set_running_or_notify_cancel():  # False: the client gave up
+                groups.setdefault(job.key, []).append(job)
+        for key, group in groups.items():
+            for chunk in self._chunks(group):
+                self._call(key, chunk)
+
+    def _chunks(self, jobs: list[Job]) -> list[list[Job]]:
+        """Whole jobs packed into calls of at most ``max_batch`` rows (a bigger job runs alone)."""
+        chunks: list[list[Job]] = []
+        rows = 0
+        for job in jobs:
+            if chunks and rows + len(job.prompts) <= self.max_batch:
+                chunks[-1].append(job)
+                rows += len(job.prompts)
+            else:
+                chunks.append([job])
+                rows = len(job.prompts)
+        return chunks
+
+    def _call(self, key: GenerationKey, jobs: list[Job]) -> None:
+        prompts = [p for job in jobs for p in job.prompts]
+        try:
+            with self.lock:
+                out = self.runtime.generate_with_edits(
+                    prompts,
+                    key.max_tokens,
+                    do_sample=key.do_sample,
+                    temperature=key.temperature,
+                    top_p=key.top_p,
+                    seed=key.seed,
+                    use_memory=self.use_memory,
+                )
+        except Exception as exc:  # the error belongs to these requests, not to the worker
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        self.stats.batches += 1
+        self.stats.rows += len(prompts)
+        self.stats.max_rows = max(self.stats.max_rows, len(prompts))
+        start = 0
+        for job in jobs:
+            job.future.set_result(out[start : start + len(job.prompts)])
+            start += len(job.prompts)

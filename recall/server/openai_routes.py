@@ -1,0 +1,87 @@
+"""The OpenAI-compatible endpoints: /v1/models, /v1/completions, /v1/chat/completions.
+
+Temperature 0 or absent means greedy decoding (the runtime's default, and what makes an
+edited answer reproducible); a positive temperature samples. Every response carries
+``recall_edits``: the ids of the edits applied to it."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from . import responses as R
+from .errors import APIError
+from .schemas import ChatCompletionRequest, CompletionRequest
+from .state import ServerState
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def chat_prompt(tokenizer, body: ChatCompletionRequest) -> str:
+    """The conversation rendered with the tokenizer's chat template, ready for the reply."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise APIError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
+    roles = {"developer": "system"}
+    messages = [{"role": roles.get(m.role, m.role), "content": m.text()} for m in body.messages]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def openai_router(state: ServerState) -> APIRouter:
+    router = APIRouter()
+    tok = state.runtime.tokenizer
+    started = int(time.time())
+
+    @router.get("/v1/models")
+    async def list_models(request: Request) -> dict:
+        state.authorize(request, write=False)
+        return {"object": "list", "data": [_model_card(state.model_name, started)]}
+
+    @router.get("/v1/models/{name:path}")
+    async def get_model(name: str, request: Request) -> dict:
+        state.authorize(request, write=False)
+        state.check_model(name)
+        return _model_card(state.model_name, started)
+
+    @router.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        state.authorize(request, write=False)
+        state.check_model(body.model)
+        body.refuse_unsupported()
+        prompts = state.check_prompts([body.prompt] if isinstance(body.prompt, str) else body.prompt, "prompt")
+        stops, max_tokens = body.stops(), state.max_tokens(body.max_tokens)
+        rows = await state.generate(prompts, state.worker.key(max_tokens, body.temperature, body.top_p, body.seed))
+        choices = [R.finish(tok, text, ids, stops, max_tokens) for text, ids in rows]
+        prompt_tokens = sum(R.count_tokens(tok, p) for p in prompts)
+        rid = R.new_id("cmpl")
+        if body.stream:
+            events = R.completion_events(tok, rid, state.model_name, choices, prompt_tokens,
+                                         body.include_usage_in_stream())
+            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        return R.completion_body(rid, state.model_name, choices, prompt_tokens)
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        state.authorize(request, write=False)
+        state.check_model(body.model)
+        body.refuse_unsupported()
+        (prompt,) = state.check_prompts([chat_prompt(tok, body)], "messages")
+        stops = body.stops()
+        max_tokens = state.max_tokens(body.max_completion_tokens or body.max_tokens)
+        ((text, ids),) = await state.generate(
+            [prompt], state.worker.key(max_tokens, body.temperature, body.top_p, body.seed)
+        )
+        choice = R.finish(tok, text, ids, stops, max_tokens)
+        prompt_tokens = R.count_tokens(tok, prompt)
+        rid = R.new_id("chatcmpl")
+        if body.stream:
+            events = R.chat_events(tok, rid, state.model_name, choice, prompt_tokens, body.include_usage_in_stream())
+            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        return R.chat_body(rid, state.model_name, choice, prompt_tokens)
+
+    return router
+
+
+def _model_card(name: str, created: int) -> dict:
+    return {"id": name, "object": "model", "created": created, "owned_by": "recall"}
