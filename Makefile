@@ -2,7 +2,7 @@
 PY ?= python3
 PIP = $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install demo test lint
+.PHONY: install demo test test-deps lint
 
 install:
 	$(PIP) torch==2.13.0          # the CPU wheel on this disk; must come before the project
@@ -12,9 +12,15 @@ install:
 demo: install
 	$(PY) -m recall.cli demo
 
-test: install
+test: install test-deps
 	$(PY) -m ruff check recall index methods bench tests
 	$(PY) -m pytest -q tests
+
+# what only the tests need: Ray Serve (tests/test_server_ray.py) and Debian's Chromium, driven
+# by Playwright from the dev extra (tests/test_server_web.py); no browser build is downloaded
+test-deps:
+	$(PIP) -e '.[dev,ray]'
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 
 lint:
 	$(PY) -m ruff check recall index methods bench tests
