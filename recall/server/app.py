@@ -9,6 +9,7 @@ FAISS index. Edits were durable before they were acknowledged, so none is lost e
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -26,12 +27,22 @@ from .errors import install_handlers
 from .limits import BodyLimit
 from .openai_routes import openai_router
 from .state import ServerState
+from .writers import EditWriter, LocalWriter
 
 log = logging.getLogger("recall.server")
 
 
-def create_app(runtime: Runtime, config: ServerConfig | None = None, *, owns_runtime: bool = False) -> FastAPI:
-    """An app serving ``runtime``. With ``owns_runtime`` the runtime is closed at shutdown."""
+def create_app(
+    runtime: Runtime,
+    config: ServerConfig | None = None,
+    *,
+    owns_runtime: bool = False,
+    writer: EditWriter | None = None,
+) -> FastAPI:
+    """An app serving ``runtime``. With ``owns_runtime`` the runtime is closed at shutdown.
+
+    ``writer``: where the admin API's writes go; default: this runtime (a Ray Serve replica
+    over a read-only store passes its writer deployment instead)."""
     config = config or ServerConfig()
     worker = BatchWorker(
         runtime,
@@ -40,7 +51,8 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, *, owns_run
         max_queue=config.max_queue,
         use_memory=config.use_memory,
     )
-    state = ServerState(runtime, config, worker, config.model_name or f"recall-{runtime.spec.model_type}")
+    name = config.model_name or f"recall-{runtime.spec.model_type}"
+    state = ServerState(runtime, config, worker, name, writer or LocalWriter(runtime, worker))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -71,6 +83,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, *, owns_run
         state.authorize(request, write=False)
         return {
             "status": "shutting_down" if worker.closing else "ok",
+            "pid": os.getpid(),
             "model": state.model_name,
             "use_memory": config.use_memory,
             "queued": worker.queued,

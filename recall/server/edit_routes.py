@@ -1,14 +1,13 @@
 """The edit admin API: add, list/search, get, retire, bulk import, explain.
 
-Writes need the bearer token and run with the runtime to themselves (the batching worker's
-lock); each is acknowledged after its LMDB transaction commits, so the next batch sees it.
-Reads go straight to LMDB (its readers never block on a writer)."""
+Writes need the bearer token and go to the server's writer (``writers.py``: this runtime,
+under the batching worker's lock, or a Ray Serve writer deployment); each is acknowledged
+after its LMDB transaction commits, so the next batch sees it. Reads go straight to LMDB
+(its readers never block on a writer)."""
 
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -16,9 +15,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from recall.edits import Edit
-from recall.errors import EditConflictError, EditNotFoundError, RecallError
 
-from .errors import APIError, from_recall_error
+from .errors import APIError
 from .schemas import ExplainRequest
 from .state import ServerState
 
@@ -50,14 +48,7 @@ def edit_router(state: ServerState) -> APIRouter:
         provenance = fields.pop("provenance", "api")
         if "id" in fields:
             fields["edit_id"] = fields.pop("id")
-
-        def write() -> Edit:
-            edit_id = fields.get("edit_id")
-            if isinstance(edit_id, str) and _exists(rt, edit_id):  # the store would call it a StoreError
-                raise EditConflictError(f"an edit with id {edit_id!r} already exists")
-            return rt.add_edit(kind, provenance=provenance, **fields)
-
-        return edit_json(await run_in_threadpool(state.worker.exclusive, write))
+        return edit_json(await run_in_threadpool(state.writer.add_edit, kind, provenance, fields))
 
     @router.get("/v1/edits")
     async def list_edits(
@@ -88,7 +79,7 @@ def edit_router(state: ServerState) -> APIRouter:
     @router.delete("/v1/edits/{edit_id}")
     async def remove_edit(edit_id: str, request: Request) -> dict:
         state.authorize(request, write=True)
-        edit = await run_in_threadpool(state.worker.exclusive, rt.remove_edit, edit_id)
+        edit = await run_in_threadpool(state.writer.remove_edit, edit_id)
         return {**edit_json(edit), "deleted": True}
 
     @router.post("/v1/edits/import")
@@ -99,7 +90,7 @@ def edit_router(state: ServerState) -> APIRouter:
         state.authorize(request, write=True)
         raw = await request.body()
         lines = _import_lines(raw, request.headers.get("content-type", ""), state.config.max_import_edits)
-        counts = await run_in_threadpool(_import, state, lines)
+        counts = await run_in_threadpool(state.writer.import_lines, lines)
         return JSONResponse({"object": "import", **counts}, status_code=201 if counts["imported"] else 200)
 
     @router.post("/v1/explain")
@@ -110,14 +101,6 @@ def edit_router(state: ServerState) -> APIRouter:
         return await run_in_threadpool(state.worker.exclusive, rt.explain, prompt)
 
     return router
-
-
-def _exists(rt, edit_id: str) -> bool:
-    try:
-        rt.get_edit(edit_id)
-    except EditNotFoundError:
-        return False
-    return True
 
 
 def _import_lines(raw: bytes, content_type: str, limit: int) -> list[bytes]:
@@ -146,16 +129,3 @@ def _as_record(item: Any) -> Any:
     if isinstance(item, dict) and "provenance" not in item:
         return {**item, "provenance": "api"}
     return item
-
-
-def _import(state: ServerState, lines: list[bytes]) -> dict[str, int]:
-    """``Runtime.import_jsonl`` over a temporary file: one validation path for CLI and API."""
-    with tempfile.TemporaryDirectory(prefix="recall-import-") as tmp:
-        path = Path(tmp) / "import.jsonl"
-        path.write_bytes(b"\n".join(lines) + b"\n")
-        try:
-            return state.worker.exclusive(state.runtime.import_jsonl, path)
-        except RecallError as exc:  # name the line, not the temporary file
-            err = from_recall_error(exc)
-            err.message = err.message.replace(f"{path}:", "line ").replace(str(path), "the import")
-            raise err from None

@@ -16,6 +16,7 @@ from . import auth
 from .batching import BatchWorker, Closed, Expired, GenerationKey, Overloaded, Row
 from .config import ServerConfig
 from .errors import APIError
+from .writers import EditWriter
 
 
 @dataclass
@@ -24,6 +25,7 @@ class ServerState:
     config: ServerConfig
     worker: BatchWorker
     model_name: str
+    writer: EditWriter
 
     def authorize(self, request: Request, *, write: bool) -> None:
         if write or self.config.auth_reads:
