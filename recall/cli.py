@@ -384,6 +384,35 @@ def bench_latency(
     latency.run(n_edits=n_edits, n_queries=n_queries, out=out, data=data, model=model, device=device, threads=threads)
 
 
+@bench_app.command("serving")
+@handle_errors
+def bench_serving(
+    n_edits: Annotated[int, typer.Option(min=1, help="Edits streamed into the store.")] = 1000,
+    concurrency: Annotated[str, typer.Option(help="Client concurrency levels, comma-separated.")] = "1,8,32",
+    requests: Annotated[
+        int | None, typer.Option(min=1, help="Requests per system, level and round [default: max(8, 2c)].")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, max=256, help="Completion tokens per request.")] = 16,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="CounterFact JSON (MEND schema); default: ../shared/data/... if present, else the sample."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write serving.json and serving.md here.")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """HTTP serving throughput and p50/p95 latency, bare model vs runtime, at several concurrencies."""
+    from recall.bench import serving
+
+    try:
+        levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"--concurrency must be comma-separated integers, got {concurrency!r}") from exc
+    serving.run(n_edits=n_edits, concurrency=levels, requests=requests, max_tokens=max_tokens, out=out, data=data,
+                model=model, device=device, threads=threads)
+
+
 @bench_app.command("scale")
 @handle_errors
 def bench_scale(
