@@ -162,7 +162,7 @@ def serve(
     auth_reads: Annotated[
         bool, typer.Option("--auth-reads/--no-auth-reads", help="Require the token for reads and queries too.")
     ] = False,
-    model_name: Annotated[str | None, typer.Option(help="Model id in /v1/models [default: recall-<type>].")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Model id in /v1/models (default: recall-<type>).")] = None,
     max_batch: Annotated[int, typer.Option(min=1, max=1024, help="Rows in one forward pass.")] = 32,
     batch_window_ms: Annotated[float, typer.Option(min=0, help="Wait this long for more requests.")] = 5.0,
     max_queue: Annotated[int, typer.Option(min=1, help="Queued requests before 429.")] = 256,
