@@ -9,7 +9,14 @@ the flag they pass to it. All share one loaded model and encoder (``Runtime.from
 - ``ike``: in-context editing: every stored fact prepended, no gate (gate="always",
   injection="context");
 - ``ft-l``: constrained fine-tuning of one MLP output layer (methods/ft_l.py), on a private
-  deep copy of the model, queried with ``use_memory=False``.
+  deep copy of the model, queried with ``use_memory=False``;
+- ``rome``, ``memit``, ``alphaedit``: the consolidation backends used as sequential parameter
+  editors (as in their papers) on a private copy of the model, ``use_memory=False``; ROME
+  writes one edit at a time, MEMIT/AlphaEdit buffer cases and write batches of
+  ``batch_size`` (default 100), flushing what is left before evaluation;
+- ``recall-consolidated``: the runtime after a stream of edits followed by one
+  ``rt.consolidate(method="alphaedit")`` over all of them (consolidated edits answered from
+  the weights, edits that failed verification still from memory).
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ RUNTIME_VARIANTS = {
     "recall-context": ("learned", "context"),
     "ike": ("always", "context"),
 }
-EDITORS = ("unedited", *RUNTIME_VARIANTS, "ft-l")
+WEIGHT_EDITORS = ("rome", "memit", "alphaedit")
+EDITORS = ("unedited", *RUNTIME_VARIANTS, "ft-l", *WEIGHT_EDITORS, "recall-consolidated")
 
 
 class Editor(ABC):
@@ -117,7 +125,7 @@ class FTLEditor(_StoreEditor):
         self.weights_copy: dict = {}
 
     def reset(self) -> None:
-        from recall.methods.ft_l import restore
+        from recall.methods.weights import restore
 
         if self.weights_copy:
             restore(self.loaded[0], self.weights_copy)
@@ -134,8 +142,98 @@ class FTLEditor(_StoreEditor):
             self.weights_copy.setdefault(k, v)  # keep the weights from before the first edit
 
 
-def make_editor(name: str, loaded: tuple, encoder, workdir: str | Path) -> Editor:
+def _requests(cases: list[EditCase]):
+    from recall.methods.edit_requests import EditRequest as Request
+
+    return [
+        Request(
+            e.prompt,
+            e.target_new,
+            e.subject if e.subject.strip().casefold() in e.prompt.casefold() else None,
+            c.case_id,
+        )
+        for c in cases
+        for e in c.edits
+    ]
+
+
+class WeightEditor(_StoreEditor):
+    """ROME / MEMIT / AlphaEdit on a private copy of the weights (``methods/consolidation.py``,
+    the code ``rt.consolidate`` runs). ``reset`` restores the copy's original weights and
+    AlphaEdit's accumulated keys; statistics and projectors are computed once."""
+
+    use_memory = False
+
+    def __init__(self, method: str, loaded, encoder, workdir, batch_size: int = 100, hparams=None) -> None:
+        from recall.methods.consolidation import Consolidator
+
+        model, tok, spec = loaded
+        edited = copy.deepcopy(model)
+        super().__init__(method, (edited, tok, spec), encoder, workdir)
+        self.batch_size = 1 if method == "rome" else batch_size
+        self.consolidator = Consolidator(edited, tok, spec, method, hparams)
+        self.consolidator.prepare()  # statistics of the unedited weights
+        self.original = {
+            n: p.detach().clone()
+            for n, p in edited.named_parameters()
+            if n in {f"{m}.weight" for m in self.consolidator.modules}
+        }
+        self.pending: list = []
+
+    def reset(self) -> None:
+        from recall.methods.weights import restore
+
+        restore(self.loaded[0], self.original)
+        state = self.consolidator.state
+        state.preserved.clear()
+        state.batches = 0
+        self.pending = []
+        super().reset()
+        self.consolidator.prepare()
+
+    def apply(self, cases: list[EditCase]) -> None:
+        self.pending += _requests(cases)
+        while len(self.pending) >= self.batch_size:
+            self.consolidator.apply(self.pending[: self.batch_size])
+            self.pending = self.pending[self.batch_size :]
+
+    def runtime(self) -> Runtime:
+        if self.pending:
+            self.consolidator.apply(self.pending)
+            self.pending = []
+        return super().runtime()
+
+
+class ConsolidatedRuntimeEditor(RuntimeEditor):
+    """The default runtime; before evaluation, every active fact is consolidated with AlphaEdit."""
+
+    def __init__(self, loaded, encoder, workdir, batch_size: int = 100) -> None:
+        super().__init__("recall-consolidated", loaded, encoder, workdir, "learned", "decode")
+        self.batch_size = batch_size
+        self.report = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.report = None
+
+    def apply(self, cases: list[EditCase]) -> None:
+        if self.report is not None:
+            raise RuntimeError("recall-consolidated takes its whole stream before the first evaluation")
+        super().apply(cases)
+
+    def runtime(self) -> Runtime:
+        rt = super().runtime()
+        if self.report is None and rt.edits("active"):
+            self.report = rt.consolidate("alphaedit", batch_size=self.batch_size, progress=False)
+        return rt
+
+
+def make_editor(name: str, loaded: tuple, encoder, workdir: str | Path, batch_size: int = 100) -> Editor:
     workdir = Path(workdir)
+    if name in WEIGHT_EDITORS:
+        return WeightEditor(name, loaded, encoder, workdir, batch_size)
+    if name == "recall-consolidated":
+        return ConsolidatedRuntimeEditor(loaded, encoder, workdir, batch_size)
     if name == "unedited":
         return UneditedEditor(loaded, encoder, workdir)
     if name == "ft-l":

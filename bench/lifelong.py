@@ -83,11 +83,13 @@ def run(
     fluency_n: int = 10,
     ppl_texts: int = 10,
     model: str | None = None,
+    encoder_path: str | None = None,
     device: str = "cpu",
     threads: int | None = None,
     loaded: tuple | None = None,
     encoder=None,
     progress: bool = True,
+    edit_batch: int = 100,
 ) -> dict[str, Any]:
     """Run the benchmark, write the outputs and return the results dict."""
     if protocol not in ("lifelong", "single"):
@@ -112,7 +114,7 @@ def run(
         from recall.models import load_model
 
         loaded = load_model(model, device)
-        encoder = TextEncoder(None, device=str(loaded[0].device))
+        encoder = TextEncoder(encoder_path, device=str(loaded[0].device))
     n_threads = pick_threads(threads)
     results: dict[str, Any] = {
         "config": {
@@ -125,6 +127,7 @@ def run(
             "limit": limit,
             "seed": seed,
             "protocol": protocol,
+            "edit_batch": edit_batch,
             "threads": n_threads,
             "machine": machine_info(),
         },
@@ -137,7 +140,7 @@ def run(
         base_rt = base.runtime()
         cache: dict = {}
         for name in editors:
-            editor = base if name == "unedited" else make_editor(name, loaded, encoder, work)
+            editor = base if name == "unedited" else make_editor(name, loaded, encoder, work, edit_batch)
             for t in ts:
                 chosen = [cases[i] for i in order[:t]]
                 t0 = time.perf_counter()

@@ -237,6 +237,29 @@ class EditStore:
                 self._bump(txn, "add" if status == "active" else "remove", edit.num)
         return edit
 
+    def commit_statuses(
+        self, updates: dict[str, str], *, consolidated_in: str | None = None, meta: dict[str, Any] | None = None
+    ) -> None:
+        """Change many edits' statuses and meta entries in one transaction: either all of it
+        is on disk or none of it (the consolidation job and rollback rely on this).
+
+        ``updates`` maps edit id -> new status; edits becoming "consolidated" record
+        ``consolidated_in``. Unknown ids raise before anything is written."""
+        with self._write() as txn:
+            edits = {edit_id: self._get_in(txn, edit_id) for edit_id in updates}
+            for edit_id, status in updates.items():
+                if status not in ("active", "retired", "consolidated"):
+                    raise StoreError(f"unknown status {status!r}")
+                edit = edits[edit_id]
+                was_active = edit.status == "active"
+                edit.status = status
+                edit.consolidated_in = consolidated_in if status == "consolidated" else None
+                txn.put(edit_id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
+                if was_active != (status == "active"):
+                    self._bump(txn, "add" if status == "active" else "remove", edit.num)
+            for key, value in (meta or {}).items():
+                txn.put(key.encode(), json.dumps(value).encode(), db=self._meta)
+
     def superseded_by(self, edit_id: str) -> list[str]:
         """Ids of the edits that ``edit_id`` retired as conflicts when it was added."""
         with self._txn(db=self._supersedes) as txn:

@@ -9,53 +9,29 @@ on the NLL of " target_new" after the prompt, updating only the weight of
 ``c_proj`` Conv1D, whose (d_in, d_out) orientation needs no special handling because the
 update is elementwise), with each step followed by a projection onto the L-infinity ball
 of radius ``norm_constraint`` around the weights before the call. ``weights_copy`` holds those
-original weights so the caller can restore them (:func:`restore`).
+original weights so the caller can restore them (:func:`recall.methods.weights.restore`).
 
 Hyper-parameters live in methods/hparams/ft_l/<model_type>.json (:meth:`FTLHyperParams.for_spec`).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 
-HPARAMS_DIR = Path(__file__).parent / "hparams" / "ft_l"
+from .hparams import HyperParams
 
 
 @dataclass
-class FTLHyperParams:
+class FTLHyperParams(HyperParams):
+    method = "ft_l"
+
     layers: list[int] = field(default_factory=lambda: [20])
     lr: float = 5e-4
     num_steps: int = 20
     norm_constraint: float = 2e-3
     weight_decay: float = 0.0
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> FTLHyperParams:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown FT-L hyper-parameter(s) {sorted(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def for_spec(cls, spec, path: str | Path | None = None) -> FTLHyperParams:
-        """From ``path``, else the file for the spec's model family; layers beyond the model's
-        depth are replaced by the layer at 2/3 of the depth."""
-        if path is None:
-            family = spec.model_type if (HPARAMS_DIR / f"{spec.model_type}.json").exists() else None
-            family = family or ("gpt2" if spec.conv1d else "llama")
-            path = HPARAMS_DIR / f"{family}.json"
-        hp = cls.from_json(path)
-        hp.layers = [layer if 0 <= layer < spec.n_layers else (2 * spec.n_layers) // 3 for layer in hp.layers]
-        return hp
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _target_batch(tok, prompt: str, target: str, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,11 +78,3 @@ def apply(model, tok, spec, requests: list[dict[str, str]], hparams: FTLHyperPar
             p.requires_grad_(requires[n])
         model.train(was_training)
     return model, weights_copy
-
-
-def restore(model, weights_copy: dict[str, torch.Tensor]) -> None:
-    """Put back weights saved by :func:`apply`."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, w in weights_copy.items():
-            params[n].copy_(w)

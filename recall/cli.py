@@ -461,7 +461,8 @@ def bench_lifelong(
     editors: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: unedited, recall, recall-subject, recall-cosine, recall-context, ike, ft-l."
+            help="Comma-separated: unedited, recall, recall-subject, recall-cosine, recall-context, ike, ft-l, "
+            "rome, memit, alphaedit (sequential weight editors), recall-consolidated (stream, then consolidate)."
         ),
     ] = "unedited,recall,ike,ft-l",
     t: Annotated[str, typer.Option("--T", help="Comma-separated stream lengths T.")] = "1,10",
@@ -473,7 +474,13 @@ def bench_lifelong(
     generation: Annotated[bool, typer.Option(help="Also compute greedy-generation metrics.")] = True,
     fluency_n: Annotated[int, typer.Option(min=0, help="Edit prompts generated from for fluency (0: off).")] = 10,
     ppl_texts: Annotated[int, typer.Option(min=0, help="WikiBio texts for perplexity (0: off).")] = 10,
+    edit_batch: Annotated[
+        int, typer.Option(min=1, help="Batch size of memit/alphaedit/recall-consolidated (ROME: always 1).")
+    ] = 100,
     model: ModelOpt = None,
+    encoder: Annotated[
+        str | None, typer.Option(help="Local sentence-transformers directory (default: the embedded MiniLM).")
+    ] = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
@@ -494,8 +501,10 @@ def bench_lifelong(
         fluency_n=fluency_n,
         ppl_texts=ppl_texts,
         model=model,
+        encoder_path=encoder,
         device=device,
         threads=threads,
+        edit_batch=edit_batch,
     )
     typer.echo((out / "summary.md").read_text(encoding="utf-8"))
 
@@ -526,6 +535,72 @@ def gate_train(
     result = train(data, out, report, n_train=n_train, n_dev=n_dev, seed=seed)
     typer.echo(result["report"])
     typer.echo(f"wrote {out} and {report} in {result['seconds']:.0f} s")
+
+
+@bench_app.command("layer-sweep")
+@handle_errors
+def bench_layer_sweep(
+    data: Annotated[Path, typer.Option(help="CounterFact JSON (ROME or MEND schema).")],
+    out: Annotated[Path, typer.Option(help="Write layer_sweep.json and layer_sweep.md here.")],
+    layers: Annotated[str, typer.Option(help="Comma-separated candidate layers.")] = "1,2,3,4,5,6,8,10,12",
+    n: Annotated[int, typer.Option(min=1, help="Cases per layer (each written alone).")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the case shuffle.")] = 0,
+    model: ModelOpt = None,
+    encoder: Annotated[str | None, typer.Option(help="Local sentence-transformers directory.")] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """ROME single-edit efficacy/paraphrase/neighborhood per layer: the record behind the layer
+    choices in methods/hparams/*/llama.json."""
+    from recall.bench import layer_sweep
+
+    layer_sweep.run(data, out, [int(x) for x in layers.split(",") if x.strip()], n, seed, model, encoder, device)
+
+
+@app.command("consolidate")
+@handle_errors
+def consolidate_cmd(
+    store: StoreArg,
+    method: Annotated[str, typer.Option(help="alphaedit, memit or rome.")] = "alphaedit",
+    batch_size: Annotated[int, typer.Option(min=1, help="Edits written per batch.")] = 100,
+    limit: Annotated[int | None, typer.Option(min=1, help="Consolidate at most N (oldest first).")] = None,
+    hparams: Annotated[str | None, typer.Option(help="Hyper-parameter JSON (default: the model family's).")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Fold the store's active fact edits into the weights, verify them with retrieval off,
+    and write a checkpoint (served from then on). Prints the report as JSON."""
+    from .runtime import Runtime
+
+    with Runtime.open(store, model=model, device=device) as rt:
+        report = rt.consolidate(method, batch_size, limit, hparams=hparams)
+    print(json.dumps(report.to_dict(), indent=1))
+    if not report.accepted:
+        raise typer.Exit(1)
+
+
+@app.command("checkpoints")
+@handle_errors
+def checkpoints_cmd(store: StoreArg, model: ModelOpt = None, device: DeviceOpt = "auto") -> None:
+    """List the store's weight checkpoints (the served one is marked head)."""
+    from .runtime import Runtime
+
+    with Runtime.open(store, model=model, device=device) as rt:
+        print(json.dumps(rt.checkpoints(), indent=1))
+
+
+@app.command("rollback")
+@handle_errors
+def rollback_cmd(
+    store: StoreArg,
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint id, or 'base' for the unedited weights.")],
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Serve an earlier checkpoint (or the base weights); edits consolidated after it become active again."""
+    from .runtime import Runtime
+
+    with Runtime.open(store, model=model, device=device) as rt:
+        print(json.dumps(rt.rollback(None if checkpoint == "base" else checkpoint), indent=1))
 
 
 def main() -> None:  # pragma: no cover - `python -m recall.cli`

@@ -45,6 +45,7 @@ class Edit:
     num: int = -1
     retired_by: str | None = None
     retired_reason: str | None = None
+    consolidated_in: str | None = None  # checkpoint id, while status is "consolidated"
 
     @property
     def prompt(self) -> str | None:
@@ -192,6 +193,7 @@ def validate_record(data: Any, where: str) -> Edit:
                 "keys",
                 "retired_by",
                 "retired_reason",
+                "consolidated_in",
                 "subject",
             )
         }
@@ -215,7 +217,9 @@ def validate_record(data: Any, where: str) -> Edit:
     status = data.get("status", "active")
     if status not in STATUSES:
         raise ImportFormatError(f"{where}: unknown status {status!r}")
-    edit.status = status
+    # a consolidated edit lives in another store's weights, not in this store's: it comes in
+    # active, so importing never loses it
+    edit.status = "active" if status == "consolidated" else status
     if isinstance(data.get("created_at"), (int, float)):
         edit.created_at = float(data["created_at"])
     edit.retired_by = data.get("retired_by")

@@ -80,3 +80,11 @@ class RecallIOError(RecallError, OSError):
 
 class ModelLoadError(RecallError):
     """A model or encoder could not be loaded from local files."""
+
+
+class CheckpointError(StoreError):
+    """A weight checkpoint is unknown, or does not belong to the loaded model."""
+
+
+class ConsolidationError(RecallError):
+    """A consolidation job could not run (unknown method, bad parameters, no model ownership)."""

@@ -3,6 +3,7 @@ weights never change."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,16 @@ from typing import Any
 from recall.index import TextEncoder
 
 from . import regex_patch
+from .checkpoints import CheckpointDir, ServedWeights
 from .edits import Edit, build_edit, validate_record
-from .errors import EditConflictError, ImportFormatError, InvalidQueryError, RecallIOError
+from .errors import (
+    CheckpointError,
+    EditConflictError,
+    ImportFormatError,
+    InvalidQueryError,
+    RecallIOError,
+    StoreLockedError,
+)
 from .gate import Gate, GateParams
 from .inject import Injector
 from .lm import RowPlan, SamplingOptions, TokenScore, generate_rows, score_tokens_rows
@@ -33,6 +42,9 @@ class Runtime:
         self.injector = injector
         self.top_k = top_k
         self.max_fired = max_fired
+        self.served = ServedWeights(model, CheckpointDir(memory.store.path))
+        self._owns_model = False
+        self._base_fingerprint: str | None = None
 
     @classmethod
     def open(
@@ -65,6 +77,7 @@ class Runtime:
             top_k=top_k,
             readonly=readonly,
             gate_params=gate_params,
+            _owns_model=True,
         )
 
     @classmethod
@@ -80,16 +93,29 @@ class Runtime:
         top_k: int = 8,
         readonly: bool = False,
         gate_params: str | Path | GateParams | None = None,
+        _owns_model: bool = False,
     ) -> Runtime:
         """Open a store over an already loaded ``(model, tokenizer, spec)`` and encoder, so
         several stores (tests, benchmarks) can share one model in memory.
 
         ``gate``: "learned" (default), "subject" or "cosine"; ``injection``: "decode"
-        (default), "context" or "both"; ``bias_weight``: λ of memory-conditioned decoding."""
+        (default), "context" or "both"; ``bias_weight``: λ of memory-conditioned decoding.
+
+        A store whose consolidation left a checkpoint serves it: the runtime then works on
+        its own copy of the model, so the shared one is never modified."""
         lm, tok, spec = loaded
         params = gate_params if isinstance(gate_params, GateParams) else GateParams.load(gate_params)
         memory = EditMemory(path, encoder, Gate(gate, params), readonly=readonly)
-        return cls(memory, lm, tok, spec, Injector(tok, injection, bias_weight), top_k=top_k)
+        rt = cls(memory, lm, tok, spec, Injector(tok, injection, bias_weight), top_k=top_k)
+        rt._owns_model = _owns_model
+        try:
+            head = memory.store.get_meta("checkpoint_head")
+            if head:
+                rt._serve_checkpoint(head)
+        except BaseException:
+            memory.close()
+            raise
+        return rt
 
     # -- edits ----------------------------------------------------------------
     def add_edit(self, kind: str = "fact", *, provenance: str | None = None, **fields: Any) -> Edit:
@@ -315,6 +341,95 @@ class Runtime:
             "fired": [r["id"] for r in rows if r["fired"]][: self.max_fired],
             "model_prompt": plans[0].prompt,
         }
+
+    # -- consolidation --------------------------------------------------------
+    def own_model(self) -> None:
+        """Make ``self.model`` private to this runtime (a copy, when it came shared through
+        :meth:`from_loaded`) before its weights change."""
+        if not self._owns_model:
+            self.base_fingerprint()  # of the shared, unmodified weights
+            self.model = copy.deepcopy(self.model)
+            self.served.model = self.model
+            self._owns_model = True
+
+    def base_fingerprint(self) -> str:
+        """Identity of the base model (config, embeddings, final norm: tensors no editor changes)."""
+        if self._base_fingerprint is None:
+            from recall.methods.layer_stats import model_fingerprint
+
+            self._base_fingerprint = model_fingerprint(self.model, self.spec)
+        return self._base_fingerprint
+
+    def _serve_checkpoint(self, ckpt_id: str | None, tensors: dict | None = None) -> None:
+        if ckpt_id is not None:
+            manifest = self.served.dir.manifest(ckpt_id)
+            expected = manifest.get("base_fingerprint")
+            if expected and expected != self.base_fingerprint():
+                raise CheckpointError(
+                    f"checkpoint {ckpt_id} was made for another base model (fingerprint {expected}, "
+                    f"loaded model {self.base_fingerprint()})"
+                )
+            tensors = self.served.dir.weights(ckpt_id) if tensors is None else tensors
+        self.own_model()
+        self.served.load(ckpt_id, tensors)
+
+    def consolidate(
+        self,
+        method: str = "alphaedit",
+        batch_size: int = 100,
+        limit: int | None = None,
+        *,
+        hparams: str | Path | None = None,
+        params=None,
+        progress: bool = True,
+    ):
+        """Fold active fact edits into the weights (``rome``, ``memit`` or ``alphaedit``), verify
+        each with retrieval off, and checkpoint; see :mod:`recall.consolidate`. Returns a
+        :class:`recall.consolidate.ConsolidationReport`."""
+        from .consolidate import run_job
+
+        if self.memory.store.readonly:
+            raise StoreLockedError("cannot consolidate a store opened read-only")
+        with self.memory._lock:
+            return run_job(self, method, batch_size, limit, hparams, params, progress)
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """Accepted checkpoints, oldest first: id, parent, method, edits, metrics, and which is served."""
+        head = self.memory.store.get_meta("checkpoint_head")
+        out = []
+        for ckpt_id in self.memory.store.get_meta("checkpoints", []):
+            m = self.served.dir.manifest(ckpt_id)
+            out.append(
+                {
+                    "id": ckpt_id,
+                    "parent": m.get("parent"),
+                    "created_at": m.get("created_at"),
+                    "method": m.get("method"),
+                    "edits": len(m.get("edit_ids", [])),
+                    "metrics": m.get("metrics", {}),
+                    "head": ckpt_id == head,
+                }
+            )
+        return out
+
+    def rollback(self, checkpoint_id: str | None) -> dict[str, Any]:
+        """Serve ``checkpoint_id`` (None: the base model) with byte-identical weights. Edits that
+        later checkpoints consolidated become active again (injected from memory), in the same
+        transaction that moves the head, so no edit is lost."""
+        store = self.memory.store
+        if store.readonly:
+            raise StoreLockedError("cannot roll back a store opened read-only")
+        known = store.get_meta("checkpoints", [])
+        if checkpoint_id is not None and checkpoint_id not in known:
+            raise CheckpointError(f"unknown checkpoint {checkpoint_id!r}; known: {known}")
+        with self.memory._lock:
+            tensors = self.served.dir.weights(checkpoint_id) if checkpoint_id else None
+            keep = set(self.served.dir.lineage(checkpoint_id))
+            revive = [e.id for e in store.iter_edits("consolidated") if e.consolidated_in not in keep]
+            store.commit_statuses({i: "active" for i in revive}, meta={"checkpoint_head": checkpoint_id})
+            self._serve_checkpoint(checkpoint_id, tensors)
+            self.memory.sync()
+        return {"head": checkpoint_id, "reactivated": revive}
 
     # -- lifecycle ------------------------------------------------------------
     def close(self) -> None:

@@ -1,0 +1,129 @@
+"""AlphaEdit (Fang et al., ICLR 2025): MEMIT with the update projected onto the null space of
+the preserved keys, so sequential batches do not erase the model's knowledge or earlier edits.
+
+    model, weights_copy = apply(model, tok, spec, requests, hparams, stats, state)
+
+Same targets Z and keys K_l as MEMIT (:func:`memit.compute_z`, :func:`memit.spread`); per layer
+
+    P_l = Û Ûᵀ,  Û = eigenvectors of C_l with eigenvalue < ``nullspace_threshold``
+    X   = solve(P_l (K Kᵀ + C_p,l) + α I,  P_l K Rᵀ),   ΔW_l = Xᵀ
+
+with no λC term (the projection replaces it). After each batch the keys of that batch,
+recomputed on the edited model, are added to C_p,l: the :class:`AlphaEditState` carries
+P_l and C_p,l from one consolidation to the next (it is saved with each checkpoint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .edit_requests import EditRequest, context_templates
+from .edit_targets import TargetParams, lookup_keys
+from .hparams import HyperParams
+from .memit import compute_z, spread
+from .weights import snapshot
+
+
+@dataclass
+class AlphaEditHyperParams(HyperParams):
+    method = "alphaedit"
+
+    layers: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    reference_n_layers: int | None = 30
+    nullspace_threshold: float = 2e-2
+    nullspace_relative: bool = False  # threshold × the largest eigenvalue instead of absolute
+    l2: float = 10.0  # α
+    context_templates_per_seed: int = 1
+    context_length: int = 10
+    seed: int = 0
+    target: TargetParams = field(default_factory=lambda: TargetParams(clamp_norm_factor=0.75, weight_decay=0.5))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, dict):
+            self.target = TargetParams(**self.target)
+
+
+def null_space_projector(c: torch.Tensor, threshold: float, relative: bool = False) -> torch.Tensor:
+    """P = Û Ûᵀ over the eigenvectors of the (symmetric PSD) C with eigenvalue below threshold."""
+    evals, evecs = torch.linalg.eigh(c.double())
+    cut = threshold * float(evals.max()) if relative else threshold
+    u = evecs[:, evals < cut]
+    return (u @ u.T).float()
+
+
+@dataclass
+class AlphaEditState:
+    """Per-layer projector P_l and accumulated keys C_p,l = Σ K Kᵀ of earlier batches."""
+
+    projectors: dict[int, torch.Tensor] = field(default_factory=dict)
+    preserved: dict[int, torch.Tensor] = field(default_factory=dict)
+    batches: int = 0
+
+    def null_dims(self) -> dict[int, int]:
+        return {layer: int(round(float(p.trace()))) for layer, p in self.projectors.items()}
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"P.{layer}": p.contiguous() for layer, p in self.projectors.items()}
+        out.update({f"Cp.{layer}": c.contiguous() for layer, c in self.preserved.items()})
+        out["batches"] = torch.tensor([self.batches])
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> AlphaEditState:
+        state = cls(batches=int(tensors["batches"][0]) if "batches" in tensors else 0)
+        for name, t in tensors.items():
+            kind, _, layer = name.partition(".")
+            if kind == "P":
+                state.projectors[int(layer)] = t
+            elif kind == "Cp":
+                state.preserved[int(layer)] = t
+        return state
+
+    def ensure(self, stats, layers: list[int], hp: AlphaEditHyperParams) -> None:
+        missing = [layer for layer in layers if layer not in self.projectors]
+        if missing:
+            moments = stats.get(missing)
+            for layer in missing:
+                self.projectors[layer] = null_space_projector(
+                    moments[layer], hp.nullspace_threshold, hp.nullspace_relative
+                )
+        for layer in layers:
+            if layer not in self.preserved:
+                d = self.projectors[layer].shape[0]
+                self.preserved[layer] = torch.zeros(d, d)
+
+
+def alphaedit_solver(state: AlphaEditState, alpha: float):
+    def solve(layer: int, k: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        dev = k.device
+        p = state.projectors[layer].double().to(dev)
+        cp = state.preserved[layer].double().to(dev)
+        k64, r64 = k.double(), r.double()
+        a = p @ (k64 @ k64.T + cp) + alpha * torch.eye(len(p), dtype=torch.float64, device=dev)
+        x = torch.linalg.solve(a, p @ k64 @ r64.T)  # [d_in, d_out]
+        return x.T.float()
+
+    return solve
+
+
+def apply(
+    model, tok, spec, requests: list[EditRequest], hparams: AlphaEditHyperParams, stats=None, state=None, contexts=None
+):
+    """Write the batch ``requests``; returns ``(model, weights_copy)`` and updates ``state``
+    (pass the same state to the next batch: that is what protects earlier edits)."""
+    state = state if state is not None else AlphaEditState()
+    state.ensure(stats, hparams.layers, hparams)
+    modules = [spec.mlp_out_template.format(layer) for layer in hparams.layers]
+    weights_copy = snapshot(model, modules)
+    contexts = contexts or context_templates(
+        model, tok, hparams.context_templates_per_seed, hparams.context_length, hparams.seed
+    )
+    z, _ = compute_z(model, tok, spec, requests, hparams.layers, contexts, hparams.target)
+    spread(model, tok, spec, requests, hparams.layers, contexts, z, alphaedit_solver(state, hparams.l2))
+    for layer, module in zip(hparams.layers, modules):
+        k = lookup_keys(model, tok, module, requests, contexts).T
+        state.preserved[layer] = state.preserved[layer] + (k.double() @ k.double().T).float().cpu()
+    state.batches += 1
+    return model, weights_copy

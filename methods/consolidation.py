@@ -1,0 +1,184 @@
+"""The consolidation core: fold fact edits into the weights in batches, verify each edit with
+retrieval off, and measure what the new weights did to everything else.
+
+This module knows nothing about the store; :meth:`recall.Runtime.consolidate` wraps it with
+the bookkeeping (which edits are active, checkpoints, statuses), and the consolidation
+benchmark calls the same :class:`Consolidator`, so both measure one code path.
+
+- :class:`Consolidator` applies one method (``rome``, ``memit``, ``alphaedit``) batch by
+  batch; AlphaEdit's state (projectors, accumulated keys) lives on the consolidator and
+  travels with checkpoints.
+- :func:`verify`: an edit passes when, on the new weights and with retrieval off, its
+  target is more probable than the answer the weights gave before the job (the CounterFact
+  probability comparison, with the previous answer in place of the true one).
+- :func:`probe`: token agreement with reference weights and perplexity on held-out generic
+  text; the job accepts new weights only when both stay within bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from recall.lm import RowPlan, SamplingOptions, answer_tokens, generate_rows, score_tokens_rows
+
+from . import alphaedit, memit, rome
+from .edit_requests import EditRequest, context_templates
+from .hparams import HyperParams
+from .layer_stats import StatsCache
+
+METHODS: dict[str, tuple[type[HyperParams], Callable]] = {
+    "rome": (rome.ROMEHyperParams, rome.apply),
+    "memit": (memit.MEMITHyperParams, memit.apply),
+    "alphaedit": (alphaedit.AlphaEditHyperParams, alphaedit.apply),
+}
+
+
+@dataclass
+class ConsolidationParams:
+    """Acceptance bounds of a job (the method's own hyper-parameters live in its file)."""
+
+    batch_size: int = 100
+    min_probe_agreement: float = 0.90  # argmax agreement with the base model on probe text
+    max_ppl_ratio: float = 1.10  # probe perplexity relative to the base model
+    probe_tokens: int = 128
+
+
+def previous_answers(model, tok, requests: list[EditRequest]) -> list[str]:
+    """What the weights say now (greedy, as many tokens as each target has), retrieval off."""
+    out = []
+    for req in requests:
+        n = len(answer_tokens(tok, req.prompt, req.target))
+        out.append(generate_rows(model, tok, [RowPlan(req.prompt)], n, SamplingOptions())[0])
+    return out
+
+
+def mean_logprob(model, tok, prompts: list[str], continuations: list[str]) -> list[float]:
+    rows = score_tokens_rows(model, tok, [RowPlan(p) for p in prompts], continuations)
+    return [sum(t.logprob for t in row) / len(row) for row in rows]
+
+
+def verify(model, tok, requests: list[EditRequest], previous: list[str]) -> list[bool]:
+    """Per request: P(target) > P(previous answer) on the current weights, retrieval off.
+    When the weights already answered the target, it must still be the greedy answer."""
+    prompts = [r.prompt for r in requests]
+    new = mean_logprob(model, tok, prompts, [r.target for r in requests])
+    passed = [False] * len(requests)
+    rivals = [
+        (i, prev) for i, prev in enumerate(previous) if prev.strip() and prev.strip() != requests[i].target.strip()
+    ]
+    if rivals:
+        old = mean_logprob(model, tok, [prompts[i] for i, _ in rivals], [p for _, p in rivals])
+        for (i, _), lp in zip(rivals, old):
+            passed[i] = new[i] > lp
+    same = [i for i in range(len(requests)) if i not in {j for j, _ in rivals}]
+    if same:
+        rows = score_tokens_rows(model, tok, [RowPlan(prompts[i]) for i in same], [requests[i].target for i in same])
+        for i, row in zip(same, rows):
+            passed[i] = all(t.argmax_hit for t in row)
+    return passed
+
+
+@dataclass
+class ProbeResult:
+    nll: float  # mean token NLL on the probe texts
+    argmax: list[list[int]] = field(repr=False, default_factory=list)
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll)
+
+    def agreement(self, other: ProbeResult) -> float:
+        same = total = 0
+        for a, b in zip(self.argmax, other.argmax):
+            same += sum(x == y for x, y in zip(a, b))
+            total += len(a)
+        return same / max(total, 1)
+
+
+@torch.no_grad()
+def probe(model, tok, texts: list[str], max_tokens: int = 128) -> ProbeResult:
+    """Mean next-token NLL and argmax predictions over ``texts`` (each cut to ``max_tokens``)."""
+    device = next(model.parameters()).device
+    total, count, argmax = 0.0, 0, []
+    for text in texts:
+        ids = tok(text, truncation=True, max_length=max_tokens, return_tensors="pt").input_ids.to(device)
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        total += float(-logp.gather(1, ids[0, 1:, None]).sum())
+        count += ids.shape[1] - 1
+        argmax.append(logits.argmax(-1).tolist())
+    return ProbeResult(total / max(count, 1), argmax)
+
+
+class Consolidator:
+    """Applies one method's edits batch after batch to ``model`` (in place)."""
+
+    def __init__(
+        self,
+        model,
+        tok,
+        spec,
+        method: str = "alphaedit",
+        hparams: HyperParams | str | None = None,
+        stats: StatsCache | None = None,
+        state: alphaedit.AlphaEditState | None = None,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown consolidation method {method!r}; known: {', '.join(METHODS)}")
+        self.model, self.tok, self.spec, self.method = model, tok, spec, method
+        hp_cls, self._apply = METHODS[method]
+        self.hparams = hparams if isinstance(hparams, HyperParams) else hp_cls.for_spec(spec, hparams)
+        self.stats = stats or StatsCache(model, tok, spec)
+        self.state = state if state is not None else alphaedit.AlphaEditState()
+        self._contexts: list[str] | None = None
+
+    @property
+    def modules(self) -> list[str]:
+        return [self.spec.mlp_out_template.format(layer) for layer in self.hparams.layers]
+
+    def contexts(self) -> list[str]:
+        if self._contexts is None:
+            h = self.hparams
+            self._contexts = context_templates(
+                self.model, self.tok, h.context_templates_per_seed, h.context_length, h.seed
+            )
+        return self._contexts
+
+    def prepare(self) -> None:
+        """Compute (or load) what the method needs before weights change: statistics from
+        the weights as they are now, projectors, context templates."""
+        needs_stats = self.method != "rome" or getattr(self.hparams, "mom2_adjustment", False)
+        if needs_stats:
+            self.stats.get(self.hparams.layers)
+        if self.method == "alphaedit":
+            self.state.ensure(self.stats, self.hparams.layers, self.hparams)
+        self.contexts()
+
+    def apply(self, requests: list[EditRequest]) -> dict[str, torch.Tensor]:
+        """Write one batch; returns the weights from before it."""
+        extra: dict[str, Any] = {"contexts": self.contexts()}
+        if self.method == "alphaedit":
+            extra["state"] = self.state
+        _, weights_copy = self._apply(self.model, self.tok, self.spec, requests, self.hparams, self.stats, **extra)
+        return weights_copy
+
+    def run(self, requests: list[EditRequest], batch_size: int, progress: bool = True) -> list[bool]:
+        """Apply ``requests`` in batches (ROME: one by one inside each batch), then verify every
+        edit on the final weights (later batches can undo earlier ones, so verification waits
+        for the end). Returns pass/fail per request."""
+        self.prepare()
+        previous: list[str] = []
+        bar = tqdm(total=len(requests), desc=f"consolidate ({self.method})", unit="edit", disable=not progress)
+        for start in range(0, len(requests), batch_size):
+            batch = requests[start : start + batch_size]
+            previous.extend(previous_answers(self.model, self.tok, batch))
+            self.apply(batch)
+            bar.update(len(batch))
+        bar.close()
+        return verify(self.model, self.tok, requests, previous)

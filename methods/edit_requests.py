@@ -1,0 +1,94 @@
+"""What the parameter editors write, and how they find its tokens.
+
+An :class:`EditRequest` is a fact as the store keeps it: the full prompt (subject inside),
+the new target, and the subject when known. Token positions are found by tokenizing
+prefixes, never by string formatting, so prompts containing ``{}`` are safe:
+
+- the *lookup* token is the subject's last token (ROME's ``subject_last``), or the prompt's
+  last token when the edit has no subject;
+- a *context* is a short generated text prepended to the prompt (ROME/MEMIT average keys
+  and targets over such contexts so the edit does not depend on the exact prompt start).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from recall.lm import RowPlan, SamplingOptions, answer_tokens, generate_rows
+
+CONTEXT_SEEDS = ("The", "Therefore", "Because", "I", "You")
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    prompt: str
+    target: str
+    subject: str | None = None
+    id: str = ""
+
+    @classmethod
+    def from_edit(cls, edit) -> EditRequest:
+        """From a stored fact :class:`recall.edits.Edit`."""
+        return cls(edit.payload["prompt"], edit.payload["target"], edit.subject, edit.id)
+
+    def subject_end(self) -> int:
+        """Character offset just past the subject in the prompt (the prompt's end if none)."""
+        if self.subject:
+            at = self.prompt.casefold().find(self.subject.casefold())
+            if at >= 0:
+                return at + len(self.subject)
+        return len(self.prompt)
+
+
+@dataclass
+class Row:
+    """One tokenized sequence of an edit batch: ids, the lookup position, and (for rewriting
+    rows) the positions whose next-token predictions must be the target tokens."""
+
+    ids: list[int]
+    lookup: int
+    request: int
+    target_positions: list[int]
+    target_ids: list[int]
+
+
+def prompt_row(tok, context: str, req: EditRequest, index: int, with_target: bool) -> Row:
+    """``context + prompt`` (plus all but the last target token when ``with_target``)."""
+    text = context + req.prompt
+    ids = tok(text).input_ids
+    lookup = len(tok(context + req.prompt[: req.subject_end()]).input_ids) - 1
+    if not with_target:
+        return Row(ids, lookup, index, [], [])
+    target = answer_tokens(tok, req.prompt, req.target)
+    positions = [len(ids) - 1 + j for j in range(len(target))]
+    return Row(ids + target[:-1], lookup, index, positions, target)
+
+
+def kl_row(tok, req: EditRequest, index: int) -> Row | None:
+    """ROME's essence-preservation prompt "<subject> is a" (None without a subject)."""
+    if not req.subject:
+        return None
+    ids = tok(req.subject).input_ids
+    return Row(ids + tok(" is a", add_special_tokens=False).input_ids, len(ids) - 1, index, [], [])
+
+
+def pad_rows(rows: list[Row], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask (lookup indices stay valid)."""
+    width = max(len(r.ids) for r in rows)
+    ids = torch.tensor([r.ids + [pad_id] * (width - len(r.ids)) for r in rows], device=device)
+    mask = torch.tensor([[1] * len(r.ids) + [0] * (width - len(r.ids)) for r in rows], device=device)
+    return ids, mask
+
+
+def context_templates(model, tok, n_per_seed: int = 1, length: int = 10, seed: int = 0) -> list[str]:
+    """``[""]`` plus short texts the model itself generates from a few seed words (sampled,
+    top-k 5, with a fixed seed so a job is reproducible), each ending in ". "."""
+    plans = [RowPlan(word) for word in CONTEXT_SEEDS for _ in range(n_per_seed)]
+    texts = generate_rows(model, tok, plans, length, SamplingOptions(do_sample=True, top_k=5, seed=seed))
+    out = [""]
+    for plan, text in zip(plans, texts):
+        clean = (plan.prompt + " " + text.strip()).replace("{", " ").replace("}", " ").replace("\n", " ")
+        out.append(" ".join(clean.split()) + ". ")
+    return out

@@ -1,0 +1,245 @@
+"""Weight checkpoints written by consolidation, kept inside the store directory.
+
+``STORE/checkpoints/<id>/`` holds
+
+- ``weights.safetensors``: the full values of every tensor that differs from the base model
+  (the tensors the editors changed, over all consolidations up to this one), so a
+  checkpoint is loaded by putting these tensors over the base weights;
+- ``state.safetensors``: the method's carried state (AlphaEdit's projectors and accumulated
+  keys), when it has one;
+- ``manifest.json``: id, parent, creation time, method and hyper-parameters, the ids of the
+  edits it consolidated, measured metrics, the base model's fingerprint and the SHA-256 of
+  both tensor files.
+
+A checkpoint directory is built under a temporary name, fsynced, and renamed into place;
+only then does one LMDB transaction make it the head and mark its edits consolidated. A job
+killed at any point leaves either the old head serving with its edits active, or the new
+one with its edits consolidated; never a mix. Directories no head ever referenced (a job
+killed after the rename) are removed by the next job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError, StoreCorruptError
+
+WEIGHTS = "weights.safetensors"
+STATE = "state.safetensors"
+MANIFEST = "manifest.json"
+
+
+def new_checkpoint_id() -> str:
+    return time.strftime("ckpt-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+class CheckpointDir:
+    """The ``checkpoints/`` folder of one store."""
+
+    def __init__(self, store_path: str | Path) -> None:
+        self.root = Path(store_path) / "checkpoints"
+
+    def path(self, ckpt_id: str) -> Path:
+        if not ckpt_id or "/" in ckpt_id or ckpt_id.startswith("."):
+            raise CheckpointError(f"invalid checkpoint id {ckpt_id!r}")
+        return self.root / ckpt_id
+
+    def write(
+        self,
+        ckpt_id: str,
+        weights: dict[str, torch.Tensor],
+        manifest: dict[str, Any],
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """Write a complete checkpoint directory atomically; returns the manifest written."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.path(ckpt_id)
+        if final.exists():
+            raise CheckpointError(f"checkpoint {ckpt_id} already exists")
+        tmp = self.root / f".tmp-{ckpt_id}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            _save(weights, tmp / WEIGHTS)
+            manifest = {
+                **manifest,
+                "id": ckpt_id,
+                "tensors": sorted(weights),
+                "sha256": {WEIGHTS: _sha256(tmp / WEIGHTS)},
+            }
+            if state:
+                _save(state, tmp / STATE)
+                manifest["sha256"][STATE] = _sha256(tmp / STATE)
+            with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
+                json.dump(manifest, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _fsync_dir(tmp)
+            os.rename(tmp, final)
+            _fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return manifest
+
+    def manifest(self, ckpt_id: str) -> dict[str, Any]:
+        path = self.path(ckpt_id) / MANIFEST
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise StoreCorruptError(f"checkpoint {ckpt_id} is missing its manifest ({path})") from exc
+        except ValueError as exc:
+            raise StoreCorruptError(f"checkpoint {ckpt_id} has an unreadable manifest: {exc}") from exc
+
+    def _load(self, ckpt_id: str, name: str) -> dict[str, torch.Tensor]:
+        manifest = self.manifest(ckpt_id)
+        path = self.path(ckpt_id) / name
+        expected = manifest.get("sha256", {}).get(name)
+        if expected is None:
+            return {}
+        if not path.exists():
+            raise StoreCorruptError(f"checkpoint {ckpt_id} is missing {name}")
+        if _sha256(path) != expected:
+            raise StoreCorruptError(f"checkpoint {ckpt_id}: {name} does not match its recorded SHA-256")
+        return load_file(str(path))
+
+    def weights(self, ckpt_id: str) -> dict[str, torch.Tensor]:
+        return self._load(ckpt_id, WEIGHTS)
+
+    def state(self, ckpt_id: str) -> dict[str, torch.Tensor]:
+        return self._load(ckpt_id, STATE)
+
+    def lineage(self, ckpt_id: str | None) -> list[str]:
+        """``ckpt_id`` and its ancestors, newest first."""
+        out = []
+        while ckpt_id:
+            out.append(ckpt_id)
+            ckpt_id = self.manifest(ckpt_id).get("parent")
+        return out
+
+    def remove_unreferenced(self, known: set[str]) -> list[str]:
+        """Delete directories that no accepted checkpoint list names (killed jobs)."""
+        removed = []
+        if self.root.exists():
+            for entry in self.root.iterdir():
+                name = entry.name
+                if entry.is_dir() and (name.startswith(".tmp-") or name not in known):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(name)
+        return removed
+
+
+class ServedWeights:
+    """Which checkpoint the in-memory model carries, and the base values of every tensor a
+    checkpoint overwrote (so any other checkpoint, or the base model, can be put back
+    exactly: rollback is byte-identical)."""
+
+    def __init__(self, model, checkpoints: CheckpointDir) -> None:
+        self.model = model
+        self.dir = checkpoints
+        self.head: str | None = None
+        self._base: dict[str, torch.Tensor] = {}
+
+    def _params(self) -> dict[str, torch.nn.Parameter]:
+        return dict(self.model.named_parameters())
+
+    def remember_base(self, names: list[str]) -> None:
+        """Keep base copies of tensors about to change (call while they still hold base values
+        or the values of the current head, whose base copies are already kept)."""
+        params = self._params()
+        for name in names:
+            if name not in self._base:
+                if name not in params:
+                    raise CheckpointError(f"the model has no parameter {name!r}")
+                self._base[name] = params[name].detach().to("cpu", copy=True)
+
+    def changed(self) -> list[str]:
+        return sorted(self._base)
+
+    def base_tensor(self, name: str) -> torch.Tensor:
+        return self._base[name]
+
+    def restore_base(self) -> None:
+        params = self._params()
+        with torch.no_grad():
+            for name, value in self._base.items():
+                params[name].copy_(value)
+        self.head = None
+
+    def load(self, ckpt_id: str | None, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Serve ``ckpt_id`` (None: the base model). ``tensors``: its weights, if already read."""
+        if ckpt_id is None:
+            self.restore_base()
+            return
+        tensors = self.dir.weights(ckpt_id) if tensors is None else tensors
+        params = self._params()
+        missing = [n for n in tensors if n not in params]
+        if missing:
+            raise CheckpointError(f"checkpoint {ckpt_id} names parameters this model lacks: {missing[:3]}")
+        for name, value in tensors.items():
+            if params[name].shape != value.shape:
+                raise CheckpointError(
+                    f"checkpoint {ckpt_id}: {name} has shape {tuple(value.shape)}, "
+                    f"the model {tuple(params[name].shape)}"
+                )
+        self.restore_base()
+        self.remember_base(list(tensors))
+        with torch.no_grad():
+            for name, value in tensors.items():
+                params[name].copy_(value)
+        self.head = ckpt_id
+
+    def base_weights(self):
+        """Context manager: the base values in place for the duration of the block."""
+        return _BaseWeights(self)
+
+
+class _BaseWeights:
+    def __init__(self, served: ServedWeights) -> None:
+        self.served = served
+        self.saved: dict[str, torch.Tensor] = {}
+
+    def __enter__(self) -> None:
+        params = self.served._params()
+        with torch.no_grad():
+            for name, value in self.served._base.items():
+                self.saved[name] = params[name].detach().clone()
+                params[name].copy_(value)
+
+    def __exit__(self, *exc: object) -> None:
+        params = self.served._params()
+        with torch.no_grad():
+            for name, value in self.saved.items():
+                params[name].copy_(value)

@@ -1,0 +1,157 @@
+"""The consolidation job over a store: :meth:`Runtime.consolidate` and ``recall consolidate``.
+
+1. Take the active fact edits, oldest first (at most ``limit``).
+2. With the base weights in place, measure the probe set and compute what the method needs
+   (second moments, AlphaEdit projectors): statistics always describe the base model.
+3. Apply the method in batches to the served weights (:class:`recall.methods.consolidation.
+   Consolidator`), then verify every edit with retrieval off.
+4. Probe again: accept the new weights only if token agreement with the base model and the
+   perplexity ratio on held-out generic text stay within bounds, and at least one edit passed.
+5. Accepted: write a checkpoint (changed tensors only), then in one LMDB transaction make it
+   the head and mark the passing edits consolidated (they are no longer injected); failing
+   edits stay active in the memory. Rejected: put the previous weights back; nothing changes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .checkpoints import new_checkpoint_id
+from .errors import ConsolidationError
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+
+@dataclass
+class ConsolidationReport:
+    method: str
+    accepted: bool
+    checkpoint: str | None
+    consolidated: list[str] = field(default_factory=list)
+    still_active: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_job(
+    rt: Runtime,
+    method: str = "alphaedit",
+    batch_size: int = 100,
+    limit: int | None = None,
+    hparams: str | None = None,
+    params=None,
+    progress: bool = True,
+) -> ConsolidationReport:
+    from recall.methods.consolidation import METHODS, ConsolidationParams, Consolidator, probe
+    from recall.methods.edit_requests import EditRequest
+    from recall.methods.layer_stats import generic_texts
+
+    if method not in METHODS:
+        raise ConsolidationError(f"unknown consolidation method {method!r}; known: {', '.join(METHODS)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConsolidationError(f"batch_size must be a positive int, got {batch_size!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ConsolidationError(f"limit must be a positive int or None, got {limit!r}")
+    params = params or ConsolidationParams(batch_size=batch_size)
+    started = time.time()
+    edits = [e for e in rt.edits("active") if e.kind == "fact"]
+    edits = edits[:limit] if limit else edits
+    if not edits:
+        return ConsolidationReport(method, False, rt.served.head, reason="no active fact edits")
+
+    rt.own_model()
+    served, store = rt.served, rt.memory.store
+    known = set(store.get_meta("checkpoints", []))
+    served.dir.remove_unreferenced(known)
+    state = None
+    if method == "alphaedit" and served.head:
+        from recall.methods.alphaedit import AlphaEditState
+
+        head = served.dir.manifest(served.head)
+        if head.get("method") == "alphaedit":
+            state = AlphaEditState.from_tensors(served.dir.state(served.head))
+    try:
+        cons = Consolidator(rt.model, rt.tokenizer, rt.spec, method, hparams, state=state)
+    except ValueError as exc:
+        raise ConsolidationError(str(exc)) from exc
+    probe_texts = generic_texts("probe")
+    touched = [f"{m}.weight" for m in cons.modules]
+    served.remember_base(touched)
+    before = {
+        n: p.detach().clone() for n, p in rt.model.named_parameters() if n in set(touched) | set(served.changed())
+    }
+    with served.base_weights():
+        base_probe = probe(rt.model, rt.tokenizer, probe_texts, params.probe_tokens)
+        cons.prepare()
+    requests = [EditRequest.from_edit(e) for e in edits]
+    try:
+        passed = cons.run(requests, params.batch_size, progress)
+        new_probe = probe(rt.model, rt.tokenizer, probe_texts, params.probe_tokens)
+    except BaseException:
+        _put_back(rt, before)
+        raise
+    agreement = new_probe.agreement(base_probe)
+    ratio = new_probe.ppl / base_probe.ppl
+    ok_ids = [e.id for e, ok in zip(edits, passed) if ok]
+    failed_ids = [e.id for e, ok in zip(edits, passed) if not ok]
+    metrics = {
+        "edits": len(edits),
+        "batch_size": params.batch_size,
+        "efficacy": len(ok_ids) / len(edits),
+        "probe_agreement": round(agreement, 4),
+        "probe_ppl_base": round(base_probe.ppl, 4),
+        "probe_ppl_new": round(new_probe.ppl, 4),
+        "probe_ppl_ratio": round(ratio, 4),
+        "seconds": round(time.time() - started, 1),
+    }
+    if method == "alphaedit":
+        metrics["null_space_dims"] = cons.state.null_dims()
+    reasons = []
+    if agreement < params.min_probe_agreement:
+        reasons.append(f"probe agreement {agreement:.3f} < {params.min_probe_agreement}")
+    if ratio > params.max_ppl_ratio:
+        reasons.append(f"probe perplexity ratio {ratio:.3f} > {params.max_ppl_ratio}")
+    if not ok_ids:
+        reasons.append("no edit passed verification")
+    if reasons:
+        _put_back(rt, before)
+        return ConsolidationReport(method, False, served.head, [], [e.id for e in edits], metrics, "; ".join(reasons))
+
+    ckpt_id = new_checkpoint_id()
+    params_by_name = dict(rt.model.named_parameters())
+    weights = {name: params_by_name[name].detach() for name in served.changed()}
+    manifest = {
+        "parent": served.head,
+        "created_at": time.time(),
+        "method": method,
+        "hparams": cons.hparams.to_dict(),
+        "edit_ids": ok_ids,
+        "failed_ids": failed_ids,
+        "metrics": metrics,
+        "base_fingerprint": rt.base_fingerprint(),
+    }
+    carried = cons.state.to_tensors() if method == "alphaedit" else None
+    served.dir.write(ckpt_id, weights, manifest, carried)
+    store.commit_statuses(
+        {i: "consolidated" for i in ok_ids},
+        consolidated_in=ckpt_id,
+        meta={"checkpoints": [*store.get_meta("checkpoints", []), ckpt_id], "checkpoint_head": ckpt_id},
+    )
+    served.head = ckpt_id
+    rt.memory.sync()
+    return ConsolidationReport(method, True, ckpt_id, ok_ids, failed_ids, metrics)
+
+
+def _put_back(rt: Runtime, before: dict) -> None:
+    import torch
+
+    params = dict(rt.model.named_parameters())
+    with torch.no_grad():
+        for name, value in before.items():
+            params[name].copy_(value)
