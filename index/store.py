@@ -238,13 +238,18 @@ class EditStore:
         return edit
 
     def commit_statuses(
-        self, updates: dict[str, str], *, consolidated_in: str | None = None, meta: dict[str, Any] | None = None
+        self,
+        updates: dict[str, str],
+        *,
+        consolidated_in: str | dict[str, str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         """Change many edits' statuses and meta entries in one transaction: either all of it
         is on disk or none of it (the consolidation job and rollback rely on this).
 
         ``updates`` maps edit id -> new status; edits becoming "consolidated" record
-        ``consolidated_in``. Unknown ids raise before anything is written."""
+        ``consolidated_in`` (one checkpoint id, or a mapping edit id -> checkpoint id).
+        Unknown ids raise before anything is written."""
         with self._write() as txn:
             edits = {edit_id: self._get_in(txn, edit_id) for edit_id in updates}
             for edit_id, status in updates.items():
@@ -253,7 +258,8 @@ class EditStore:
                 edit = edits[edit_id]
                 was_active = edit.status == "active"
                 edit.status = status
-                edit.consolidated_in = consolidated_in if status == "consolidated" else None
+                owner = consolidated_in.get(edit_id) if isinstance(consolidated_in, dict) else consolidated_in
+                edit.consolidated_in = owner if status == "consolidated" else None
                 txn.put(edit_id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
                 if was_active != (status == "active"):
                     self._bump(txn, "add" if status == "active" else "remove", edit.num)

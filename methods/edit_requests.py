@@ -84,8 +84,11 @@ def pad_rows(rows: list[Row], pad_id: int, device) -> tuple[torch.Tensor, torch.
 
 def context_templates(model, tok, n_per_seed: int = 1, length: int = 10, seed: int = 0) -> list[str]:
     """``[""]`` plus short texts the model itself generates from a few seed words (sampled,
-    top-k 5, with a fixed seed so a job is reproducible), each ending in ". "."""
+    top-k 5, with a fixed seed so a job is reproducible), each ending in ". ".
+    ``n_per_seed=0`` gives the bare prompt alone."""
     plans = [RowPlan(word) for word in CONTEXT_SEEDS for _ in range(n_per_seed)]
+    if not plans:
+        return [""]
     texts = generate_rows(model, tok, plans, length, SamplingOptions(do_sample=True, top_k=5, seed=seed))
     out = [""]
     for plan, text in zip(plans, texts):

@@ -413,9 +413,10 @@ class Runtime:
         return out
 
     def rollback(self, checkpoint_id: str | None) -> dict[str, Any]:
-        """Serve ``checkpoint_id`` (None: the base model) with byte-identical weights. Edits that
-        later checkpoints consolidated become active again (injected from memory), in the same
-        transaction that moves the head, so no edit is lost."""
+        """Serve ``checkpoint_id`` (None: the base model) with byte-identical weights. In the same
+        transaction that moves the head, edits consolidated by checkpoints outside its lineage
+        become active again (injected from memory, so no edit is lost), and active edits that
+        its lineage holds in the weights become consolidated again (rolling forward)."""
         store = self.memory.store
         if store.readonly:
             raise StoreLockedError("cannot roll back a store opened read-only")
@@ -424,12 +425,18 @@ class Runtime:
             raise CheckpointError(f"unknown checkpoint {checkpoint_id!r}; known: {known}")
         with self.memory._lock:
             tensors = self.served.dir.weights(checkpoint_id) if checkpoint_id else None
-            keep = set(self.served.dir.lineage(checkpoint_id))
+            keep = self.served.dir.lineage(checkpoint_id)
+            owner = {e: c for c in reversed(keep) for e in self.served.dir.manifest(c).get("edit_ids", [])}
             revive = [e.id for e in store.iter_edits("consolidated") if e.consolidated_in not in keep]
-            store.commit_statuses({i: "active" for i in revive}, meta={"checkpoint_head": checkpoint_id})
+            fold = {e.id: owner[e.id] for e in store.iter_edits("active") if e.id in owner}
+            store.commit_statuses(
+                {**{i: "active" for i in revive}, **{i: "consolidated" for i in fold}},
+                consolidated_in=fold,
+                meta={"checkpoint_head": checkpoint_id},
+            )
             self._serve_checkpoint(checkpoint_id, tensors)
             self.memory.sync()
-        return {"head": checkpoint_id, "reactivated": revive}
+        return {"head": checkpoint_id, "reactivated": revive, "consolidated": sorted(fold)}
 
     # -- lifecycle ------------------------------------------------------------
     def close(self) -> None:

@@ -105,6 +105,27 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
+def tiny_model(family: str, vocab: int):
+    """A tiny randomly initialized (seed 0) Llama, Qwen2 or GPT-2 causal LM."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=2, n_positions=256))
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
+    if family == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common))
+    return LlamaForCausalLM(LlamaConfig(**common))
+
+
+def tiny_model_dir(path: Path, family: str, tokenizer) -> Path:
+    """Save a tiny model with the embedded model's tokenizer as a local model directory."""
+    tiny_model(family, len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def child_env() -> dict[str, str]:
     """Environment for helper subprocesses: offline, one thread, unbuffered."""
     env = dict(os.environ)

@@ -7,25 +7,11 @@ check loading, module paths, orientation flags and that edits fire."""
 from __future__ import annotations
 
 import pytest
-import torch
-from conftest import FACT_PROMPT, FACT_SUBJECT
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from conftest import FACT_PROMPT, FACT_SUBJECT, tiny_model
 
 from recall.errors import ModelLoadError
 from recall.models import ModelSpec, load_model
 from recall.runtime import Runtime
-
-
-def _tiny(family: str, vocab: int):
-    torch.manual_seed(0)
-    if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=2, n_positions=256))
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
-    if family == "qwen2":
-        return Qwen2ForCausalLM(Qwen2Config(**common))
-    return LlamaForCausalLM(LlamaConfig(**common))
-
 
 EXPECTED = {
     "llama": ("model.layers.{}.mlp.down_proj", False, 128),
@@ -38,7 +24,7 @@ EXPECTED = {
 def test_local_model_directory_runs_the_query_path(tmp_path, loaded_model, encoder, family):
     tokenizer = loaded_model[1]
     model_dir = tmp_path / family
-    _tiny(family, len(tokenizer)).save_pretrained(model_dir)
+    tiny_model(family, len(tokenizer)).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
 
     lm, tok, spec = load_model(model_dir, "cpu")

@@ -1,0 +1,156 @@
+"""Closed-form updates of ROME, MEMIT and AlphaEdit on small constructed layers, weight
+orientation on real GPT-2 (Conv1D) and Llama (Linear) modules, and the editors end to end
+on tiny models of both families. No trained weights are needed: these are algebraic facts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FACT_PROMPT, FACT_SUBJECT, tiny_model
+from recall.methods import alphaedit, memit, rome
+from recall.methods.alphaedit import AlphaEditState, alphaedit_solver, null_space_projector
+from recall.methods.edit_requests import EditRequest
+from recall.methods.hparams import scale_layers
+from recall.methods.layer_stats import StatsCache, StatsConfig
+from recall.methods.memit import memit_solver
+from recall.methods.rome import rank_one_update
+from recall.methods.weights import add_update, as_key_value
+
+from recall.models import ModelSpec
+
+D_IN, D_OUT = 12, 5
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_rome_rank_one_update_writes_the_new_value_along_c_inverse_k():
+    g = _gen()
+    w = torch.randn(D_OUT, D_IN, generator=g)
+    keys = torch.randn(D_IN, 400, generator=g)
+    c = keys @ keys.T / 400
+    k, delta = torch.randn(D_IN, generator=g), torch.randn(D_OUT, generator=g)
+    dw = rank_one_update(k, delta, c)
+    assert torch.allclose((w + dw) @ k, w @ k + delta, atol=1e-4)
+    assert torch.linalg.matrix_rank(dw) == 1
+    # the update's row space is C^-1 k: keys C-orthogonal to k are untouched
+    u = torch.linalg.solve(c.double(), k.double())
+    other = torch.randn(D_IN, generator=g).double()
+    other = other - (other @ u) / (k.double() @ u) * k.double()  # now u . other == 0
+    assert torch.allclose(dw.double() @ other, torch.zeros(D_OUT, dtype=torch.float64), atol=1e-4)
+    # without statistics the direction is k itself
+    assert torch.allclose((w + rank_one_update(k, delta, None)) @ k, w @ k + delta, atol=1e-4)
+
+
+def test_memit_update_solves_its_normal_equations_and_fits_new_keys():
+    g = _gen(1)
+    preserved = torch.randn(D_IN, 300, generator=g)
+    c = preserved @ preserved.T / 300
+    k, r = torch.randn(D_IN, 3, generator=g), torch.randn(D_OUT, 3, generator=g)
+    lam = 2.0
+    dw = memit_solver({0: c}, lam)(0, k, r).double()
+    # ΔW (λC + KKᵀ) = R Kᵀ: the minimizer of ‖ΔW K − R‖² + λ tr(ΔW C ΔWᵀ)
+    lhs = dw @ (lam * c.double() + k.double() @ k.double().T)
+    assert torch.allclose(lhs, r.double() @ k.double().T, atol=1e-8)
+    # λ → 0 with fewer keys than dimensions: the new keys map exactly to their residuals
+    dw0 = memit_solver({0: c}, 1e-9)(0, k, r)
+    assert torch.allclose(dw0 @ k, r, atol=1e-3)
+    # larger λ moves the preserved keys less
+    moved = [float((memit_solver({0: c}, lam_)(0, k, r) @ preserved).norm()) for lam_ in (0.1, 10.0, 1000.0)]
+    assert moved[0] > moved[1] > moved[2]
+
+
+def test_alphaedit_update_leaves_preserved_keys_and_earlier_batches_alone():
+    g = _gen(2)
+    basis = torch.randn(D_IN, 5, generator=g)  # preserved keys span a 5-d subspace
+    preserved = basis @ torch.randn(5, 500, generator=g)
+    c = preserved @ preserved.T / 500
+    p = null_space_projector(c, threshold=1e-6 * float(torch.linalg.eigvalsh(c).max()))
+    assert round(float(p.trace())) == D_IN - 5
+    assert torch.allclose(p @ preserved, torch.zeros_like(preserved), atol=1e-3)
+
+    state = AlphaEditState(projectors={0: p}, preserved={0: torch.zeros(D_IN, D_IN)})
+    k1, r1 = torch.randn(D_IN, 3, generator=g), torch.randn(D_OUT, 3, generator=g)
+    dw1 = alphaedit_solver(state, 1e-6)(0, k1, r1)
+    assert torch.allclose(dw1 @ preserved, torch.zeros(D_OUT, 500), atol=1e-3)  # knowledge untouched
+    assert torch.allclose(dw1 @ k1, r1, atol=1e-2)  # the new keys get their values
+
+    # a second batch: with the first batch's keys accumulated, it disturbs them far less
+    k2, r2 = torch.randn(D_IN, 2, generator=g), torch.randn(D_OUT, 2, generator=g)
+    without = alphaedit_solver(state, 1e-2)(0, k2, r2)
+    state.preserved[0] = k1 @ k1.T
+    with_cp = alphaedit_solver(state, 1e-2)(0, k2, r2)
+    assert float((with_cp @ k1).norm()) < 0.2 * float((without @ k1).norm())
+    assert torch.allclose(with_cp @ preserved, torch.zeros(D_OUT, 500), atol=1e-3)
+
+    back = AlphaEditState.from_tensors(state.to_tensors())
+    assert torch.equal(back.projectors[0], p) and torch.equal(back.preserved[0], state.preserved[0])
+
+
+def test_layer_templates_rescale_with_depth():
+    assert scale_layers([3, 4, 5, 6, 7], 30, 30) == [3, 4, 5, 6, 7]
+    assert scale_layers([3, 4, 5, 6, 7], 30, 2) == [0, 1]
+    assert scale_layers([4], 30, 2) == [0]
+    assert scale_layers([4], 30, 12) == [2]
+    assert scale_layers([3, 4, 5, 6, 7], 30, 32) == [3, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_updates_respect_each_familys_weight_orientation(loaded_model, family):
+    tok = loaded_model[1]
+    model = tiny_model(family, len(tok)).eval()
+    spec = ModelSpec.from_config(model.config)
+    name = spec.mlp_out_template.format(1)
+    module = model.get_submodule(name)
+    w = module.weight.detach().clone()
+    expected_shape = (
+        (spec.intermediate_size, spec.hidden_size) if family == "gpt2" else (spec.hidden_size, spec.intermediate_size)
+    )
+    assert tuple(w.shape) == expected_shape
+    assert as_key_value(module.weight, spec.conv1d).shape == (spec.hidden_size, spec.intermediate_size)
+    k = torch.randn(spec.intermediate_size, generator=_gen(3))
+    delta = torch.randn(spec.hidden_size, spec.intermediate_size, generator=_gen(4))
+    with torch.no_grad():
+        before = module(k[None])[0]
+        add_update(model, spec, name, delta)
+        after = module(k[None])[0]
+    assert torch.allclose(after - before, delta @ k, atol=1e-4)
+    with pytest.raises(ValueError, match="does not fit"):
+        add_update(model, spec, name, delta.T.contiguous())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_editors_change_only_their_modules_on_tiny_models(loaded_model, family):
+    tok = loaded_model[1]
+    model = tiny_model(family, len(tok)).eval()
+    model.requires_grad_(False)
+    spec = ModelSpec.from_config(model.config)
+    stats = StatsCache(model, tok, spec, cfg=StatsConfig(max_length=64, max_texts=40))
+    reqs = [EditRequest(FACT_PROMPT, "English", FACT_SUBJECT), EditRequest("The capital of Peru is", "Oslo")]
+    target = dict(steps=3, chunk=4)
+    for mod, hp in (
+        (rome, rome.ROMEHyperParams(layers=[1], context_templates_per_seed=0, target=target)),
+        (
+            memit,
+            memit.MEMITHyperParams(layers=[0, 1], mom2_update_weight=10.0, context_templates_per_seed=0, target=target),
+        ),
+        (
+            alphaedit,
+            alphaedit.AlphaEditHyperParams(
+                layers=[0, 1], nullspace_threshold=1e-3, l2=1.0, context_templates_per_seed=0, target=target
+            ),
+        ),
+    ):
+        hp.fit(spec)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        _, weights_copy = mod.apply(model, tok, spec, reqs, hp, stats)
+        edited = {f"{spec.mlp_out_template.format(layer)}.weight" for layer in hp.layers}
+        assert set(weights_copy) == edited
+        for n, p in model.named_parameters():
+            changed = not torch.equal(p, before[n])
+            assert changed == (n in edited), (mod.__name__, n)
+            if n in edited:
+                assert torch.equal(weights_copy[n], before[n])
+                with torch.no_grad():
+                    p.copy_(before[n])
