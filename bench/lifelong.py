@@ -4,9 +4,17 @@ For each stream length T and each editor: reset, write the edits of T cases one 
 then evaluate all T cases (the WISE protocol: metrics after the whole stream). Cases are drawn
 with a seeded shuffle of the (``--limit``-cut) dataset, the same for every editor; a smaller T
 uses a prefix of the larger T's cases. ``protocol="single"`` instead resets before every case
-(each edit evaluated alone on fresh store/weights).
+(each edit evaluated alone on fresh store/weights). ``protocol="batch"`` hands all T cases to
+the editor in one ``apply`` call, then evaluates all of them: FT-L then fine-tunes on all T
+edits at once and MEMIT/AlphaEdit write them as batches of ``edit_batch`` (one batch when
+``edit_batch >= T``); for the runtime editors (recall, ike, ...) edits are independent
+records, so batch and lifelong give the same store and the same numbers.
 
-Outputs in ``out``: results.json (config, per-case rows, aggregates[editor][T]), summary.md
+Edit time includes the first ``editor.runtime()`` call, where buffered weight edits are
+flushed and ``recall-consolidated`` consolidates.
+
+Outputs in ``out``: results.json (config, per-case rows, aggregates[editor][T]; the per-case
+rows are dropped when they would make the file larger than ``MAX_JSON_BYTES``), summary.md
 (tables) and one PNG per headline metric (metric vs T, one line per editor).
 
 Run as ``recall bench lifelong --data PATH --out DIR``.
@@ -15,6 +23,7 @@ Run as ``recall bench lifelong --data PATH --out DIR``.
 from __future__ import annotations
 
 import json
+import math
 import random
 import tempfile
 import time
@@ -62,6 +71,8 @@ TABLES = {
         ("eval s", "eval_seconds"),
     ],
 }
+PROTOCOLS = ("lifelong", "single", "batch")
+MAX_JSON_BYTES = 2_000_000
 PLOTTED = ["rel_tf", "gen_tf", "loc_tf", "port_tf", "rel_gen", "efficacy_success", "neighborhood_success", "multihop"]
 
 
@@ -92,8 +103,8 @@ def run(
     edit_batch: int = 100,
 ) -> dict[str, Any]:
     """Run the benchmark, write the outputs and return the results dict."""
-    if protocol not in ("lifelong", "single"):
-        raise ValueError(f"protocol must be 'lifelong' or 'single', got {protocol!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     unknown = [e for e in editors if e not in EDITORS]
     if unknown:
         raise ValueError(f"unknown editor(s) {unknown}; known: {', '.join(EDITORS)}")
@@ -146,13 +157,16 @@ def run(
                 t0 = time.perf_counter()
                 rows: list[dict[str, Any]] = []
                 edit_s = 0.0
-                if protocol == "lifelong":
+                if protocol != "single":
                     editor.reset()
                     e0 = time.perf_counter()
-                    for case in tqdm(chosen, desc=f"{name} T={t} edit", disable=not progress, leave=False):
-                        editor.apply([case])
-                    edit_s = time.perf_counter() - e0
+                    if protocol == "batch":
+                        editor.apply(chosen)
+                    else:
+                        for case in tqdm(chosen, desc=f"{name} T={t} edit", disable=not progress, leave=False):
+                            editor.apply([case])
                     rt = editor.runtime()
+                    edit_s = time.perf_counter() - e0
                     for i in tqdm(range(0, t, 16), desc=f"{name} T={t} eval", disable=not progress, leave=False):
                         rows += metrics.evaluate_cases(
                             rt, base_rt, chosen[i : i + 16], editor.use_memory, generation=generation, base_cache=cache
@@ -162,8 +176,8 @@ def run(
                         editor.reset()
                         e0 = time.perf_counter()
                         editor.apply([case])
-                        edit_s += time.perf_counter() - e0
                         rt = editor.runtime()
+                        edit_s += time.perf_counter() - e0
                         rows += metrics.evaluate_cases(
                             rt, base_rt, [case], editor.use_memory, generation=generation, base_cache=cache
                         )
@@ -186,7 +200,7 @@ def run(
                 editor.close()
         base.close()
     results["wall_seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    write_results(results, out / "results.json")
     (out / "summary.md").write_text(summary(results), encoding="utf-8")
     plot(results, out)
     return results
@@ -214,30 +228,52 @@ def summary(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(results: dict[str, Any], path: Path, max_bytes: int = MAX_JSON_BYTES) -> bool:
+    """Write results.json; keep aggregates only (``cases_dropped`` set) when the per-case rows
+    would push it past ``max_bytes``, so committed results stay small. Returns True if dropped."""
+    text = json.dumps(results, indent=1, default=str)
+    dropped = len(text.encode("utf-8")) > max_bytes
+    if dropped:
+        slim = {k: v for k, v in results.items() if k != "cases"}
+        slim["cases_dropped"] = f"per-case rows dropped: results.json would be {len(text) / 1e6:.1f} MB"
+        text = json.dumps(slim, indent=1, default=str)
+    path.write_text(text, encoding="utf-8")
+    return dropped
+
+
+def draw_metric(ax, aggs: dict[str, dict[str, dict[str, float]]], key: str) -> bool:
+    """Plot ``key`` against T, one line per editor of ``aggs[editor][T]``, on ``ax`` (log T).
+    Returns False (axis left empty) when no editor has the metric."""
+    drawn = False
+    for name, by_t in aggs.items():
+        ts = sorted(int(t) for t in by_t if key in by_t[t] and not math.isnan(by_t[t][key]))
+        if ts:
+            ax.plot(ts, [by_t[str(t)][key] for t in ts], marker="o", label=name)
+            drawn = True
+    ax.set_xscale("log")
+    ax.set_xlabel("T (edits in the stream)")
+    ax.set_ylabel(key)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    return drawn
+
+
 def plot(results: dict[str, Any], out: Path) -> list[Path]:
+    """One PNG per metric of PLOTTED that any editor has: metric vs T, one line per editor."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    aggs = results["aggregates"]
     written = []
     for key in PLOTTED:
-        if not any(key in a for ed in aggs.values() for a in ed.values()):
-            continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for name, by_t in aggs.items():
-            ts = [int(t) for t in by_t if key in by_t[t]]
-            ax.plot(ts, [by_t[str(t)][key] for t in ts], marker="o", label=name)
-        ax.set_xscale("log")
-        ax.set_xlabel("T (edits in the stream)")
-        ax.set_ylabel(key)
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out / f"{key}.png"
-        fig.savefig(path, dpi=100)
+        if draw_metric(ax, results["aggregates"], key):
+            fig.tight_layout()
+            path = out / f"{key}.png"
+            fig.savefig(path, dpi=100)
+            written.append(path)
         plt.close(fig)
-        written.append(path)
     return written

@@ -351,15 +351,34 @@ def bench() -> None:
     """Benchmarks (see bench/). Also runnable as `python -m recall.bench ...`.
 
     \b
-    latency   edit/query latency vs the bare model.
-    lifelong  sequential editing on real data (WISE protocol), writes results.json/summary.md/png.
+    latency      edit/query latency vs the bare model.
+    serving      HTTP throughput and p50/p95, bare model vs runtime.
+    scale        add_edit/query latency, FAISS index at 10^3..10^5 edits.
+    lifelong     editing on real data; results.json, summary.md, plots.
+    headline     merge lifelong runs into one table and one plot.
+    layer-sweep  ROME single-edit metrics per layer.
     \b
-    Datasets (--format, auto-detected): counterfact (ROME or MEND/EasyEdit schema), zsre (MEND
-    schema, optional portability), knowedit (prompt/target_new/locality{}/portability{}), mquake.
-    Protocols: lifelong (T edits streamed, then all T cases evaluated) or single (fresh per edit).
-    Editors: unedited (bare model), recall (learned gate + decode injection), recall-subject,
-    recall-cosine, recall-context (variants), ike (facts always in context, no gate), ft-l
-    (constrained fine-tuning of one MLP down_proj, methods/ft_l.py)."""
+    Datasets (--format, auto-detected):
+      counterfact  ROME or MEND/EasyEdit schema (ES/PS/NS + magnitudes)
+      zsre         MEND schema, optional portability
+      knowedit     prompt/target_new/locality{}/portability{}
+      mquake       multi-hop questions (multi-hop accuracy)
+    \b
+    Protocols (--protocol):
+      lifelong  T edits one by one, then all T cases evaluated (WISE)
+      batch     all T cases in one apply call, then evaluated; same
+                numbers as lifelong for runtime editors; one fine-tune
+                for ft-l; memit/alphaedit: one batch if --edit-batch >= T
+      single    fresh store/weights per edit
+    \b
+    Editors (--editors):
+      unedited             the bare model
+      recall               learned gate + decode injection (default)
+      recall-subject, recall-cosine, recall-context   variants
+      ike                  facts always in context, no gate
+      ft-l                 constrained fine-tuning of one MLP layer
+      rome, memit, alphaedit  sequential weight editors (slow on CPU)
+      recall-consolidated  stream, then consolidate with AlphaEdit"""
     # a callback keeps `bench` a command group while it has a single command, so that
     # `python -m recall.bench latency` and later sub-commands (lifelong, ...) parse alike
 
@@ -469,7 +488,11 @@ def bench_lifelong(
     limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N valid records.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the case shuffle (same cases for every editor).")] = 0,
     protocol: Annotated[
-        str, typer.Option(help="lifelong: T edits, then evaluate all; single: fresh store/weights per edit.")
+        str,
+        typer.Option(
+            help="lifelong: T edits one by one, then evaluate all; batch: all T edits in one call, then "
+            "evaluate all; single: fresh store/weights per edit."
+        ),
     ] = "lifelong",
     generation: Annotated[bool, typer.Option(help="Also compute greedy-generation metrics.")] = True,
     fluency_n: Annotated[int, typer.Option(min=0, help="Edit prompts generated from for fluency (0: off).")] = 10,
@@ -507,6 +530,28 @@ def bench_lifelong(
         edit_batch=edit_batch,
     )
     typer.echo((out / "summary.md").read_text(encoding="utf-8"))
+
+
+@bench_app.command("headline")
+@handle_errors
+def bench_headline(
+    results: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated lifelong run directories (results.json, or summary.md for older runs) or "
+            "results.json files; later ones win for the same dataset, editor and T."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Write headline.md and headline.png here.")],
+    t: Annotated[str | None, typer.Option("--T", help="Keep only these stream lengths (comma-separated).")] = None,
+) -> None:
+    """Merge lifelong runs into one table (dataset x editor x T: Rel/Gen/Loc/Port teacher-forced,
+    ES/PS/NS, Rel/Gen/Loc generation) and one plot (metric vs T per editor, a column per dataset)."""
+    from recall.bench import headline
+
+    paths = [Path(p.strip()) for p in results.split(",") if p.strip()]
+    ts = [int(x) for x in t.split(",") if x.strip()] if t else None
+    typer.echo(headline.run(paths, out, ts))
 
 
 gate_app = typer.Typer(help="The gate that decides whether a retrieved edit is in scope.", no_args_is_help=True)

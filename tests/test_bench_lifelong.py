@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import CF_MEND
 from recall.bench import lifelong
 from recall.bench.editors import make_editor
@@ -75,3 +76,39 @@ def test_ftl_edits_a_private_copy_and_resets(tmp_path, loaded_model, encoder):
 def test_ftl_hparams_for_spec(loaded_model):
     hp = ft_l.FTLHyperParams.for_spec(loaded_model[2])
     assert 0 <= hp.layers[0] < loaded_model[2].n_layers and hp.norm_constraint > 0
+
+
+def test_batch_protocol_matches_lifelong_for_runtime_editors(tmp_path, loaded_model, encoder):
+    """recall stores independent records, so one apply call with all T cases gives the same
+    numbers as the stream; FT-L fine-tunes on both edits at once and moves towards them."""
+    data = tmp_path / "cf.json"
+    data.write_text(json.dumps([CF_MEND, CF2]), encoding="utf-8")
+    common = dict(
+        ts=[2],
+        generation=False,
+        fluency_n=0,
+        ppl_texts=0,
+        loaded=loaded_model,
+        encoder=encoder,
+        threads=1,
+        progress=False,
+    )
+    stream = lifelong.run(data, tmp_path / "l", editors=["recall"], protocol="lifelong", **common)
+    batch = lifelong.run(data, tmp_path / "b", editors=["unedited", "recall", "ft-l"], protocol="batch", **common)
+    assert batch["config"]["protocol"] == "batch"
+    drop = ("edit_seconds", "eval_seconds")
+    same = {k: v for k, v in batch["aggregates"]["recall"]["2"].items() if k not in drop}
+    assert same == {k: v for k, v in stream["aggregates"]["recall"]["2"].items() if k not in drop}
+    assert batch["aggregates"]["ft-l"]["2"]["rel_tf"] > batch["aggregates"]["unedited"]["2"]["rel_tf"]
+    assert "protocol batch" in (tmp_path / "b" / "summary.md").read_text()
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        lifelong.run(data, tmp_path / "x", editors=["recall"], protocol="stream", **common)
+
+
+def test_results_json_drops_case_rows_past_the_size_limit(tmp_path):
+    res = {"config": {}, "aggregates": {"recall": {"1": {"rel_tf": 1.0}}}, "cases": {"recall": {"1": [{"x": 1}] * 50}}}
+    assert not lifelong.write_results(res, tmp_path / "a.json")
+    assert "cases" in json.loads((tmp_path / "a.json").read_text())
+    assert lifelong.write_results(res, tmp_path / "b.json", max_bytes=200)
+    slim = json.loads((tmp_path / "b.json").read_text())
+    assert "cases" not in slim and slim["aggregates"] == res["aggregates"] and "dropped" in slim["cases_dropped"]
