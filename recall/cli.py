@@ -582,6 +582,37 @@ def gate_train(
     typer.echo(f"wrote {out} and {report} in {result['seconds']:.0f} s")
 
 
+@bench_app.command("consolidation")
+@handle_errors
+def bench_consolidation(
+    data: Annotated[Path, typer.Option(help="CounterFact JSON (ROME or MEND schema).")],
+    out: Annotated[Path, typer.Option(help="Write results.json and summary.md here.")],
+    protocol: Annotated[str, typer.Option(help="single (each edit alone) or sequential (batches).")] = "sequential",
+    methods: Annotated[str, typer.Option(help="Comma-separated: rome, memit, alphaedit.")] = "alphaedit,memit",
+    n: Annotated[int, typer.Option(min=1, help="Cases (seeded shuffle of the file).")] = 1000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Edits per batch (sequential protocol).")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the case shuffle.")] = 0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Hyper-parameter override METHOD.FIELD=JSON, e.g. memit.mom2_update_weight=2000."),
+    ] = None,
+    budget_s: Annotated[float | None, typer.Option(help="Single protocol: stop each method after S seconds.")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """ROME/MEMIT/AlphaEdit on CounterFact: ES/PS/NS, probe agreement and perplexity ratio."""
+    from recall.bench import consolidation
+
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in set_ or []:
+        key, _, value = item.partition("=")
+        method, _, field = key.partition(".")
+        overrides.setdefault(method, {})[field] = json.loads(value)
+    result = consolidation.run(data, out, protocol, [m.strip() for m in methods.split(",") if m.strip()], n,
+                               batch_size, seed, overrides, model, device, budget_s)
+    typer.echo(consolidation.summary(result))
+
+
 @bench_app.command("layer-sweep")
 @handle_errors
 def bench_layer_sweep(

@@ -1,0 +1,196 @@
+"""Consolidation backends on CounterFact, in the two protocols of issue 4:
+
+- ``single``: each case written alone into the unedited weights, measured, weights restored
+  (ROME/MEMIT efficacy in their papers' single-edit setting);
+- ``sequential``: the first N cases written in batches of ``batch_size`` into one copy of
+  the weights (AlphaEdit's setting: 2,000 edits in batches of 100), measured at the end,
+  plus token agreement and perplexity ratio against the unedited weights on the held-out
+  generic probe texts the consolidation job uses for acceptance.
+
+Edits go through :class:`recall.methods.consolidation.Consolidator` (the code
+``Runtime.consolidate`` runs). Scores are mean token log-probs from
+``recall.lm.score_tokens_rows`` on bare prompts: exactly what ``Runtime.score(...,
+use_memory=False)`` computes. The weight editors never consult the memory, so this
+benchmark needs no encoder, store or FAISS and runs on a GPU box that has only the model.
+
+Run as ``recall bench consolidation --data PATH --protocol sequential --methods alphaedit,memit
+--n 1000 --batch-size 100 --out DIR``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from recall.demo import md_table
+from recall.lm import RowPlan, score_tokens_rows
+
+from .editors import _requests
+from .loaders import EditCase, load_cases
+
+METRICS = ("es", "ps", "ns")
+
+
+def _mean_logprobs(model, tok, pairs: list[tuple[str, str]], batch: int = 32) -> list[float]:
+    out: list[float] = []
+    for i in range(0, len(pairs), batch):
+        chunk = pairs[i : i + batch]
+        rows = score_tokens_rows(model, tok, [RowPlan(p) for p, _ in chunk], [c for _, c in chunk], micro_batch=batch)
+        out += [sum(t.logprob for t in r) / len(r) for r in rows]
+    return out
+
+
+def counterfact_success(model, tok, cases: list[EditCase]) -> list[dict[str, float]]:
+    """Per case: ES = P(new) > P(true) on the edit prompt, PS on the paraphrases, NS =
+    P(true) > P(new) on the neighborhood prompts (methods.md §11), averaged within the case."""
+    new, true, where = [], [], []
+    for i, c in enumerate(cases):
+        e = c.edits[0]
+        for key, prompts in (("es", [e.prompt]), ("ps", c.rephrase), ("ns", [p for p, _ in c.locality])):
+            for p in prompts:
+                new.append((p, e.target_new))
+                true.append((p, e.target_true))
+                where.append((i, key))
+    rows: list[dict[str, list[float]]] = [{} for _ in cases]
+    for (i, key), a, b in zip(where, _mean_logprobs(model, tok, new), _mean_logprobs(model, tok, true)):
+        rows[i].setdefault(key, []).append(float(b > a if key == "ns" else a > b))
+    return [{k: sum(v) / len(v) for k, v in r.items()} for r in rows]
+
+
+def _aggregate(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(sum(r[k] for r in rows if k in r) / max(1, sum(k in r for r in rows)), 4) for k in METRICS}
+
+
+def _hparams(method: str, spec, overrides: dict[str, Any]):
+    from recall.methods.consolidation import METHODS
+
+    hp = METHODS[method][0].for_spec(spec)
+    for key, value in overrides.items():
+        owner, _, field = key.rpartition(".")
+        setattr(hp.target if owner == "target" else hp, field, value)
+    return hp
+
+
+def run(
+    data: str | Path,
+    out: str | Path,
+    protocol: str = "sequential",
+    methods: list[str] = ("alphaedit", "memit"),
+    n: int = 1000,
+    batch_size: int = 100,
+    seed: int = 0,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    budget_s: float | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``results.json`` and ``summary.md`` to ``out``; returns the results.
+
+    ``overrides``: per method, hyper-parameter fields to set (``target.<field>`` for the
+    target optimization). ``budget_s``: stop each method's single-edit loop early and
+    report how many cases it measured."""
+    from recall.methods.consolidation import Consolidator, probe
+    from recall.methods.layer_stats import generic_texts
+    from recall.methods.weights import restore
+
+    from recall.models import load_model
+
+    if protocol not in ("single", "sequential"):
+        raise ValueError(f"protocol must be 'single' or 'sequential', got {protocol!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base, tok, spec = load_model(model, device)
+    cases = load_cases(data, "counterfact", skip_invalid=True)
+    random.Random(seed).shuffle(cases)
+    cases = cases[:n]
+    probe_texts = generic_texts("probe")
+    base_probe = probe(base, tok, probe_texts)
+    results: dict[str, Any] = {
+        "config": {
+            "data": str(data),
+            "protocol": protocol,
+            "n": len(cases),
+            "batch_size": batch_size,
+            "seed": seed,
+            "device": str(base.device),
+            "overrides": overrides or {},
+        },
+        "unedited": _aggregate(counterfact_success(base, tok, cases)),
+        "methods": {},
+    }
+    for method in methods:
+        edited = copy.deepcopy(base)
+        cons = Consolidator(edited, tok, spec, method, _hparams(method, spec, (overrides or {}).get(method, {})))
+        cons.prepare()
+        started = time.perf_counter()
+        if protocol == "single":
+            original = {f"{m}.weight": edited.get_submodule(m).weight.detach().clone() for m in cons.modules}
+            rows = []
+            for case in tqdm(cases, desc=f"{method} single", disable=not progress):
+                if budget_s and time.perf_counter() - started > budget_s:
+                    break
+                cons.apply(_requests([case]))
+                rows += counterfact_success(edited, tok, [case])
+                restore(edited, original)
+            agg = _aggregate(rows) | {"n": len(rows)}
+        else:
+            reqs = _requests(cases)
+            for i in tqdm(range(0, len(reqs), batch_size), desc=f"{method} batches", disable=not progress):
+                cons.apply(reqs[i : i + batch_size])
+            agg = _aggregate(counterfact_success(edited, tok, cases)) | {"n": len(cases)}
+            new_probe = probe(edited, tok, probe_texts)
+            agg |= {
+                "probe_agreement": round(new_probe.agreement(base_probe), 4),
+                "probe_ppl_ratio": round(new_probe.ppl / base_probe.ppl, 4),
+            }
+        agg["seconds_per_edit"] = round((time.perf_counter() - started) / max(1, agg["n"]), 3)
+        agg["hparams"] = cons.hparams.to_dict()
+        results["methods"][method] = agg
+        del edited
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    (out / "summary.md").write_text(summary(results), encoding="utf-8")
+    return results
+
+
+def summary(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    rows = [
+        [
+            "unedited",
+            results["unedited"]["es"],
+            results["unedited"]["ps"],
+            results["unedited"]["ns"],
+            "",
+            "",
+            cfg["n"],
+            "",
+        ]
+    ]
+    for name, a in results["methods"].items():
+        rows.append(
+            [
+                name,
+                a["es"],
+                a["ps"],
+                a["ns"],
+                a.get("probe_agreement", ""),
+                a.get("probe_ppl_ratio", ""),
+                a["n"],
+                a["seconds_per_edit"],
+            ]
+        )
+    head = ["editor", "ES", "PS", "NS", "probe agreement", "probe ppl ratio", "n", "s/edit"]
+    return (
+        f"# Consolidation backends, {cfg['protocol']} protocol ({cfg['n']} CounterFact cases, "
+        f"batch {cfg['batch_size']}, {cfg['device']})\n\n{md_table(head, rows)}\n"
+    )
