@@ -211,19 +211,23 @@ class ConsolidatedRuntimeEditor(RuntimeEditor):
         super().__init__("recall-consolidated", loaded, encoder, workdir, "learned", "decode")
         self.batch_size = batch_size
         self.report = None
+        self._writing = False
 
     def reset(self) -> None:
         super().reset()
         self.report = None
 
     def apply(self, cases: list[EditCase]) -> None:
-        if self.report is not None:
-            raise RuntimeError("recall-consolidated takes its whole stream before the first evaluation")
-        super().apply(cases)
+        self._writing = True
+        try:
+            super().apply(cases)
+        finally:
+            self._writing = False
+        self.report = None  # new edits: consolidate again before the next evaluation
 
     def runtime(self) -> Runtime:
         rt = super().runtime()
-        if self.report is None and rt.edits("active"):
+        if not self._writing and self.report is None and rt.edits("active"):
             self.report = rt.consolidate("alphaedit", batch_size=self.batch_size, progress=False)
         return rt
 
