@@ -257,22 +257,17 @@ class Runtime:
         use_memory: bool = True,
     ) -> list[str]:
         """Continue each prompt (greedy by default). Returns the new text of each row."""
-        prompts = check_queries(prompts)
-        if not isinstance(max_new_tokens, int) or not 0 < max_new_tokens <= 4096:
-            raise InvalidQueryError(f"max_new_tokens must be an int in 1..4096, got {max_new_tokens!r}")
-        if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
-            raise InvalidQueryError("need temperature > 0, 0 < top_p <= 1 and top_k >= 0")
-        sampling = SamplingOptions(do_sample, temperature, top_p, top_k, seed)
-        if not use_memory:
-            return generate_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], max_new_tokens, sampling)
-        plans, _, _ = self._plans(prompts)
-        texts = self._run_partitioned(generate_rows, plans, prompts, max_new_tokens, sampling)
-        outputs = self.memory.regex_edits("output")
-        for i, text in enumerate(texts):
-            for edit, compiled in outputs:
-                text, _ = regex_patch.apply(compiled, edit.payload["replacement"], text)
-            texts[i] = text
-        return texts
+        rows = self.generate_with_edits(
+            prompts,
+            max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            use_memory=use_memory,
+        )
+        return [text for text, _ in rows]
 
     def generate_with_edits(
         self,
