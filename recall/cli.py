@@ -640,15 +640,26 @@ def consolidate_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Edits written per batch.")] = 100,
     limit: Annotated[int | None, typer.Option(min=1, help="Consolidate at most N (oldest first).")] = None,
     hparams: Annotated[str | None, typer.Option(help="Hyper-parameter JSON (default: the model family's).")] = None,
+    min_probe_agreement: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Accept only if argmax agreement with the base model on the "
+                            "probe texts is at least this.")
+    ] = 0.90,
+    max_ppl_ratio: Annotated[
+        float, typer.Option(min=1.0, help="Accept only if probe perplexity / base perplexity is at most this.")
+    ] = 1.10,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Fold the store's active fact edits into the weights, verify them with retrieval off,
-    and write a checkpoint (served from then on). Prints the report as JSON."""
+    and write a checkpoint (served from then on). Prints the report as JSON; exit code 1 when
+    the new weights were rejected (nothing changed)."""
+    from recall.methods.consolidation import ConsolidationParams
+
     from .runtime import Runtime
 
+    params = ConsolidationParams(min_probe_agreement=min_probe_agreement, max_ppl_ratio=max_ppl_ratio)
     with Runtime.open(store, model=model, device=device) as rt:
-        report = rt.consolidate(method, batch_size, limit, hparams=hparams)
+        report = rt.consolidate(method, batch_size, limit, hparams=hparams, params=params)
     print(json.dumps(report.to_dict(), indent=1))
     if not report.accepted:
         raise typer.Exit(1)

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .checkpoints import new_checkpoint_id
@@ -58,7 +58,7 @@ def run_job(
         raise ConsolidationError(f"batch_size must be a positive int, got {batch_size!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConsolidationError(f"limit must be a positive int or None, got {limit!r}")
-    params = params or ConsolidationParams(batch_size=batch_size)
+    params = replace(params or ConsolidationParams(), batch_size=batch_size)
     started = time.time()
     edits = [e for e in rt.edits("active") if e.kind == "fact"]
     edits = edits[:limit] if limit else edits

@@ -379,7 +379,9 @@ class Runtime:
         progress: bool = True,
     ):
         """Fold active fact edits into the weights (``rome``, ``memit`` or ``alphaedit``), verify
-        each with retrieval off, and checkpoint; see :mod:`recall.consolidate`. Returns a
+        each with retrieval off, and checkpoint; see :mod:`recall.consolidate`. ``hparams``: a
+        hyper-parameter JSON (default: the model family's file); ``params``: acceptance bounds
+        (:class:`recall.methods.consolidation.ConsolidationParams`). Returns a
         :class:`recall.consolidate.ConsolidationReport`."""
         from .consolidate import run_job
 
