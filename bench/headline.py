@@ -101,11 +101,19 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def merge(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """``merged[dataset][editor][T]`` = the aggregates plus ``_run`` (the origin); later runs win."""
+    """``merged[dataset][editor][T]`` = the aggregates plus ``_run`` (the origin); later runs win.
+
+    ``dataset`` is the run's format; when runs of one format read different files, it is
+    ``format:file-stem`` so that different splits never share a row or a plotted line."""
+    files: dict[str, set[str]] = {}
+    for run in runs:
+        files.setdefault(run["config"].get("format", "?"), set()).add(str(run["config"].get("data")))
     merged: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for run in runs:
         cfg = run["config"]
         dataset = cfg.get("format", "?")
+        if len(files[dataset]) > 1:
+            dataset = f"{dataset}:{Path(str(cfg.get('data'))).stem}"
         protocol = cfg.get("protocol", "lifelong")
         for editor, by_t in run["aggregates"].items():
             label = editor if protocol == "lifelong" else f"{editor} ({protocol})"

@@ -20,29 +20,20 @@ from dataclasses import dataclass, field
 import torch
 
 from .edit_requests import EditRequest, context_templates
-from .edit_targets import TargetParams, lookup_keys
-from .hparams import HyperParams
+from .edit_targets import lookup_keys
+from .hparams import LocateEditHyperParams
 from .memit import compute_z, spread
 from .weights import snapshot
 
 
 @dataclass
-class AlphaEditHyperParams(HyperParams):
+class AlphaEditHyperParams(LocateEditHyperParams):
     method = "alphaedit"
 
     layers: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
-    reference_n_layers: int | None = 30
     nullspace_threshold: float = 2e-2
     nullspace_relative: bool = False  # threshold × the largest eigenvalue instead of absolute
     l2: float = 10.0  # α
-    context_templates_per_seed: int = 1
-    context_length: int = 10
-    seed: int = 0
-    target: TargetParams = field(default_factory=lambda: TargetParams(clamp_norm_factor=0.75, weight_decay=0.5))
-
-    def __post_init__(self) -> None:
-        if isinstance(self.target, dict):
-            self.target = TargetParams(**self.target)
 
 
 def null_space_projector(c: torch.Tensor, threshold: float, relative: bool = False) -> torch.Tensor:

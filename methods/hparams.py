@@ -10,9 +10,11 @@ gets them rescaled proportionally (so the SmolLM2 file serves a 4-layer test mod
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .edit_targets import TargetParams
 
 HPARAMS_DIR = Path(__file__).parent / "hparams"
 
@@ -83,3 +85,21 @@ class HyperParams:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class LocateEditHyperParams(HyperParams):
+    """Fields shared by the locate-then-edit methods (ROME, MEMIT, AlphaEdit): the edited
+    layers, the context templates keys and targets are averaged over, and the target
+    optimization (:class:`recall.methods.edit_targets.TargetParams`)."""
+
+    layers: list[int] = field(default_factory=lambda: [4])
+    reference_n_layers: int | None = 30
+    context_templates_per_seed: int = 1
+    context_length: int = 10
+    seed: int = 0
+    target: TargetParams = field(default_factory=TargetParams)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, dict):
+            self.target = TargetParams(**self.target)

@@ -25,7 +25,7 @@ import torch
 
 from .edit_requests import EditRequest, context_templates
 from .edit_targets import TargetParams, hidden_at_lookup, lookup_keys, optimize_deltas
-from .hparams import HyperParams
+from .hparams import LocateEditHyperParams
 from .weights import add_update, snapshot
 
 # solver(layer, K [d_in, n], R [d_out, n]) -> ΔW [d_out, d_in]
@@ -33,20 +33,11 @@ Solver = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
-class MEMITHyperParams(HyperParams):
+class MEMITHyperParams(LocateEditHyperParams):
     method = "memit"
 
     layers: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
-    reference_n_layers: int | None = 30
     mom2_update_weight: float = 15000.0  # λ
-    context_templates_per_seed: int = 1
-    context_length: int = 10
-    seed: int = 0
-    target: TargetParams = field(default_factory=lambda: TargetParams(clamp_norm_factor=0.75, weight_decay=0.5))
-
-    def __post_init__(self) -> None:
-        if isinstance(self.target, dict):
-            self.target = TargetParams(**self.target)
 
 
 def compute_z(model, tok, spec, requests, layers, contexts, target: TargetParams) -> tuple[torch.Tensor, list[float]]:

@@ -16,32 +16,22 @@ some edits blow up the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from .edit_requests import EditRequest, context_templates
-from .edit_targets import TargetParams, lookup_keys, optimize_deltas
-from .hparams import HyperParams
+from .edit_targets import lookup_keys, optimize_deltas
+from .hparams import LocateEditHyperParams
 from .weights import add_update, snapshot
 
 
 @dataclass
-class ROMEHyperParams(HyperParams):
+class ROMEHyperParams(LocateEditHyperParams):
     method = "rome"
 
-    layers: list[int] = field(default_factory=lambda: [4])
-    reference_n_layers: int | None = 30
     mom2_adjustment: bool = True
     mom2_reg: float = 0.0  # added to C's diagonal (relative to its mean diagonal) before inverting
-    context_templates_per_seed: int = 4
-    context_length: int = 10
-    seed: int = 0
-    target: TargetParams = field(default_factory=TargetParams)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.target, dict):
-            self.target = TargetParams(**self.target)
 
 
 def rank_one_update(k: torch.Tensor, delta: torch.Tensor, c: torch.Tensor | None, reg: float = 0.0) -> torch.Tensor:

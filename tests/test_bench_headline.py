@@ -55,6 +55,9 @@ def test_merge_keys_rows_by_dataset_editor_t_and_later_runs_win():
     assert merged["counterfact"]["recall"]["1"]["rel_tf"] == 1.0  # untouched by the newer run
     batch = headline.merge([_results("zsre", {"ft-l": {"10": {"rel_tf": 0.5}}}, protocol="batch")])
     assert list(batch["zsre"]) == ["ft-l (batch)"]
+    other_split = _results("zsre", {"recall": {"1000": {"rel_tf": 0.75}}})
+    other_split["config"]["data"] = "data/zsre_train.json"
+    assert set(headline.merge([ZSRE, other_split])) == {"zsre:zsre", "zsre:zsre_train"}
 
 
 def test_table_has_a_row_per_dataset_editor_t_and_dashes_for_missing():
