@@ -128,12 +128,17 @@ def run(
     )
     text = report(result)
     print(text)
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "latency.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        (out / "latency.md").write_text(text + "\n", encoding="utf-8")
+    write_report(out, "latency", result, text)
     return result
+
+def write_report(out: str | Path | None, stem: str, result: dict[str, Any], text: str) -> None:
+    """``out/<stem>.json`` (the numbers) and ``out/<stem>.md`` (the table), when ``out`` is set."""
+    if out is None:
+        return
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text(text + "\n", encoding="utf-8")
 
 
 def _measure(rt: Runtime, records: list[dict[str, Any]], n_queries: int, seed: int) -> dict[str, Any]:

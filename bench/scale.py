@@ -22,7 +22,6 @@ Run as ``recall bench scale [--sizes 1000,10000,100000] [--n-queries 20] --out D
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 import faiss
 import numpy as np
-from recall.bench.latency import peak_rss_bytes
+from recall.bench.latency import peak_rss_bytes, write_report
 from tqdm import tqdm
 
 from recall.demo import (
@@ -240,11 +239,8 @@ def _result(rt: Runtime, v: dict[str, Any]) -> dict[str, Any]:
 def _write(result: dict[str, Any], out: str | Path | None) -> None:
     if out is None or not result["points"]:
         return
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out / "scale.md").write_text(report(result) + "\n", encoding="utf-8")
-    plot(result, out / "scale.png")
+    write_report(out, "scale", result, report(result))
+    plot(result, Path(out) / "scale.png")
 
 
 def _measure_size(

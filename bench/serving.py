@@ -17,7 +17,6 @@ Run as ``recall bench serving [--n-edits 1000] [--concurrency 1,8,32] [--out DIR
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from recall.bench.latency import expand, load_records
+from recall.bench.latency import expand, load_records, write_report
 
 from recall.demo import machine_info, md_table, percentiles_ms, pick_threads, store_dir, stream_edits, torch_threads
 from recall.runtime import Runtime
@@ -172,11 +171,7 @@ def run(
     )
     text = report(result)
     print(text)
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "serving.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        (out / "serving.md").write_text(text + "\n", encoding="utf-8")
+    write_report(out, "serving", result, text)
     return result
 
 
