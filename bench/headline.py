@@ -35,7 +35,7 @@ COLUMNS = [
     ("Loc gen", "loc_gen"),
     ("Port gen", "port_gen"),
 ]
-PLOTTED = ["rel_tf", "gen_tf", "loc_tf", "port_tf"]
+PLOTTED = ["rel_tf", "gen_tf", "loc_tf", "port_tf", "rel_gen"]
 MISSING = "–"
 
 _TITLE_RE = re.compile(r"^# Lifelong editing: (?P<data>.+) \((?P<format>\w+), protocol (?P<protocol>\w+)\)$")
@@ -123,16 +123,16 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str,
 
 
 def table(merged: dict[str, Any], ts: list[int] | None = None) -> str:
-    """One markdown table: a row per dataset x editor x T (T in ``ts`` if given); only the
-    columns some row has; missing values shown as a dash."""
+    """One markdown table: a row per dataset x editor x T (T in ``ts`` if given), datasets
+    sorted, editors in run order, T ascending; only the columns some row has; missing values
+    shown as a dash."""
     rows = [
         (dataset, editor, int(t), agg)
-        for dataset, eds in merged.items()
-        for editor, by_t in eds.items()
-        for t, agg in by_t.items()
+        for dataset, eds in sorted(merged.items())
+        for editor, by_t in eds.items()  # editors in the order the runs list them
+        for t, agg in sorted(by_t.items(), key=lambda item: int(item[0]))
         if ts is None or int(t) in ts
     ]
-    rows.sort(key=lambda r: (r[0], r[2], r[1]))
     cols = [(label, key) for label, key in COLUMNS if any(key in r[3] for r in rows)]
 
     def cell(agg: dict[str, Any], key: str) -> Any:
@@ -157,15 +157,21 @@ def plot(merged: dict[str, Any], path: str | Path, ts: list[int] | None = None) 
         for d, eds in merged.items()
     }
     keys = [k for k in PLOTTED if any(k in a for eds in keep.values() for by_t in eds.values() for a in by_t.values())]
-    fig, axes = plt.subplots(len(keys), len(datasets), figsize=(4.5 * len(datasets), 3 * len(keys)), squeeze=False)
+    editors = list(dict.fromkeys(e for eds in keep.values() for e in eds))
+    colors = {e: f"C{i % 10}" for i, e in enumerate(editors)}
+    all_ts = [int(t) for eds in keep.values() for by_t in eds.values() for t in by_t] or [1]
+    fig, axes = plt.subplots(len(keys), len(datasets), figsize=(4.5 * len(datasets), 2.6 * len(keys)), squeeze=False)
     for j, dataset in enumerate(datasets):
         for i, key in enumerate(keys):
             ax = axes[i][j]
-            if not draw_metric(ax, keep[dataset], key):
+            if not draw_metric(ax, keep[dataset], key, colors, legend=False):
                 ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xlim(min(all_ts) / 1.5, max(all_ts) * 1.5)
             if i == 0:
                 ax.set_title(dataset)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=colors[e], marker="o", label=e) for e in editors]
+    fig.legend(handles=handles, loc="upper center", ncol=len(editors), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     path = Path(path)
     fig.savefig(path, dpi=90)
     plt.close(fig)

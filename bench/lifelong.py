@@ -241,21 +241,25 @@ def write_results(results: dict[str, Any], path: Path, max_bytes: int = MAX_JSON
     return dropped
 
 
-def draw_metric(ax, aggs: dict[str, dict[str, dict[str, float]]], key: str) -> bool:
-    """Plot ``key`` against T, one line per editor of ``aggs[editor][T]``, on ``ax`` (log T).
-    Returns False (axis left empty) when no editor has the metric."""
+def draw_metric(
+    ax, aggs: dict[str, dict[str, dict[str, float]]], key: str, colors: dict[str, str] | None = None, legend=True
+) -> bool:
+    """Plot ``key`` against T, one line per editor of ``aggs[editor][T]``, on ``ax`` (log T);
+    ``colors`` pins an editor's colour across panels. Returns False (axis left empty) when no
+    editor has the metric."""
     drawn = False
     for name, by_t in aggs.items():
         ts = sorted(int(t) for t in by_t if key in by_t[t] and not math.isnan(by_t[t][key]))
         if ts:
-            ax.plot(ts, [by_t[str(t)][key] for t in ts], marker="o", label=name)
+            color = (colors or {}).get(name)
+            ax.plot(ts, [by_t[str(t)][key] for t in ts], marker="o", label=name, color=color)
             drawn = True
     ax.set_xscale("log")
     ax.set_xlabel("T (edits in the stream)")
     ax.set_ylabel(key)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    if drawn:
+    if drawn and legend:
         ax.legend(fontsize=8)
     return drawn
 

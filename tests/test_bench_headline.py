@@ -68,8 +68,8 @@ def test_table_has_a_row_per_dataset_editor_t_and_dashes_for_missing():
     assert "PS" not in header  # no run has it
     rows = _rows(md)
     assert [r[:3] for r in rows] == [
-        ["counterfact", "recall", "1"],
         ["counterfact", "unedited", "1"],
+        ["counterfact", "recall", "1"],
         ["counterfact", "recall", "100"],
         ["zsre", "recall", "1"],
     ]
