@@ -3,13 +3,15 @@
 1. Take the active fact edits, oldest first (at most ``limit``).
 2. With the base weights in place, measure the probe set and compute what the method needs
    (second moments, AlphaEdit projectors): statistics always describe the base model.
-3. Apply the method in batches to the served weights (:class:`recall.methods.consolidation.
-   Consolidator`), then verify every edit with retrieval off.
-4. Probe again: accept the new weights only if token agreement with the base model and the
-   perplexity ratio on held-out generic text stay within bounds, and at least one edit passed.
-5. Accepted: write a checkpoint (changed tensors only), then in one LMDB transaction make it
-   the head and mark the passing edits consolidated (they are no longer injected); failing
-   edits stay active in the memory. Rejected: put the previous weights back; nothing changes.
+3. Write the edits batch by batch into the served weights (:class:`recall.methods.
+   consolidation.Consolidator`); after each batch, probe: token agreement with the base model
+   and the perplexity ratio on held-out generic text must stay within bounds. The batch that
+   would break them is undone and the job stops there (its edits and the rest stay active).
+4. Verify every written edit with retrieval off.
+5. Accepted (at least one edit passed): write a checkpoint (changed tensors only), then in one
+   LMDB transaction make it the head and mark the passing edits consolidated (they are no
+   longer injected); failing and unwritten edits stay active in the memory. Otherwise put the
+   previous weights back; nothing changes.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def run_job(
     params=None,
     progress: bool = True,
 ) -> ConsolidationReport:
-    from recall.methods.consolidation import METHODS, ConsolidationParams, Consolidator, probe
+    from recall.methods.consolidation import METHODS, ConsolidationParams, Consolidator, probe, verify
     from recall.methods.edit_requests import EditRequest
     from recall.methods.layer_stats import generic_texts
 
@@ -91,19 +93,22 @@ def run_job(
         cons.prepare()
     requests = [EditRequest.from_edit(e) for e in edits]
     try:
-        passed = cons.run(requests, params.batch_size, progress)
-        new_probe = probe(rt.model, rt.tokenizer, probe_texts, params.probe_tokens)
+        applied, previous, new_probe, stop = _write_within_bounds(
+            rt, cons, requests, params, probe_texts, base_probe, progress
+        )
+        passed = verify(rt.model, rt.tokenizer, requests[:applied], previous)
     except BaseException:
         _put_back(rt, before)
         raise
     agreement = new_probe.agreement(base_probe)
     ratio = new_probe.ppl / base_probe.ppl
     ok_ids = [e.id for e, ok in zip(edits, passed) if ok]
-    failed_ids = [e.id for e, ok in zip(edits, passed) if not ok]
+    failed_ids = [e.id for e in edits if e.id not in set(ok_ids)]
     metrics = {
         "edits": len(edits),
+        "written": applied,
         "batch_size": params.batch_size,
-        "efficacy": len(ok_ids) / len(edits),
+        "efficacy": len(ok_ids) / applied if applied else 0.0,
         "probe_agreement": round(agreement, 4),
         "probe_ppl_base": round(base_probe.ppl, 4),
         "probe_ppl_new": round(new_probe.ppl, 4),
@@ -112,16 +117,10 @@ def run_job(
     }
     if method == "alphaedit":
         metrics["null_space_dims"] = cons.state.null_dims()
-    reasons = []
-    if agreement < params.min_probe_agreement:
-        reasons.append(f"probe agreement {agreement:.3f} < {params.min_probe_agreement}")
-    if ratio > params.max_ppl_ratio:
-        reasons.append(f"probe perplexity ratio {ratio:.3f} > {params.max_ppl_ratio}")
     if not ok_ids:
-        reasons.append("no edit passed verification")
-    if reasons:
         _put_back(rt, before)
-        return ConsolidationReport(method, False, served.head, [], [e.id for e in edits], metrics, "; ".join(reasons))
+        reason = stop or "no edit passed verification"
+        return ConsolidationReport(method, False, served.head, [], [e.id for e in edits], metrics, reason)
 
     ckpt_id = new_checkpoint_id()
     params_by_name = dict(rt.model.named_parameters())
@@ -145,7 +144,52 @@ def run_job(
     )
     served.head = ckpt_id
     rt.memory.sync()
-    return ConsolidationReport(method, True, ckpt_id, ok_ids, failed_ids, metrics)
+    return ConsolidationReport(method, True, ckpt_id, ok_ids, failed_ids, metrics, stop)
+
+
+def _bounds_broken(params, base_probe, new_probe) -> str:
+    agreement = new_probe.agreement(base_probe)
+    ratio = new_probe.ppl / base_probe.ppl
+    reasons = []
+    if agreement < params.min_probe_agreement:
+        reasons.append(f"probe agreement {agreement:.3f} < {params.min_probe_agreement}")
+    if ratio > params.max_ppl_ratio:
+        reasons.append(f"probe perplexity ratio {ratio:.3f} > {params.max_ppl_ratio}")
+    return "; ".join(reasons)
+
+
+def _write_within_bounds(rt: Runtime, cons, requests, params, probe_texts, base_probe, progress: bool):
+    """Write batch after batch; after each, probe, and undo the batch (weights and AlphaEdit's
+    accumulated keys) that would break the bounds, stopping there. Returns (edits written,
+    the weights' answers before each written edit, the probe of the kept weights, why it
+    stopped early or "")."""
+    from tqdm.auto import tqdm
+
+    from recall.methods.consolidation import previous_answers, probe
+    from recall.methods.weights import restore
+
+    previous: list[str] = []
+    current = probe(rt.model, rt.tokenizer, probe_texts, params.probe_tokens)
+    applied, stop = 0, ""
+    bar = tqdm(total=len(requests), desc=f"consolidate ({cons.method})", unit="edit", disable=not progress)
+    for start in range(0, len(requests), params.batch_size):
+        batch = requests[start : start + params.batch_size]
+        answers = previous_answers(rt.model, rt.tokenizer, batch)
+        kept_state = {k: v.clone() for k, v in cons.state.preserved.items()}
+        weights_copy = cons.apply(batch)
+        trial = probe(rt.model, rt.tokenizer, probe_texts, params.probe_tokens)
+        broken = _bounds_broken(params, base_probe, trial)
+        if broken:
+            restore(rt.model, weights_copy)
+            cons.state.preserved = kept_state
+            stop = f"stopped before edit {start + 1} of {len(requests)}: {broken}"
+            break
+        previous += answers
+        applied += len(batch)
+        current = trial
+        bar.update(len(batch))
+    bar.close()
+    return applied, previous, current, stop
 
 
 def _put_back(rt: Runtime, before: dict) -> None:

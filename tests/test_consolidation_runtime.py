@@ -193,3 +193,18 @@ def test_writer_killed_midway_leaves_a_consistent_store(tmp_path, loaded_model, 
             assert all(e.consolidated_in == head for e in edits if e.status == "consolidated")
     finally:
         rt.close()
+
+
+def test_a_batch_that_breaks_the_bounds_is_undone(make_runtime, loaded_model, store_dir, fast_memit):
+    from recall.methods.consolidation import ConsolidationParams
+
+    rt = make_runtime(store_dir)
+    for p, t, s in FACTS:
+        rt.add_edit(prompt=p, target=t, subject=s)
+    gen = rt.memory.store.generation
+    strict = ConsolidationParams(min_probe_agreement=1.0)  # any change to a next-token argmax breaks it
+    report = rt.consolidate("memit", batch_size=1, hparams=fast_memit, params=strict, progress=False)
+    assert not report.accepted and report.reason.startswith("stopped before edit 1 of 2: probe agreement")
+    assert report.metrics["written"] == 0 and len(report.still_active) == 2
+    assert weights_digest(rt.model) == weights_digest(loaded_model[0])  # the batch was undone
+    assert rt.memory.store.generation == gen and rt.checkpoints() == []
