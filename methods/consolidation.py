@@ -6,8 +6,9 @@ the bookkeeping (which edits are active, checkpoints, statuses), and the consoli
 benchmark calls the same :class:`Consolidator`, so both measure one code path.
 
 - :class:`Consolidator` applies one method (``rome``, ``memit``, ``alphaedit``) batch by
-  batch; AlphaEdit's state (projectors, accumulated keys) lives on the consolidator and
-  travels with checkpoints.
+  batch (the job in :mod:`recall.consolidate` decides how many batches to keep);
+  AlphaEdit's state (projectors, accumulated keys) lives on the consolidator and travels
+  with checkpoints.
 - :func:`verify`: an edit passes when, on the new weights and with retrieval off, its
   target is more probable than the answer the weights gave before the job (the CounterFact
   probability comparison, with the previous answer in place of the true one).
@@ -23,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from recall.lm import RowPlan, SamplingOptions, answer_tokens, generate_rows, score_tokens_rows
 
@@ -167,18 +167,3 @@ class Consolidator:
             extra["state"] = self.state
         _, weights_copy = self._apply(self.model, self.tok, self.spec, requests, self.hparams, self.stats, **extra)
         return weights_copy
-
-    def run(self, requests: list[EditRequest], batch_size: int, progress: bool = True) -> list[bool]:
-        """Apply ``requests`` in batches (ROME: one by one inside each batch), then verify every
-        edit on the final weights (later batches can undo earlier ones, so verification waits
-        for the end). Returns pass/fail per request."""
-        self.prepare()
-        previous: list[str] = []
-        bar = tqdm(total=len(requests), desc=f"consolidate ({self.method})", unit="edit", disable=not progress)
-        for start in range(0, len(requests), batch_size):
-            batch = requests[start : start + batch_size]
-            previous.extend(previous_answers(self.model, self.tok, batch))
-            self.apply(batch)
-            bar.update(len(batch))
-        bar.close()
-        return verify(self.model, self.tok, requests, previous)
