@@ -356,6 +356,8 @@ def bench() -> None:
     scale        add_edit/query latency, FAISS index at 10^3..10^5 edits.
     lifelong     editing on real data; results.json, summary.md, plots.
     headline     merge lifelong runs into one table and one plot.
+    consolidation  ROME/MEMIT/AlphaEdit on CounterFact, single or sequential (no encoder needed).
+    layer-sweep  ROME single-edit ES/PS/NS per candidate layer.
     layer-sweep  ROME single-edit metrics per layer.
     \b
     Datasets (--format, auto-detected):
