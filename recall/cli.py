@@ -358,7 +358,6 @@ def bench() -> None:
     headline     merge lifelong runs into one table and one plot.
     consolidation  ROME/MEMIT/AlphaEdit on CounterFact, single or sequential (no encoder needed).
     layer-sweep  ROME single-edit ES/PS/NS per candidate layer.
-    layer-sweep  ROME single-edit metrics per layer.
     \b
     Datasets (--format, auto-detected):
       counterfact  ROME or MEND/EasyEdit schema (ES/PS/NS + magnitudes)
