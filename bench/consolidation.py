@@ -9,9 +9,10 @@
 
 Edits go through :class:`recall.methods.consolidation.Consolidator` (the code
 ``Runtime.consolidate`` runs). Scores are mean token log-probs from
-``recall.lm.score_tokens_rows`` on bare prompts: exactly what ``Runtime.score(...,
-use_memory=False)`` computes. The weight editors never consult the memory, so this
-benchmark needs no encoder, store or FAISS and runs on a GPU box that has only the model.
+``recall.methods.consolidation.mean_logprob`` (``recall.lm.score_tokens_rows`` on bare
+prompts): exactly what ``Runtime.score(..., use_memory=False)`` computes. The weight
+editors never consult the memory, so this benchmark needs no encoder, store or FAISS and
+runs on a GPU box that has only the model.
 
 Run as ``recall bench consolidation --data PATH --protocol sequential --methods alphaedit,memit
 --n 1000 --batch-size 100 --out DIR``.
@@ -27,24 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from recall.methods.consolidation import mean_logprob
 from tqdm.auto import tqdm
 
 from recall.demo import md_table
-from recall.lm import RowPlan, score_tokens_rows
 
 from .editors import _requests
 from .loaders import EditCase, load_cases
 
 METRICS = ("es", "ps", "ns")
-
-
-def _mean_logprobs(model, tok, pairs: list[tuple[str, str]], batch: int = 32) -> list[float]:
-    out: list[float] = []
-    for i in range(0, len(pairs), batch):
-        chunk = pairs[i : i + batch]
-        rows = score_tokens_rows(model, tok, [RowPlan(p) for p, _ in chunk], [c for _, c in chunk], micro_batch=batch)
-        out += [sum(t.logprob for t in r) / len(r) for r in rows]
-    return out
 
 
 def counterfact_success(model, tok, cases: list[EditCase]) -> list[dict[str, float]]:
@@ -59,7 +51,10 @@ def counterfact_success(model, tok, cases: list[EditCase]) -> list[dict[str, flo
                 true.append((p, e.target_true))
                 where.append((i, key))
     rows: list[dict[str, list[float]]] = [{} for _ in cases]
-    for (i, key), a, b in zip(where, _mean_logprobs(model, tok, new), _mean_logprobs(model, tok, true)):
+    prompts = [p for p, _ in new]
+    p_new = mean_logprob(model, tok, prompts, [c for _, c in new])
+    p_true = mean_logprob(model, tok, prompts, [c for _, c in true])
+    for (i, key), a, b in zip(where, p_new, p_true):
         rows[i].setdefault(key, []).append(float(b > a if key == "ns" else a > b))
     return [{k: sum(v) / len(v) for k, v in r.items()} for r in rows]
 
@@ -99,7 +94,7 @@ def run(
     report how many cases it measured."""
     from recall.methods.consolidation import Consolidator, probe
     from recall.methods.layer_stats import generic_texts
-    from recall.methods.weights import restore
+    from recall.methods.weights import restore, snapshot
 
     from recall.models import load_model
 
@@ -132,7 +127,7 @@ def run(
         cons.prepare()
         started = time.perf_counter()
         if protocol == "single":
-            original = {f"{m}.weight": edited.get_submodule(m).weight.detach().clone() for m in cons.modules}
+            original = snapshot(edited, cons.modules)
             rows = []
             for case in tqdm(cases, desc=f"{method} single", disable=not progress):
                 if budget_s and time.perf_counter() - started > budget_s:

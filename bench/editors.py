@@ -166,6 +166,7 @@ class WeightEditor(_StoreEditor):
 
     def __init__(self, method: str, loaded, encoder, workdir, batch_size: int = 100, hparams=None) -> None:
         from recall.methods.consolidation import Consolidator
+        from recall.methods.weights import snapshot
 
         model, tok, spec = loaded
         edited = copy.deepcopy(model)
@@ -173,11 +174,7 @@ class WeightEditor(_StoreEditor):
         self.batch_size = 1 if method == "rome" else batch_size
         self.consolidator = Consolidator(edited, tok, spec, method, hparams)
         self.consolidator.prepare()  # statistics of the unedited weights
-        self.original = {
-            n: p.detach().clone()
-            for n, p in edited.named_parameters()
-            if n in {f"{m}.weight" for m in self.consolidator.modules}
-        }
+        self.original = snapshot(edited, self.consolidator.modules)
         self.pending: list = []
 
     def reset(self) -> None:

@@ -68,7 +68,7 @@ def run(
                 )
             agg = metrics.aggregate(per_case)
             es, ps, ns = (agg.get(k, 0.0) for k in ("efficacy_success", "paraphrase_success", "neighborhood_success"))
-            score = 3 / sum(1 / x for x in (es, ps, ns)) if min(es, ps, ns) > 0 else 0.0
+            score = metrics.hmean([es, ps, ns])
             rows.append(
                 {
                     "layer": layer,

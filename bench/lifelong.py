@@ -76,10 +76,6 @@ MAX_JSON_BYTES = 2_000_000
 PLOTTED = ["rel_tf", "gen_tf", "loc_tf", "port_tf", "rel_gen", "efficacy_success", "neighborhood_success", "multihop"]
 
 
-def _hmean(xs: list[float]) -> float:
-    return len(xs) / sum(1 / x for x in xs) if all(x > 0 for x in xs) else 0.0
-
-
 def run(
     data: str | Path,
     out: str | Path,
@@ -184,7 +180,7 @@ def run(
                 rt = editor.runtime()
                 agg = metrics.aggregate(rows)
                 if "efficacy_success" in agg:
-                    agg["score"] = _hmean(
+                    agg["score"] = metrics.hmean(
                         [agg.get(k, 0.0) for k in ("efficacy_success", "paraphrase_success", "neighborhood_success")]
                     )
                 if fluency_n and generation:

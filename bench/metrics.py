@@ -67,6 +67,11 @@ def mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def hmean(xs: Sequence[float]) -> float:
+    """Harmonic mean (CounterFact's Score over ES/PS/NS); 0 when any term is 0."""
+    return len(xs) / sum(1 / x for x in xs) if all(x > 0 for x in xs) else 0.0
+
+
 def _chunks(n: int, size: int = BATCH):
     for i in range(0, n, size):
         yield slice(i, i + size)

@@ -1,2 +1,2 @@
-"""Parameter editors and trainable components (gate training now; ROME/MEMIT/AlphaEdit,
-GRACE and the prompt encoder land here)."""
+"""Parameter editors and trainable components: FT-L, ROME, MEMIT and AlphaEdit, their
+second-moment statistics, the consolidation core, and gate training."""

@@ -36,32 +36,31 @@ def _chunks(n: int, size: int):
 
 
 @torch.no_grad()
-def lookup_keys(
-    model, tok, module: str, requests: list[EditRequest], contexts: list[str], chunk: int = 32
-) -> torch.Tensor:
-    """[n, d_in]: the input of ``module`` at each request's lookup token, averaged over contexts."""
+def _at_lookup(model, tok, module: str, requests, contexts: list[str], side: str, chunk: int) -> torch.Tensor:
+    """[n, d]: ``module``'s input or output (``side``) at each request's lookup token, averaged
+    over ``contexts``; the forward pass stops after ``module``."""
     out = []
     for part in _chunks(len(requests), chunk):
         rows = [prompt_row(tok, ctx, requests[i], i, False) for i in part for ctx in contexts]
         ids, mask = pad_rows(rows, tok.pad_token_id, _device(model))
-        with Trace(model, module, retain_input=True, stop=True) as t:
+        with Trace(model, module, retain_input=side == "input", retain_output=side == "output", stop=True) as t:
             run_until(model, input_ids=ids, attention_mask=mask)
-        picked = t.input[torch.arange(len(rows)), torch.tensor([r.lookup for r in rows])]
+        hidden = t.input if side == "input" else t.output
+        picked = hidden[torch.arange(len(rows)), torch.tensor([r.lookup for r in rows])]
         out.append(picked.view(len(part), len(contexts), -1).mean(1))
     return torch.cat(out).float()
 
 
-@torch.no_grad()
+def lookup_keys(
+    model, tok, module: str, requests: list[EditRequest], contexts: list[str], chunk: int = 32
+) -> torch.Tensor:
+    """[n, d_in]: the input of ``module`` at each request's lookup token, averaged over contexts."""
+    return _at_lookup(model, tok, module, requests, contexts, "input", chunk)
+
+
 def hidden_at_lookup(model, tok, module: str, requests: list[EditRequest], chunk: int = 32) -> torch.Tensor:
     """[n, d]: the output of ``module`` at each bare prompt's lookup token."""
-    out = []
-    for part in _chunks(len(requests), chunk):
-        rows = [prompt_row(tok, "", requests[i], i, False) for i in part]
-        ids, mask = pad_rows(rows, tok.pad_token_id, _device(model))
-        with Trace(model, module, retain_output=True, stop=True) as t:
-            run_until(model, input_ids=ids, attention_mask=mask)
-        out.append(t.output[torch.arange(len(rows)), torch.tensor([r.lookup for r in rows])])
-    return torch.cat(out).float()
+    return _at_lookup(model, tok, module, requests, [""], "output", chunk)
 
 
 @dataclass

@@ -26,11 +26,15 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from recall.methods.weights import restore
 
 from .errors import CheckpointError, StoreCorruptError
 
@@ -188,14 +192,8 @@ class ServedWeights:
     def changed(self) -> list[str]:
         return sorted(self._base)
 
-    def base_tensor(self, name: str) -> torch.Tensor:
-        return self._base[name]
-
     def restore_base(self) -> None:
-        params = self._params()
-        with torch.no_grad():
-            for name, value in self._base.items():
-                params[name].copy_(value)
+        restore(self.model, self._base)
         self.head = None
 
     def load(self, ckpt_id: str | None, tensors: dict[str, torch.Tensor] | None = None) -> None:
@@ -216,30 +214,16 @@ class ServedWeights:
                 )
         self.restore_base()
         self.remember_base(list(tensors))
-        with torch.no_grad():
-            for name, value in tensors.items():
-                params[name].copy_(value)
+        restore(self.model, tensors)
         self.head = ckpt_id
 
-    def base_weights(self):
-        """Context manager: the base values in place for the duration of the block."""
-        return _BaseWeights(self)
-
-
-class _BaseWeights:
-    def __init__(self, served: ServedWeights) -> None:
-        self.served = served
-        self.saved: dict[str, torch.Tensor] = {}
-
-    def __enter__(self) -> None:
-        params = self.served._params()
-        with torch.no_grad():
-            for name, value in self.served._base.items():
-                self.saved[name] = params[name].detach().clone()
-                params[name].copy_(value)
-
-    def __exit__(self, *exc: object) -> None:
-        params = self.served._params()
-        with torch.no_grad():
-            for name, value in self.saved.items():
-                params[name].copy_(value)
+    @contextmanager
+    def base_weights(self) -> Iterator[None]:
+        """The base values in place for the duration of the block."""
+        params = self._params()
+        saved = {name: params[name].detach().clone() for name in self._base}
+        restore(self.model, self._base)
+        try:
+            yield
+        finally:
+            restore(self.model, saved)

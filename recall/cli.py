@@ -603,13 +603,23 @@ def bench_consolidation(
 ) -> None:
     """ROME/MEMIT/AlphaEdit on CounterFact: ES/PS/NS, probe agreement and perplexity ratio."""
     from recall.bench import consolidation
+    from recall.methods.consolidation import METHODS
 
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or protocol not in ("single", "sequential"):
+        raise typer.BadParameter(f"methods must be among {', '.join(METHODS)} and protocol single or sequential")
     overrides: dict[str, dict[str, Any]] = {}
     for item in set_ or []:
-        key, _, value = item.partition("=")
-        method, _, field = key.partition(".")
-        overrides.setdefault(method, {})[field] = json.loads(value)
-    result = consolidation.run(data, out, protocol, [m.strip() for m in methods.split(",") if m.strip()], n,
+        key, eq, value = item.partition("=")
+        method, dot, field = key.partition(".")
+        try:
+            if not (eq and dot and field) or method not in names:
+                raise ValueError("expected METHOD.FIELD=JSON for one of the chosen methods")
+            overrides.setdefault(method, {})[field] = json.loads(value)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--set {item!r}: {exc}") from None
+    result = consolidation.run(data, out, protocol, names, n,
                                batch_size, seed, overrides, model, device, budget_s)
     typer.echo(consolidation.summary(result))
 

@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from recall.methods.weights import restore
+
 from .checkpoints import new_checkpoint_id
 from .errors import ConsolidationError
 
@@ -98,7 +100,7 @@ def run_job(
         )
         passed = verify(rt.model, rt.tokenizer, requests[:applied], previous)
     except BaseException:
-        _put_back(rt, before)
+        restore(rt.model, before)
         raise
     agreement = new_probe.agreement(base_probe)
     ratio = new_probe.ppl / base_probe.ppl
@@ -118,7 +120,7 @@ def run_job(
     if method == "alphaedit":
         metrics["null_space_dims"] = cons.state.null_dims()
     if not ok_ids:
-        _put_back(rt, before)
+        restore(rt.model, before)
         reason = stop or "no edit passed verification"
         return ConsolidationReport(method, False, served.head, [], [e.id for e in edits], metrics, reason)
 
@@ -166,10 +168,9 @@ def _write_within_bounds(rt: Runtime, cons, requests, params, probe_texts, base_
     from tqdm.auto import tqdm
 
     from recall.methods.consolidation import previous_answers, probe
-    from recall.methods.weights import restore
 
     previous: list[str] = []
-    current = probe(rt.model, rt.tokenizer, probe_texts, params.probe_tokens)
+    current = None
     applied, stop = 0, ""
     bar = tqdm(total=len(requests), desc=f"consolidate ({cons.method})", unit="edit", disable=not progress)
     for start in range(0, len(requests), params.batch_size):
@@ -189,13 +190,6 @@ def _write_within_bounds(rt: Runtime, cons, requests, params, probe_texts, base_
         current = trial
         bar.update(len(batch))
     bar.close()
+    if current is None:  # nothing written: the weights are the ones served before the job
+        current = probe(rt.model, rt.tokenizer, probe_texts, params.probe_tokens)
     return applied, previous, current, stop
-
-
-def _put_back(rt: Runtime, before: dict) -> None:
-    import torch
-
-    params = dict(rt.model.named_parameters())
-    with torch.no_grad():
-        for name, value in before.items():
-            params[name].copy_(value)
