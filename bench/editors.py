@@ -5,7 +5,11 @@ the flag they pass to it. All share one loaded model and encoder (``Runtime.from
 
 - ``unedited``: the bare model (no edits, ``use_memory=False``);
 - ``recall``: the default runtime (learned gate, decode injection); variants
-  ``recall-subject`` / ``recall-cosine`` (other gates) and ``recall-context`` (context injection);
+  ``recall-subject`` / ``recall-cosine`` / ``recall-sentinel`` (other gates; the sentinel is
+  RECIPE's knowledge sentinel used as the gate of stored facts) and ``recall-context``
+  (context injection);
+- ``recall-prompt``: every edit a continuous-prompt edit (RECIPE: trained encoder, sentinel,
+  generated prefix); ``recall-codebook``: every edit a GRACE codebook entry;
 - ``ike``: in-context editing: every stored fact prepended, no gate (gate="always",
   injection="context");
 - ``ft-l``: constrained fine-tuning of one MLP output layer (methods/ft_l.py), on a private
@@ -30,13 +34,16 @@ from recall.runtime import Runtime
 
 from .loaders import EditCase
 
-# name -> (gate, injection)
+# name -> (gate, injection, edit kind)
 RUNTIME_VARIANTS = {
-    "recall": ("learned", "decode"),
-    "recall-subject": ("subject", "decode"),
-    "recall-cosine": ("cosine", "decode"),
-    "recall-context": ("learned", "context"),
-    "ike": ("always", "context"),
+    "recall": ("learned", "decode", "fact"),
+    "recall-subject": ("subject", "decode", "fact"),
+    "recall-cosine": ("cosine", "decode", "fact"),
+    "recall-sentinel": ("sentinel", "decode", "fact"),
+    "recall-context": ("learned", "context", "fact"),
+    "recall-prompt": ("learned", "decode", "prompt"),
+    "recall-codebook": ("learned", "decode", "codebook"),
+    "ike": ("always", "context", "fact"),
 }
 WEIGHT_EDITORS = ("rome", "memit", "alphaedit")
 EDITORS = ("unedited", *RUNTIME_VARIANTS, "ft-l", *WEIGHT_EDITORS, "recall-consolidated")
@@ -97,17 +104,18 @@ class UneditedEditor(_StoreEditor):
 
 
 class RuntimeEditor(_StoreEditor):
-    """A recall Runtime with the given gate and injection; edits are stored facts."""
+    """A recall Runtime with the given gate and injection; edits are stored as ``kind``."""
 
-    def __init__(self, name: str, loaded, encoder, workdir, gate: str, injection: str) -> None:
+    def __init__(self, name: str, loaded, encoder, workdir, gate: str, injection: str, kind: str = "fact") -> None:
         super().__init__(name, loaded, encoder, workdir, gate=gate, injection=injection)
+        self.kind = kind
 
     def apply(self, cases: list[EditCase]) -> None:
         rt = self.runtime()
         for case in cases:
             for e in case.edits:
                 subject = e.subject if e.subject.strip().casefold() in e.prompt.casefold() else None
-                rt.add_edit("fact", prompt=e.prompt, target=e.target_new, subject=subject, provenance=case.case_id)
+                rt.add_edit(self.kind, prompt=e.prompt, target=e.target_new, subject=subject, provenance=case.case_id)
 
 
 class FTLEditor(_StoreEditor):
@@ -240,6 +248,5 @@ def make_editor(name: str, loaded: tuple, encoder, workdir: str | Path, batch_si
     if name == "ft-l":
         return FTLEditor(loaded, encoder, workdir)
     if name in RUNTIME_VARIANTS:
-        gate, injection = RUNTIME_VARIANTS[name]
-        return RuntimeEditor(name, loaded, encoder, workdir, gate, injection)
+        return RuntimeEditor(name, loaded, encoder, workdir, *RUNTIME_VARIANTS[name])
     raise ValueError(f"unknown editor {name!r}; known: {', '.join(EDITORS)}")

@@ -8,7 +8,10 @@ alternates too, so load from other processes lands on both sides; each ratio is 
 of per-query runtime/bare ratios. Whether an edit actually fired is read from
 ``explain`` after the timing, so the table can also be split by what really happened.
 
-Run as ``recall bench latency [--n-edits 1000] [--out DIR]``.
+``kind`` picks the edit kind streamed in (fact, prompt or codebook) and ``gate`` the runtime's
+gate, so the same table gives each kind's inference overhead.
+
+Run as ``recall bench latency [--n-edits 1000] [--kind prompt] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ def run(
     store: str | Path | None = None,
     seed: int = 0,
     threads: int | None = None,
+    kind: str = "fact",
+    gate: str = "learned",
 ) -> dict[str, Any]:
     """Run the benchmark, print its table, and (with ``out``) write latency.json/latency.md.
 
@@ -103,10 +108,10 @@ def run(
 
     with store_dir(store, "recall-latency-") as path, torch_threads(n_threads):
         t0 = time.perf_counter()
-        rt = Runtime.open(path, model=model, device=device)
+        rt = Runtime.open(path, model=model, device=device, gate=gate)
         open_s = time.perf_counter() - t0
         try:
-            result = _measure(rt, records, n_queries, seed)
+            result = _measure(rt, records, n_queries, seed, kind)
             result["store_bytes_open"] = rt.memory.store.disk_bytes()
         finally:
             rt.close()
@@ -120,6 +125,7 @@ def run(
         model=rt.spec.model_type,
         device=str(rt.model.device),
         gate=rt.memory.gate.kind,
+        kind=kind,
         injection=rt.injector.mode,
         open_s=open_s,
         peak_rss_bytes=peak_rss_bytes(),
@@ -141,8 +147,14 @@ def write_report(out: str | Path | None, stem: str, result: dict[str, Any], text
     (out / f"{stem}.md").write_text(text + "\n", encoding="utf-8")
 
 
-def _measure(rt: Runtime, records: list[dict[str, Any]], n_queries: int, seed: int) -> dict[str, Any]:
-    add_s = stream_edits(rt, records)
+def _fired(rt: Runtime, prompt: str) -> bool:
+    """Whether any edit (fact or patch, prompt edit, codebook entry) acts on ``prompt``."""
+    ex = rt.explain(prompt)
+    return bool(ex["fired"]) or ex["prompt_edit"] is not None or bool((ex["codebook"] or {}).get("hit"))
+
+
+def _measure(rt: Runtime, records: list[dict[str, Any]], n_queries: int, seed: int, kind: str) -> dict[str, Any]:
+    add_s = stream_edits(rt, records, kind)
     active = len(rt.edits())
 
     picks = random.Random(seed).sample(range(len(records)), min(n_queries, len(records)))
@@ -157,7 +169,7 @@ def _measure(rt: Runtime, records: list[dict[str, Any]], n_queries: int, seed: i
     time_queries(rt, queries[:2], GEN_TOKENS, desc="warm-up")
     rows = time_queries(rt, queries, GEN_TOKENS, desc="timing queries")
     for row in rows:  # untimed: did an edit actually fire?
-        row["fired"] = bool(rt.explain(row["prompt"])["fired"])
+        row["fired"] = _fired(rt, row["prompt"])
 
     latency: dict[str, Any] = {}
     for kind in ("generate", "score"):
@@ -186,7 +198,8 @@ def report(result: dict[str, Any]) -> str:
     a = result["add_edit_ms"]
     m = result["machine"]
     lines = [
-        f"## recall bench latency: {result['n_edits']} edits, {result['n_queries']} queries per group",
+        f"## recall bench latency: {result['n_edits']} {result.get('kind', 'fact')} edits, "
+        f"{result['n_queries']} queries per group",
         "",
         f"data {result['data']} ({result['data_records']} records); model {result['model']} on {result['device']}; "
         f"gate {result['gate']}; injection {result['injection']}",

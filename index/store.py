@@ -9,6 +9,10 @@ Layout (named sub-databases of one LMDB environment in the store directory):
   other processes bring their derived index up to date without a rebuild
 - ``meta``:    schema version, generation counter, next num, encoder name and dimension
 - ``supersedes``: edit id -> JSON list of the ids it retired as conflicts (for ``explain``)
+- ``tensors``: num -> ``np.savez`` bytes of the kind's learned tensors (continuous prompt edits:
+  knowledge representation and prefix; codebook edits: key, value, deferral radius). A change
+  to an existing edit's tensors (a codebook split shrinks a neighbour's radius) is written in
+  the same transaction as the edit that caused it, with an "update" change entry.
 
 Every write is one LMDB transaction; LMDB fsyncs on commit, so a write that returned is on
 disk and survives SIGKILL. A write that raised was rolled back whole.
@@ -40,6 +44,12 @@ def _u64(n: int) -> bytes:
 
 def _from_u64(b: bytes) -> int:
     return struct.unpack(">Q", b)[0]
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buf.getvalue()
 
 
 def _check_data_file(data: Path) -> None:
@@ -103,6 +113,10 @@ class EditStore:
             self._changes = self.env.open_db(b"changes", create=not readonly)
             self._meta = self.env.open_db(b"meta", create=not readonly)
             self._supersedes = self.env.open_db(b"supersedes", create=not readonly)
+            try:
+                self._tensors = self.env.open_db(b"tensors", create=not readonly)
+            except lmdb.NotFoundError:  # a read-only open of a store made before tensors existed
+                self._tensors = None
         except lmdb.Error as exc:
             raise StoreCorruptError(f"store at {self.path} cannot be opened: {exc}") from exc
         try:
@@ -176,11 +190,21 @@ class EditStore:
         except (ValueError, TypeError) as exc:
             raise StoreCorruptError(f"record {where} in {self.path} is unreadable: {exc}") from exc
 
-    def add(self, edit: Edit, vectors: np.ndarray, retire: dict[str, str] | None = None) -> Edit:
+    def add(
+        self,
+        edit: Edit,
+        vectors: np.ndarray,
+        retire: dict[str, str] | None = None,
+        *,
+        tensors: dict[str, np.ndarray] | None = None,
+        tensor_updates: dict[int, dict[str, np.ndarray]] | None = None,
+    ) -> Edit:
         """Store a new edit (assigning its num) and retire others, in one transaction.
 
         ``retire`` maps edit ids to the reason they are retired (they are superseded by
-        ``edit``). Returns only after the transaction has committed."""
+        ``edit``). ``tensors`` are the new edit's learned tensors; ``tensor_updates`` maps the
+        num of an existing active edit to replacement values for some of its tensors.
+        Returns only after the transaction has committed."""
         with self._write() as txn:
             if txn.get(edit.id.encode(), db=self._edits) is not None:
                 raise StoreError(f"edit id {edit.id} already exists")
@@ -200,6 +224,12 @@ class EditStore:
             buf = io.BytesIO()
             np.save(buf, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
             txn.put(_u64(num), buf.getvalue(), db=self._vectors)
+            if tensors:
+                txn.put(_u64(num), _pack(tensors), db=self._tensors)
+            for other, changed in (tensor_updates or {}).items():
+                current = self._tensors_in(txn, other)
+                txn.put(_u64(other), _pack({**current, **changed}), db=self._tensors)
+                self._bump(txn, "update", other)
             if edit.status == "active":
                 self._bump(txn, "add", num)
             else:
@@ -281,6 +311,21 @@ class EditStore:
             return np.load(io.BytesIO(raw), allow_pickle=False)
         except ValueError as exc:
             raise StoreCorruptError(f"vectors of edit num {num} in {self.path} are unreadable: {exc}") from exc
+
+    def _tensors_in(self, txn: lmdb.Transaction, num: int) -> dict[str, np.ndarray]:
+        raw = None if self._tensors is None else txn.get(_u64(num), db=self._tensors)
+        if raw is None:
+            raise StoreCorruptError(f"tensors of edit num {num} are missing from {self.path}")
+        try:
+            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (ValueError, OSError) as exc:
+            raise StoreCorruptError(f"tensors of edit num {num} in {self.path} are unreadable: {exc}") from exc
+
+    def tensors(self, num: int) -> dict[str, np.ndarray]:
+        """The learned tensors of a prompt or codebook edit."""
+        with self._txn() as txn:
+            return self._tensors_in(txn, num)
 
     def iter_edits(self, status: str | None = "active") -> Iterator[Edit]:
         """All edits (with the given status; None for all), in insertion order."""

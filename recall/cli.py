@@ -50,6 +50,8 @@ class Kind(str, Enum):
     fact = "fact"
     patch = "patch"
     regex = "regex"
+    prompt = "prompt"
+    codebook = "codebook"
 
 
 class Scope(str, Enum):
@@ -199,7 +201,13 @@ def serve(
 @handle_errors
 def edit_add(
     store: StoreArg,
-    kind: Annotated[Kind, typer.Option(help="fact (prompt/target), patch (--text) or regex (--pattern).")] = Kind.fact,
+    kind: Annotated[
+        Kind,
+        typer.Option(
+            help="fact (prompt/target), patch (--text), regex (--pattern), prompt (a RECIPE continuous "
+            "prompt from prompt/target) or codebook (a GRACE entry trained on prompt/target)."
+        ),
+    ] = Kind.fact,
     prompt: Annotated[str | None, typer.Option(help="fact: the prompt, e.g. 'The CEO of Acme is'.")] = None,
     target: Annotated[str | None, typer.Option(help="fact: the new answer.")] = None,
     subject: Annotated[str | None, typer.Option(help="fact: the subject, as written in the prompt.")] = None,
@@ -394,6 +402,8 @@ def bench_latency(
         typer.Option(help="CounterFact JSON (MEND schema); default: ../shared/data/... if present, else the sample."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write latency.json and latency.md here.")] = None,
+    kind: Annotated[Kind, typer.Option(help="Edit kind streamed in: fact, prompt or codebook.")] = Kind.fact,
+    gate: Annotated[str, typer.Option(help="learned, subject, cosine, sentinel or always.")] = "learned",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
@@ -401,7 +411,10 @@ def bench_latency(
     """Edit latency, query latency relative to the bare model, store size and peak memory."""
     from recall.bench import latency
 
-    latency.run(n_edits=n_edits, n_queries=n_queries, out=out, data=data, model=model, device=device, threads=threads)
+    if kind.value not in ("fact", "prompt", "codebook"):
+        raise _fail("--kind must be fact, prompt or codebook")
+    latency.run(n_edits=n_edits, n_queries=n_queries, out=out, data=data, model=model, device=device,
+                threads=threads, kind=kind.value, gate=gate)
 
 
 @bench_app.command("serving")
@@ -481,7 +494,8 @@ def bench_lifelong(
     editors: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: unedited, recall, recall-subject, recall-cosine, recall-context, ike, ft-l, "
+            help="Comma-separated: unedited, recall, recall-subject, recall-cosine, recall-sentinel, recall-context, "
+            "recall-prompt (continuous-prompt edits), recall-codebook (GRACE codebook edits), ike, ft-l, "
             "rome, memit, alphaedit (sequential weight editors), recall-consolidated (stream, then consolidate)."
         ),
     ] = "unedited,recall,ike,ft-l",
@@ -581,6 +595,47 @@ def gate_train(
     result = train(data, out, report, n_train=n_train, n_dev=n_dev, seed=seed)
     typer.echo(result["report"])
     typer.echo(f"wrote {out} and {report} in {result['seconds']:.0f} s")
+
+
+recipe_app = typer.Typer(help="The continuous-prompt model (RECIPE) behind prompt edits.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+
+
+@recipe_app.command("train")
+@handle_errors
+def recipe_train(
+    data: Annotated[Path, typer.Option(help="The shared data folder (CounterFact train, zsRE train).")] = Path(
+        "../shared/data"
+    ),
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")] = Path("recall/data/recipe"),
+    retrieval_steps: Annotated[int, typer.Option(min=0, help="Steps of the encoder/sentinel phase.")] = 1500,
+    retrieval_batch: Annotated[int, typer.Option(min=2, help="Records per contrastive step.")] = 32,
+    prompt_steps: Annotated[int, typer.Option(min=0, help="Steps of the prompt-generator phase.")] = 150,
+    prompt_batch: Annotated[int, typer.Option(min=1, help="Records per prompt-generator step.")] = 8,
+    seed: int = 0,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train the knowledge encoder, sentinel and prompt generator for a model (default: the
+    embedded one) and write the checkpoint, its training log and report."""
+    from recall.demo import pick_threads, torch_threads
+    from recall.methods.recipe_training import train
+
+    from .models import load_model
+
+    with torch_threads(pick_threads(threads)):
+        report = train(
+            data,
+            out,
+            load_model(model, device),
+            retrieval_steps=retrieval_steps,
+            retrieval_batch=retrieval_batch,
+            prompt_steps=prompt_steps,
+            prompt_batch=prompt_batch,
+            seed=seed,
+        )
+    _print_json(report)
 
 
 @bench_app.command("consolidation")

@@ -256,12 +256,13 @@ def run(
     return result
 
 
-def stream_edits(rt: Runtime, records: list[dict[str, Any]]) -> list[float]:
-    """``add_edit`` every CounterFact record (MEND schema) in order; returns each call's seconds."""
+def stream_edits(rt: Runtime, records: list[dict[str, Any]], kind: str = "fact") -> list[float]:
+    """``add_edit`` every CounterFact record (MEND schema) in order, as edits of ``kind`` (fact,
+    prompt or codebook); returns each call's seconds."""
     add_s = []
-    for r in tqdm(records, desc="add_edit", unit="edit"):
+    for r in tqdm(records, desc=f"add_edit ({kind})", unit="edit"):
         t0 = time.perf_counter()
-        rt.add_edit(prompt=r["prompt"], target=r["target_new"], subject=r["subject"])
+        rt.add_edit(kind, prompt=r["prompt"], target=r["target_new"], subject=r["subject"])
         add_s.append(time.perf_counter() - t0)
     return add_s
 

@@ -17,7 +17,8 @@ from .errors import EmptyTextError, InvalidEditError, MissingFieldError, TextToo
 from .limits import LIMITS
 
 SCHEMA_VERSION = 1
-KINDS = ("fact", "patch", "regex")
+KINDS = ("fact", "patch", "regex", "prompt", "codebook")
+LEARNED_KINDS = ("prompt", "codebook")  # kinds whose edit is a learned tensor kept in the store
 STATUSES = ("active", "retired", "consolidated")
 REGEX_SCOPES = ("input", "output")
 
@@ -29,7 +30,8 @@ class Edit:
     """One correction held by the store.
 
     ``payload`` holds the kind's fields (fact: prompt, target, relation; patch: condition,
-    consequence; regex: pattern, replacement, scope). ``keys`` are the texts indexed for
+    consequence; regex: pattern, replacement, scope; prompt and codebook: prompt, target, the
+    learned tensors being kept beside the record in the store). ``keys`` are the texts indexed for
     retrieval. ``num`` is the store-local integer used as the vector index id.
     """
 
@@ -112,6 +114,8 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
         "fact": {"prompt", "target", "subject", "relation"},
         "patch": {"text", "condition", "consequence"},
         "regex": {"pattern", "replacement", "scope", "ignore_case"},
+        "prompt": {"prompt", "target", "subject"},
+        "codebook": {"prompt", "target", "subject"},
     }[kind]
     unknown = set(fields) - allowed
     if unknown:
@@ -129,6 +133,15 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
         payload = {"prompt": prompt.strip(), "target": target.strip(), "relation": relation}
         subject = subject.strip() if subject else None
         keys = [payload["prompt"]]
+    elif kind in LEARNED_KINDS:
+        prompt = _text(fields, "prompt", LIMITS.max_prompt_chars)
+        target = _text(fields, "target", LIMITS.max_target_chars)
+        subject = _text(fields, "subject", LIMITS.max_prompt_chars, required=False)
+        if subject is not None and subject.strip().casefold() not in prompt.casefold():
+            raise InvalidEditError(f"subject {subject!r} does not occur in prompt {prompt!r}")
+        payload = {"prompt": prompt.strip(), "target": target.strip()}
+        subject = subject.strip() if subject else None
+        keys = []  # retrieved by the learned knowledge encoder (prompt) or the codebook hook
     elif kind == "patch":
         if "text" in fields:
             text = _text(fields, "text", LIMITS.max_prompt_chars)
@@ -197,9 +210,9 @@ def validate_record(data: Any, where: str) -> Edit:
                 "subject",
             )
         }
-        if kind == "fact" and data.get("subject") is not None:
+        if kind in ("fact", *LEARNED_KINDS) and data.get("subject") is not None:
             payload["subject"] = data["subject"]
-    elif kind == "fact":
+    elif kind in ("fact", *LEARNED_KINDS):
         payload = {**payload, "subject": data.get("subject")}
     if not isinstance(payload, dict):
         raise ImportFormatError(f"{where}: 'payload' must be an object")

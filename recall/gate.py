@@ -12,6 +12,9 @@ Three gates share one feature extractor so they can be compared on equal terms:
 
 Patches and facts without a subject always use the cosine rule on their condition/prompt.
 ``always`` (no gate: the nearest retrieved edits always fire) exists as a baseline.
+``sentinel`` is RECIPE's knowledge sentinel used as the gate of facts and patches: its verdict
+needs the trained knowledge encoder, so the memory makes it (:mod:`recall.learned`); here it
+only gives the placeholder that the memory overwrites.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-GATE_KINDS = ("cosine", "subject", "learned", "always")
+GATE_KINDS = ("cosine", "subject", "learned", "always", "sentinel")
 FEATURES = ("cos_key", "subj_focus", "subj_any", "cos_rel", "subj_focus*cos_rel")
 DEFAULT_PARAMS_PATH = Path(__file__).parent / "data" / "gate.json"
 
@@ -89,6 +92,8 @@ class Gate:
         p = self.params
         if edit_kind == "patch":
             return f.cos_key, f.cos_key >= p.patch_threshold
+        if self.kind == "sentinel":  # decided by EditMemory with the knowledge encoder
+            return f.cos_key, False
         if self.kind == "always":  # no gate: the nearest edits always fire (the IKE-style baseline)
             return f.cos_key, True
         if self.kind == "cosine" or not f.has_subject:

@@ -7,6 +7,12 @@ prefix matches what has been produced so far:
     p'(y) = (1 - lam) * p_LM(y) + lam * q(y),   q uniform over the matching answers' next tokens.
 
 Rows with no bias go through exactly the same arithmetic as the unedited model.
+
+Two learned edit kinds act inside the forward pass: a row's ``prefix`` (continuous-prompt
+edits) is a few embeddings placed before its tokens through ``inputs_embeds``; a codebook
+hook (GRACE, :class:`recall.methods.grace.CodebookHook`) replaces one module's output at the
+row's last prompt token when the row's key falls inside an entry's radius. Both run only on
+the first (prompt) pass; later steps read their effect from the KV cache.
 """
 
 from __future__ import annotations
@@ -23,10 +29,50 @@ class RowPlan:
     prompt: str
     bias_targets: list[list[int]] = field(default_factory=list)
     bias_weight: float = 0.0
+    prefix: torch.Tensor | None = None  # [P, hidden] continuous prompt placed before the tokens
+    codebook_hit: int | None = None  # set by the run: the codebook entry that fired on this row
 
     @property
     def plain(self) -> bool:
-        return not self.bias_targets
+        return not self.bias_targets and self.prefix is None
+
+    @property
+    def n_prefix(self) -> int:
+        return 0 if self.prefix is None else int(self.prefix.shape[0])
+
+
+def _embed_rows(model, rows: list[list[int]], plans: list[RowPlan], left_pad: bool, pad: int):
+    """Batch input: ``input_ids`` when no row has a prefix, else ``inputs_embeds`` with each
+    row's prefix before its tokens. Returns (model input kwargs, attention mask)."""
+    device = model.device
+    lens = [p.n_prefix + len(r) for p, r in zip(plans, rows)]
+    width = max(lens)
+    mask = torch.tensor(
+        [([0] * (width - n) + [1] * n) if left_pad else ([1] * n + [0] * (width - n)) for n in lens], device=device
+    )
+    if not any(p.prefix is not None for p in plans):
+        ids = [([pad] * (width - len(r)) + r) if left_pad else (r + [pad] * (width - len(r))) for r in rows]
+        return {"input_ids": torch.tensor(ids, device=device)}, mask
+    table = model.get_input_embeddings()
+    embs = []
+    for plan, r in zip(plans, rows):
+        e = table(torch.tensor(r, device=device))
+        if plan.prefix is not None:
+            e = torch.cat([plan.prefix.to(device=device, dtype=e.dtype), e])
+        fill = table(torch.full((width - e.shape[0],), pad, device=device))
+        embs.append(torch.cat([fill, e] if left_pad else [e, fill]))
+    return {"inputs_embeds": torch.stack(embs)}, mask
+
+
+def _arm(hook, positions: list[int], device) -> None:
+    if hook is not None:
+        hook.arm(torch.tensor(positions, device=device))
+
+
+def _collect(hook, plans: list[RowPlan]) -> None:
+    if hook is not None:
+        for plan, hit in zip(plans, hook.hits):
+            plan.codebook_hit = hit
 
 
 @dataclass
@@ -75,10 +121,10 @@ class TokenScore:
 
 @torch.inference_mode()
 def score_tokens_rows(
-    model, tokenizer, plans: list[RowPlan], continuations: list[str], micro_batch: int = 16
+    model, tokenizer, plans: list[RowPlan], continuations: list[str], micro_batch: int = 16, hook=None
 ) -> list[list[TokenScore]]:
-    """Teacher-forced per-token scores of each continuation after its (possibly injected) prompt."""
-    device = model.device
+    """Teacher-forced per-token scores of each continuation after its (possibly injected)
+    prompt. ``hook``: an installed codebook hook, armed at each row's last prompt token."""
     out: list[list[TokenScore]] = []
     for start in range(0, len(plans), micro_batch):
         rows = list(zip(plans[start : start + micro_batch], continuations[start : start + micro_batch]))
@@ -89,12 +135,12 @@ def score_tokens_rows(
             if not c_ids:
                 c_ids = [tokenizer.eos_token_id]
             seqs.append(p_ids + c_ids)
-            spans.append((len(p_ids), c_ids))
-        width = max(map(len, seqs))
-        pad = tokenizer.pad_token_id
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            spans.append((plan.n_prefix + len(p_ids), c_ids))
+        batch_plans = [plan for plan, _ in rows]
+        inputs, mask = _embed_rows(model, seqs, batch_plans, left_pad=False, pad=tokenizer.pad_token_id)
+        _arm(hook, [p_len - 1 for p_len, _ in spans], model.device)
+        logits = model(**inputs, attention_mask=mask).logits.float()
+        _collect(hook, batch_plans)
         for r, ((plan, _), (p_len, c_ids)) in enumerate(zip(rows, spans)):
             logp = torch.log_softmax(logits[r, p_len - 1 : p_len - 1 + len(c_ids)], dim=-1)
             row = []
@@ -114,14 +160,15 @@ def _stop_ids(model, tokenizer) -> set[int]:
 
 
 @torch.inference_mode()
-def generate_rows(model, tokenizer, plans: list[RowPlan], max_new_tokens: int, sampling: SamplingOptions) -> list[str]:
-    """Left-padded batched decoding with a KV cache; returns the new text of each row."""
+def generate_rows(
+    model, tokenizer, plans: list[RowPlan], max_new_tokens: int, sampling: SamplingOptions, hook=None
+) -> list[str]:
+    """Left-padded batched decoding with a KV cache; returns the new text of each row.
+    ``hook``: an installed codebook hook, armed for the prompt pass at the last position."""
     device = model.device
     encoded = [tokenizer(p.prompt).input_ids for p in plans]
-    width = max(map(len, encoded))
     pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
-    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+    inputs, mask = _embed_rows(model, encoded, plans, left_pad=True, pad=pad)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     gen = torch.Generator(device=device)
     if sampling.seed is not None:
@@ -129,7 +176,9 @@ def generate_rows(model, tokenizer, plans: list[RowPlan], max_new_tokens: int, s
     stops = _stop_ids(model, tokenizer)
     produced: list[list[int]] = [[] for _ in plans]
     done = [False] * len(plans)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    _arm(hook, [mask.shape[1] - 1] * len(plans), device)
+    out = model(**inputs, attention_mask=mask, position_ids=pos, use_cache=True)
+    _collect(hook, plans)
     past = out.past_key_values
     for _step in range(max_new_tokens):
         logits = out.logits[:, -1].float()

@@ -4,19 +4,22 @@ store's change log so that readers in other processes see a writer's edits."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from recall.index import EditStore, TextEncoder, VectorIndex
 
 from . import regex_patch
 from .edits import Edit, check_utf8
-from .errors import InvalidQueryError
+from .errors import ConfigError, InvalidQueryError
 from .gate import Gate, PairFeatures
+from .learned import CodebookTable, KnowledgeKinds, PromptMatch, PromptTable
 from .limits import LIMITS
 from .text import contains_phrase, focus, normalize, relation_text, word_ngrams
 
@@ -35,10 +38,20 @@ class Candidate:
 
 
 class EditMemory:
-    def __init__(self, path: str | Path, encoder: TextEncoder, gate: Gate, *, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        encoder: TextEncoder,
+        gate: Gate,
+        *,
+        readonly: bool = False,
+        knowledge: KnowledgeKinds | None = None,
+    ) -> None:
         self.store = EditStore(path, readonly=readonly)
         self.encoder = encoder
         self.gate = gate
+        self.knowledge = knowledge  # the learned kinds' models (prompt edits, sentinel gate, codebook)
+        self._statement_reps: dict[int, np.ndarray] = {}  # sentinel gate: knowledge rep per fact/patch
         self._lock = threading.RLock()
         stored_dim = self.store.get_meta("encoder_dim")
         if stored_dim is None and not readonly:
@@ -60,6 +73,8 @@ class EditMemory:
         self.lexicon: dict[str, set[int]] = {}
         self.max_subject_words = 1
         self.regexes: dict[int, tuple[Edit, object]] = {}
+        self.prompts = PromptTable()
+        self.codebook = CodebookTable()
         self.generation = 0
 
     def _load_or_rebuild_index(self) -> None:
@@ -85,12 +100,18 @@ class EditMemory:
         elif edit.kind == "regex":
             flags = regex_patch.regex.IGNORECASE if edit.payload.get("ignore_case") else 0
             self.regexes[edit.num] = (edit, regex_patch.compile_pattern(edit.payload["pattern"], flags))
+        elif edit.kind == "prompt":
+            self.prompts.put(edit.num, self.store.tensors(edit.num))
+        elif edit.kind == "codebook":
+            self.codebook.put(edit.num, self.store.tensors(edit.num))
 
     def _drop_lookup(self, edit: Edit) -> None:
         if edit.kind == "fact" and edit.subject:
             nums = self.lexicon.get(normalize(edit.subject), set())
             nums.discard(edit.num)
         self.regexes.pop(edit.num, None)
+        self.prompts.drop(edit.num)
+        self.codebook.drop(edit.num)
 
     def _add_vectors(self, edit: Edit) -> None:
         if edit.keys:
@@ -112,6 +133,8 @@ class EditMemory:
                 self._drop_vectors(edit)
                 if not index_only:
                     self._drop_lookup(edit)
+            elif edit is not None and op == "update" and edit.status == "active" and not index_only:
+                self._add_lookup(edit)  # its tensors changed (a codebook radius)
             self.generation = gen
 
     def sync(self) -> None:
@@ -161,11 +184,22 @@ class EditMemory:
         return out
 
     def add(self, edit: Edit) -> Edit:
+        """Store an edit. Learned kinds get their tensors computed here, under the lock, since a
+        codebook edit's placement depends on the entries already present."""
         vectors = self.encode_edit(edit)
         with self._lock:
             self.sync()
             retire = self.conflicts(edit, vectors) if edit.status == "active" else {}
-            self.store.add(edit, vectors, retire)
+            tensors, updates = None, None
+            if edit.kind in ("prompt", "codebook"):
+                if self.knowledge is None:
+                    raise ConfigError(f"{edit.kind} edits need a runtime with a loaded model")
+                if edit.kind == "prompt":
+                    tensors = self.knowledge.prompt_tensors(edit)
+                else:
+                    tensors, updates, info = self.knowledge.codebook_tensors(edit, self.codebook)
+                    tensors["placement"] = np.array(info["placement"])
+            self.store.add(edit, vectors, retire, tensors=tensors, tensor_updates=updates)
             self.sync()
         return edit
 
@@ -182,15 +216,51 @@ class EditMemory:
         subj = normalize(edit.subject) if edit.subject else None
         return pair_features(query, norm_query, q_vec, rel_vecs.get(subj), edit, self.store.vectors(edit.num))
 
-    def retrieve(self, queries: list[str], k: int = 8) -> list[list[Candidate]]:
+    def query_knowledge(self, queries: list[str]) -> tuple | None:
+        """The queries' knowledge-encoder representations and sentinel similarities, when the
+        sentinel gate or any prompt edit needs them (else None: no encoder pass)."""
+        self.sync()
+        if self.knowledge is None or (self.gate.kind != "sentinel" and not self.prompts.entries):
+            return None
+        return self.knowledge.query_reps(queries)
+
+    def prompt_matches(self, knowledge_q: tuple | None) -> list[tuple[Edit, PromptMatch] | None]:
+        """Per query, the continuous-prompt edit that beats the sentinel (top-1), if any."""
+        if knowledge_q is None or not self.prompts.entries:
+            return [None] * (0 if knowledge_q is None else knowledge_q[0].shape[0])
+        reps, nums = self.prompts.reps()
+        out = []
+        for m in self.knowledge.match_prompts(*knowledge_q, reps, nums):
+            edit = self.store.get_by_num(m.num) if m is not None else None
+            out.append((edit, m) if edit is not None and edit.status == "active" else None)
+        return out
+
+    def _sentinel_verdicts(self, cands: list[list[Candidate]], knowledge_q: tuple) -> None:
+        """The sentinel gate: a fact or patch fires when the query is closer to its knowledge
+        statement than to the sentinel (score = the margin)."""
+        r_q, sentinel = knowledge_q
+        todo = {c.edit.num: c.edit for row in cands for c in row if c.edit.num not in self._statement_reps}
+        if todo:
+            reps = self.knowledge.statement_reps(list(todo.values())).cpu().numpy()
+            self._statement_reps.update(zip(todo, reps))
+        for i, row in enumerate(cands):
+            for c in row:
+                rep = torch.from_numpy(self._statement_reps[c.edit.num]).to(r_q.device)
+                sim = float(self.knowledge.recipe.similarity(r_q[i : i + 1], rep[None])[0, 0])
+                c.gate_score, c.fired = sim - float(sentinel[i]), sim > float(sentinel[i])
+            row.sort(key=lambda c: (c.fired, c.gate_score), reverse=True)
+
+    def retrieve(self, queries: list[str], k: int = 8, knowledge_q: tuple | None = None) -> list[list[Candidate]]:
         """Top-k by key similarity plus every fact whose subject occurs in the query, each with
-        the gate's verdict."""
+        the gate's verdict (``knowledge_q`` from :meth:`query_knowledge` for the sentinel gate)."""
         self.sync()
         norms = [normalize(q) for q in queries]
         subject_hits: list[dict[str, set[int]]] = []
         for norm in norms:
             grams = word_ngrams(norm, self.max_subject_words)
             subject_hits.append({g: self.lexicon[g] for g in grams if self.lexicon.get(g)})
+        if self.index.ntotal == 0 and not any(subject_hits):
+            return [[] for _ in queries]  # no fact or patch could be retrieved: skip the encoder
         rel_texts = [(i, s, query_relation_text(queries[i], s)) for i, hits in enumerate(subject_hits) for s in hits]
         vecs = self.encoder.encode(list(queries) + [t for _, _, t in rel_texts])
         q_vecs, r_vecs = vecs[: len(queries)], vecs[len(queries) :]
@@ -213,7 +283,38 @@ class EditMemory:
                 cands.append(Candidate(edit, f, score, fired))
             cands.sort(key=lambda c: (c.fired, c.gate_score), reverse=True)
             out.append(cands)
+        if self.gate.kind == "sentinel":
+            if knowledge_q is None:
+                knowledge_q = self.query_knowledge(queries)
+            self._sentinel_verdicts(out, knowledge_q)
         return out
+
+    def codebook_hook(self):
+        """Context manager yielding the installed codebook hook, or None when no codebook edit
+        is active."""
+        self.sync()
+        if self.knowledge is None or not self.codebook.entries:
+            return contextlib.nullcontext(None)
+        return self.knowledge.codebook_hook(self.codebook)
+
+    def codebook_explain(self, model, tokenizer, prompt: str) -> dict | None:
+        """The nearest codebook entry to the prompt's key: its edit, distance, radius, and hit."""
+        from recall.methods import grace
+
+        self.sync()
+        keys, radii, _, _, nums = self.codebook.arrays()
+        if keys is None:
+            return None
+        q = grace.query_keys(model, tokenizer, [prompt], self.knowledge.grace_hp)
+        idx, hit = grace.lookup(keys, radii, q)
+        j = int(idx[0])
+        edit = self.store.get_by_num(nums[j])
+        return {
+            "id": edit.id if edit else None,
+            "distance": round(float(torch.dist(q[0], keys[j])), 4),
+            "radius": round(float(radii[j]), 4),
+            "hit": bool(hit[0]),
+        }
 
     def regex_edits(self, scope: str) -> list[tuple[Edit, object]]:
         self.sync()

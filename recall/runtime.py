@@ -23,6 +23,7 @@ from .errors import (
 )
 from .gate import Gate, GateParams
 from .inject import Injector
+from .learned import KnowledgeKinds
 from .lm import RowPlan, SamplingOptions, TokenScore, generate_rows, score_tokens_rows
 from .memory import EditMemory, check_queries
 from .models import load_model
@@ -60,6 +61,7 @@ class Runtime:
         top_k: int = 8,
         readonly: bool = False,
         gate_params: str | Path | GateParams | None = None,
+        recipe: str | Path | None = None,
     ) -> Runtime:
         """Open (or create) a store directory and load the model and encoder.
 
@@ -77,6 +79,7 @@ class Runtime:
             top_k=top_k,
             readonly=readonly,
             gate_params=gate_params,
+            recipe=recipe,
             _owns_model=True,
         )
 
@@ -93,19 +96,24 @@ class Runtime:
         top_k: int = 8,
         readonly: bool = False,
         gate_params: str | Path | GateParams | None = None,
+        recipe: str | Path | None = None,
         _owns_model: bool = False,
     ) -> Runtime:
         """Open a store over an already loaded ``(model, tokenizer, spec)`` and encoder, so
         several stores (tests, benchmarks) can share one model in memory.
 
-        ``gate``: "learned" (default), "subject" or "cosine"; ``injection``: "decode"
-        (default), "context" or "both"; ``bias_weight``: λ of memory-conditioned decoding.
+        ``gate``: "learned" (default), "subject", "cosine", "sentinel" (RECIPE's knowledge
+        sentinel) or "always"; ``injection``: "decode" (default), "context" or "both";
+        ``bias_weight``: λ of memory-conditioned decoding; ``recipe``: the continuous-prompt
+        checkpoint directory (default: the one shipped for the embedded model), loaded on first
+        use by prompt edits or the sentinel gate.
 
         A store whose consolidation left a checkpoint serves it: the runtime then works on
         its own copy of the model, so the shared one is never modified."""
         lm, tok, spec = loaded
         params = gate_params if isinstance(gate_params, GateParams) else GateParams.load(gate_params)
-        memory = EditMemory(path, encoder, Gate(gate, params), readonly=readonly)
+        knowledge = KnowledgeKinds(lm, tok, spec, recipe)
+        memory = EditMemory(path, encoder, Gate(gate, params), readonly=readonly, knowledge=knowledge)
         rt = cls(memory, lm, tok, spec, Injector(tok, injection, bias_weight), top_k=top_k)
         rt._owns_model = _owns_model
         try:
@@ -121,7 +129,9 @@ class Runtime:
     def add_edit(self, kind: str = "fact", *, provenance: str | None = None, **fields: Any) -> Edit:
         """Validate and store an edit; returns after the LMDB transaction has committed.
 
-        A fact with the same subject and relation as an active fact retires the older one."""
+        A fact with the same subject and relation as an active fact retires the older one.
+        ``kind="prompt"`` costs one knowledge-encoder pass; ``kind="codebook"`` trains one
+        GRACE value (up to ``n_iter`` steps of the model)."""
         return self.memory.add(build_edit(kind, provenance=provenance, **fields))
 
     def remove_edit(self, edit_id: str) -> Edit:
@@ -199,30 +209,47 @@ class Runtime:
                 applied.append(edit.id)
         return prompt, applied
 
-    def _plans(self, prompts: list[str]) -> tuple[list[RowPlan], list[list], list[list[str]]]:
+    def _plans(self, prompts: list[str]) -> tuple[list[RowPlan], list[list], list[list[str]], list]:
+        """Per row: the plan, the retrieved candidates, the input regexes applied, and the
+        continuous-prompt edit matched (or None)."""
         rewritten = [self._rewrite_input(p) for p in prompts]
         queries = [q for q, _ in rewritten]
-        cands = self.memory.retrieve(queries, self.top_k)
+        knowledge_q = self.memory.query_knowledge(queries)
+        cands = self.memory.retrieve(queries, self.top_k, knowledge_q)
+        matches = self.memory.prompt_matches(knowledge_q) if knowledge_q is not None else [None] * len(queries)
         plans = []
-        for q, row in zip(queries, cands):
+        for q, row, match in zip(queries, cands, matches):
             fired = [c.edit for c in row if c.fired][: self.max_fired]
-            plans.append(self.injector.plan(q, fired))
-        return plans, cands, [a for _, a in rewritten]
+            plan = self.injector.plan(q, fired)
+            if match is not None:
+                plan.prefix = self.memory.prompts.prefix(match[0].num).to(self.model.device, self.model.dtype)
+            plans.append(plan)
+        return plans, cands, [a for _, a in rewritten], matches
 
     def _run_partitioned(self, fn, plans: list[RowPlan], prompts: list[str], *extra) -> list:
         """Rows the memory left untouched run as one group through the bare path, so that when
-        nothing fires the result is computed exactly as with ``use_memory=False``."""
+        nothing fires the result is computed exactly as with ``use_memory=False``. The codebook
+        hook (when the store has codebook edits) is installed for both groups: it rewrites only
+        the rows whose key hits an entry, and records which."""
         plain = [i for i, (pl, p) in enumerate(zip(plans, prompts)) if pl.plain and pl.prompt == p]
-        if len(plain) == len(plans):
-            return fn(self.model, self.tokenizer, plans, *extra)
         other = [i for i in range(len(plans)) if i not in set(plain)]
+        groups = [plain, other] if plain and other else [list(range(len(plans)))]
         out: list = [None] * len(plans)
-        for group in (plain, other):
-            if group:
-                args = [[x[i] for i in group] if isinstance(x, list) else x for x in extra]
-                for i, v in zip(group, fn(self.model, self.tokenizer, [plans[i] for i in group], *args)):
-                    out[i] = v
+        with self.memory.codebook_hook() as hook:
+            for group in groups:
+                if group:
+                    args = [[x[i] for i in group] if isinstance(x, list) else x for x in extra]
+                    rows = fn(self.model, self.tokenizer, [plans[i] for i in group], *args, hook=hook)
+                    for i, v in zip(group, rows):
+                        out[i] = v
         return out
+
+    def _learned_ids(self, plan: RowPlan, match) -> list[str]:
+        """Ids of the learned-kind edits applied to a row (a prompt edit, a codebook entry)."""
+        ids = [match[0].id] if match is not None else []
+        num = self.memory.codebook.entry_for(plan.codebook_hit)
+        edit = self.memory.store.get_by_num(num) if num is not None else None
+        return ids + ([edit.id] if edit is not None else [])
 
     def score(self, prompts: list[str] | str, continuations: list[str] | str, use_memory: bool = True) -> list[float]:
         """Mean log-probability per continuation token (a space joins the two when neither side
@@ -241,7 +268,7 @@ class Runtime:
             raise InvalidQueryError(f"{len(prompts)} prompts but {len(continuations)} continuations")
         if not use_memory:
             return score_tokens_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], continuations)
-        plans, _, _ = self._plans(prompts)
+        plans, _, _, _ = self._plans(prompts)
         return self._run_partitioned(score_tokens_rows, plans, prompts, continuations)
 
     def generate(
@@ -294,12 +321,13 @@ class Runtime:
         if not use_memory:
             bare = generate_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], max_new_tokens, sampling)
             return [(text, []) for text in bare]
-        plans, cands, regex_ids = self._plans(prompts)
+        plans, cands, regex_ids, matches = self._plans(prompts)
         texts = self._run_partitioned(generate_rows, plans, prompts, max_new_tokens, sampling)
         outputs = self.memory.regex_edits("output")
         rows = []
-        for text, row_cands, applied in zip(texts, cands, regex_ids):
+        for text, row_cands, applied, plan, match in zip(texts, cands, regex_ids, plans, matches):
             ids = list(applied) + [c.edit.id for c in row_cands if c.fired][: self.max_fired]
+            ids += self._learned_ids(plan, match)
             for edit, compiled in outputs:
                 text, hit = regex_patch.apply(compiled, edit.payload["replacement"], text)
                 if hit:
@@ -310,7 +338,7 @@ class Runtime:
     def explain(self, prompt: str) -> dict[str, Any]:
         """Which edits were retrieved for ``prompt``, their scores, and which fired."""
         (prompt,) = check_queries([prompt], "prompt")
-        plans, cands, regex_ids = self._plans([prompt])
+        plans, cands, regex_ids, matches = self._plans([prompt])
         rows = []
         for c in cands[0]:
             rows.append(
@@ -335,6 +363,12 @@ class Runtime:
             "candidates": rows,
             "fired": [r["id"] for r in rows if r["fired"]][: self.max_fired],
             "model_prompt": plans[0].prompt,
+            "prompt_edit": None if matches[0] is None else {
+                "id": matches[0][0].id,
+                "similarity": round(matches[0][1].similarity, 4),
+                "sentinel": round(matches[0][1].sentinel, 4),
+            },
+            "codebook": self.memory.codebook_explain(self.model, self.tokenizer, plans[0].prompt),
         }
 
     # -- consolidation --------------------------------------------------------

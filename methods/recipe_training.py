@@ -1,0 +1,296 @@
+"""Meta-training of the continuous-prompt model (methods.md §8); ``recall recipe train`` runs it.
+
+Data recipe (train splits only; the CounterFact dev split ``counterfact-edit.json`` that the
+benchmarks use is never read): CounterFact train (``counterfact-train.json``, MEND schema:
+prompt, target_new, rephrase_prompt, locality_prompt) and zsRE train
+(``zsre_mend_train-1k.json``: src, alt, rephrase, loc), shuffled together with a fixed seed;
+the last ``n_holdout`` records are held out for the report.
+
+Per step, for a batch of records (statement s = prompt + target, rel/gen queries q1, q2 with
+q1 picked at random, locality query l):
+
+- L_q1: softmax over [K_batch; KS] of sim(q1, .), NLL of the record's own knowledge;
+- L_q2: the same for q2 with its own knowledge replaced by the sentinel: "when my knowledge is
+  absent, the sentinel beats every other record's knowledge";
+- L_q3: softmax over [K_batch; KS] of sim(l, .), NLL of the sentinel;
+- edit losses with the record's own generated prefix: hinge NLL of the target after the
+  rel and gen prompts, KL(p_plain || p_with_prefix) on the locality prompt and its answer.
+
+L_q2, L_q3 and the edit NLLs are hinge-masked at 1.2x the runner-up, as in the paper. The LLM
+is frozen; gradients reach the encoder's top layers, heads, sentinel and generator.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .recipe import KnowledgeModel, RecipeConfig, base_encoder, save, statement, target_embedding
+
+HINGE = 1.2
+
+
+@dataclass
+class Record:
+    prompt: str
+    target: str
+    rephrase: str
+    loc_prompt: str
+    loc_answer: str
+
+
+def load_records(data_dir: str | Path, seed: int = 0) -> list[Record]:
+    from recall.bench.loaders import load_cases
+
+    data_dir = Path(data_dir)
+    files = [
+        data_dir / "counterfact" / "easyedit_mend_format" / "counterfact-train.json",
+        data_dir / "zsre" / "zsre_mend_train-1k.json",
+    ]
+    out = []
+    for path in files:
+        for case in load_cases(path, skip_invalid=True):
+            e = case.edits[0]
+            if not case.rephrase or not case.locality or not e.target_new.strip():
+                continue
+            loc_prompt, loc_answer = case.locality[0]
+            out.append(Record(e.prompt, e.target_new, case.rephrase[0], loc_prompt, loc_answer or ""))
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def _hinge_ce(logits: torch.Tensor, labels: torch.Tensor, hinge: bool) -> torch.Tensor:
+    """Cross-entropy per row; with ``hinge``, rows whose target probability already exceeds
+    HINGE x the runner-up contribute nothing."""
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    if hinge:
+        p = logits.softmax(-1)
+        p_t = p.gather(1, labels[:, None])[:, 0]
+        p_other = p.scatter(1, labels[:, None], -1.0).max(-1).values
+        loss = loss * (p_t < HINGE * p_other).float()
+    return loss.mean()
+
+
+def _llm_rows(llm, tokenizer, prefixes: torch.Tensor | None, prompts: list[str], conts: list[str]):
+    """Right-padded inputs_embeds of [prefix; prompt; continuation] and, per row, the positions
+    whose logits predict the continuation tokens and those tokens."""
+    from recall.lm import answer_tokens
+
+    emb = llm.get_input_embeddings()
+    n_pre = 0 if prefixes is None else prefixes.shape[1]
+    seqs, spans = [], []
+    for p, c in zip(prompts, conts):
+        p_ids = tokenizer(p).input_ids
+        c_ids = answer_tokens(tokenizer, p, c) or [tokenizer.eos_token_id]
+        seqs.append(p_ids + c_ids)
+        spans.append((n_pre + len(p_ids), c_ids))
+    width = max(map(len, seqs))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=llm.device)
+    mask = torch.tensor([[1] * (n_pre + len(s)) + [0] * (width - len(s)) for s in seqs], device=llm.device)
+    x = emb(ids)
+    if prefixes is not None:
+        x = torch.cat([prefixes.to(x.dtype), x], dim=1)
+    return x, mask, spans
+
+
+def _target_nll(logits: torch.Tensor, spans) -> torch.Tensor:
+    losses = []
+    for r, (start, c_ids) in enumerate(spans):
+        lp = logits[r, start - 1 : start - 1 + len(c_ids)].float().log_softmax(-1)
+        tgt = torch.tensor(c_ids, device=lp.device)
+        nll = -lp.gather(1, tgt[:, None])[:, 0]
+        p = lp.exp()
+        p_t = p.gather(1, tgt[:, None])[:, 0]
+        p_other = p.scatter(1, tgt[:, None], -1.0).max(-1).values
+        keep = (p_t < HINGE * p_other).float()
+        losses.append((nll * keep).sum() / len(c_ids))
+    return torch.stack(losses).mean()
+
+
+def _loc_kl(plain: torch.Tensor, prompted: torch.Tensor, spans, n_pre: int) -> torch.Tensor:
+    losses = []
+    for r, (start, c_ids) in enumerate(spans):
+        plain_lp = plain[r, : start - n_pre - 1 + len(c_ids)].float().log_softmax(-1)
+        with_lp = prompted[r, n_pre : start - 1 + len(c_ids)].float().log_softmax(-1)
+        losses.append(F.kl_div(with_lp, plain_lp, log_target=True, reduction="batchmean"))
+    return torch.stack(losses).mean()
+
+
+def retrieval_losses(model: KnowledgeModel, batch: list[Record], rng: random.Random) -> dict:
+    """The three contrastive losses of the KRM and the sentinel."""
+    b = len(batch)
+    r_k = model.knowledge([statement(r.prompt, r.target) for r in batch])
+    r_ks = model.sentinel_rep()
+    flip = [rng.random() < 0.5 for _ in batch]
+    q1 = [r.rephrase if f else r.prompt for r, f in zip(batch, flip)]
+    q2 = [r.prompt if f else r.rephrase for r, f in zip(batch, flip)]
+    r_q = model.query(q1 + q2 + [r.loc_prompt for r in batch])
+    r_q1, r_q2, r_l = r_q[:b], r_q[b : 2 * b], r_q[2 * b :]
+    keys = torch.cat([r_k, r_ks])
+    labels = torch.arange(b, device=r_k.device)
+    l_q1 = _hinge_ce(model.similarity(r_q1, keys), labels, hinge=False)
+    s2 = model.similarity(r_q2, r_k)
+    s2 = s2 - torch.diag_embed(s2.diagonal()) + torch.diag_embed(model.similarity(r_q2, r_ks)[:, 0])
+    l_q2 = _hinge_ce(s2, labels, hinge=True)
+    l_q3 = _hinge_ce(model.similarity(r_l, keys), torch.full_like(labels, b), hinge=True)
+    return {"q1": l_q1, "q2": l_q2, "q3": l_q3}
+
+
+def prompt_losses(model: KnowledgeModel, llm, tokenizer, batch: list[Record]) -> dict:
+    """The edit losses of the prompt generator (the KRM is held fixed)."""
+    b = len(batch)
+    with torch.no_grad():
+        r_k = model.knowledge([statement(r.prompt, r.target) for r in batch])
+    t_emb = target_embedding(llm, tokenizer, [r.prompt for r in batch], [r.target for r in batch])
+    prefixes = model.prompts(r_k, t_emb)
+    n_pre = prefixes.shape[1]
+    prompts = [r.prompt for r in batch] + [r.rephrase for r in batch] + [r.loc_prompt for r in batch]
+    conts = [r.target for r in batch] * 2 + [r.loc_answer or "." for r in batch]
+    x, mask, spans = _llm_rows(llm, tokenizer, torch.cat([prefixes] * 3), prompts, conts)
+    logits = llm(inputs_embeds=x, attention_mask=mask).logits
+    with torch.no_grad():
+        x0, mask0, _ = _llm_rows(llm, tokenizer, None, prompts[2 * b :], conts[2 * b :])
+        plain = llm(inputs_embeds=x0, attention_mask=mask0).logits
+    return {
+        "rel": _target_nll(logits[:b], spans[:b]),
+        "gen": _target_nll(logits[b : 2 * b], spans[b : 2 * b]),
+        "loc": _loc_kl(plain, logits[2 * b :], spans[2 * b :], n_pre),
+    }
+
+
+@torch.no_grad()
+def evaluate(model: KnowledgeModel, llm, tokenizer, records: list[Record]) -> dict[str, float]:
+    """On held-out train-split records, with the whole held-out set as the knowledge base:
+    retrieval (rel/gen query picks its own record over the sentinel and all others; locality
+    query is refused by the sentinel) and edit success (target argmax under teacher forcing
+    with the record's own prefix)."""
+    model.eval()
+    r_k = model.knowledge([statement(r.prompt, r.target) for r in records])
+    sent = model.similarity(model.query([r.prompt for r in records]), torch.cat([r_k, model.sentinel_rep()]))
+    gen = model.similarity(model.query([r.rephrase for r in records]), torch.cat([r_k, model.sentinel_rep()]))
+    loc = model.similarity(model.query([r.loc_prompt for r in records]), torch.cat([r_k, model.sentinel_rep()]))
+    own = torch.arange(len(records))
+    out = {
+        "retrieve_rel": float((sent.argmax(-1) == own).float().mean()),
+        "retrieve_gen": float((gen.argmax(-1) == own).float().mean()),
+        "sentinel_loc": float((loc.argmax(-1) == len(records)).float().mean()),
+    }
+    hits, plain_hits = [], []
+    for start in range(0, len(records), 16):
+        chunk = records[start : start + 16]
+        pre = model.prompts(r_k[start : start + 16], target_embedding(llm, tokenizer, [r.prompt for r in chunk],
+                                                                      [r.target for r in chunk]))
+        for prefixes, sink in ((pre, hits), (None, plain_hits)):
+            x, mask, spans = _llm_rows(llm, tokenizer, prefixes, [r.prompt for r in chunk], [r.target for r in chunk])
+            logits = llm(inputs_embeds=x, attention_mask=mask).logits
+            for r, (s, c_ids) in enumerate(spans):
+                pred = logits[r, s - 1 : s - 1 + len(c_ids)].argmax(-1).tolist()
+                sink.append(sum(int(a == b) for a, b in zip(pred, c_ids)) / len(c_ids))
+    out["edit_token_acc"] = sum(hits) / len(hits)
+    out["unedited_token_acc"] = sum(plain_hits) / len(plain_hits)
+    model.train()
+    return out
+
+
+def _run_phase(name, params, loss_fn, steps, sample, log, t0, progress, lr) -> None:
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    flat = [p for g in opt.param_groups for p in g["params"]]
+    bar = tqdm(range(1, steps + 1), desc=f"recipe {name}", disable=not progress)
+    for step in bar:
+        losses = loss_fn(sample())
+        total = sum(losses.values())
+        opt.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(flat, 1.0)
+        opt.step()
+        bar.set_postfix(loss=round(float(total.detach()), 3))
+        if step % 10 == 0 or step == steps:
+            row = {k: round(float(v.detach()), 4) for k, v in losses.items()}
+            log.write(json.dumps({"phase": name, "step": step, "seconds": round(time.time() - t0, 1), **row}) + "\n")
+            log.flush()
+
+
+def train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    llm_loaded: tuple,
+    *,
+    retrieval_steps: int = 1500,
+    retrieval_batch: int = 32,
+    prompt_steps: int = 150,
+    prompt_batch: int = 8,
+    lr: float = 3e-4,
+    encoder_lr: float = 3e-5,
+    prompt_lr: float = 1e-3,
+    n_holdout: int = 200,
+    seed: int = 0,
+    cfg: RecipeConfig | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train in two phases (the KRM and sentinel on the contrastive losses, then the prompt
+    generator on the edit losses with the KRM fixed: the paper trains them jointly, which
+    costs an LLM backward pass per retrieval step), and write the checkpoint plus
+    ``train_log.jsonl`` and ``report.json`` to ``out_dir``."""
+    from recall.methods.layer_stats import model_fingerprint
+
+    llm, tokenizer, spec = llm_loaded
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    records = load_records(data_dir, seed)
+    train_set, holdout = records[:-n_holdout], records[-n_holdout:]
+    encoder, enc_tok = base_encoder()
+    cfg = cfg or RecipeConfig()
+    cfg.llm_hidden = llm.get_input_embeddings().weight.shape[1]
+    cfg.llm = model_fingerprint(llm, spec)
+    model = KnowledgeModel(encoder, enc_tok, cfg).to(llm.device)
+    model.freeze_encoder_base()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    before = evaluate(model, llm, tokenizer, holdout)
+    t0 = time.time()
+    model.train()
+    krm = [{"params": model.trainable_encoder_params(), "lr": encoder_lr},
+           {"params": [*model.k_head.parameters(), *model.q_head.parameters(), model.sentinel], "lr": lr}]
+    gen_params = [*model.gen_mlp.parameters(), *model.gen_out.parameters(), model.slot_weight]
+    generator = [{"params": gen_params, "lr": prompt_lr}]
+    with open(out_dir / "train_log.jsonl", "w") as log:
+        log.write(json.dumps({"step": 0, "holdout": before}) + "\n")
+        _run_phase("retrieval", krm, lambda b: retrieval_losses(model, b, rng), retrieval_steps,
+                   lambda: rng.sample(train_set, retrieval_batch), log, t0, progress, lr)
+        t1 = time.time()
+        _run_phase("prompt", generator, lambda b: prompt_losses(model, llm, tokenizer, b), prompt_steps,
+                   lambda: rng.sample(train_set, prompt_batch), log, t0, progress, prompt_lr)
+        t2 = time.time()
+    after = evaluate(model, llm, tokenizer, holdout)
+    report = {
+        "retrieval_steps": retrieval_steps,
+        "retrieval_batch": retrieval_batch,
+        "prompt_steps": prompt_steps,
+        "prompt_batch": prompt_batch,
+        "lr": lr,
+        "encoder_lr": encoder_lr,
+        "prompt_lr": prompt_lr,
+        "seed": seed,
+        "retrieval_seconds": round(t1 - t0, 1),
+        "prompt_seconds": round(t2 - t1, 1),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(llm.device),
+        "data": "CounterFact train (counterfact-train.json) + zsRE train (zsre_mend_train-1k.json), "
+        f"{len(records)} usable records shuffled with seed {seed}; last {n_holdout} held out",
+        "n_train": len(train_set),
+        "holdout_before": before,
+        "holdout_after": after,
+    }
+    save(model, out_dir, {"trained": report})
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    return report

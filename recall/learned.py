@@ -1,0 +1,223 @@
+"""The learned edit kinds on the runtime side: what is computed when such an edit is added
+(the tensors the store keeps) and how the query path uses the derived in-memory tables.
+
+- ``prompt`` (RECIPE, :mod:`recall.methods.recipe`): adding costs one pass of the knowledge
+  encoder; a query is matched against every active prompt edit's knowledge representation and
+  the knowledge sentinel, and the winning edit's prefix embeddings are placed before the row.
+- ``codebook`` (GRACE, :mod:`recall.methods.grace`): adding trains one value vector; queries
+  go through a hook on one module that replaces its output at the last prompt token for rows
+  whose key falls inside an entry's radius.
+
+The sentinel also serves as a gate for facts and patches (``gate="sentinel"``): a retrieved
+edit fires when the query is closer to its knowledge statement than to the sentinel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .edits import Edit
+from .errors import ConfigError
+
+
+@dataclass
+class PromptMatch:
+    num: int
+    similarity: float
+    sentinel: float
+
+
+class KnowledgeKinds:
+    """Owns the trained continuous-prompt model (loaded on first use) and the GRACE settings
+    for one loaded LLM."""
+
+    def __init__(self, llm, tokenizer, spec, recipe_checkpoint: str | Path | None = None) -> None:
+        self.llm, self.tokenizer, self.spec = llm, tokenizer, spec
+        self.recipe_checkpoint = recipe_checkpoint
+        self._recipe = None
+        self._sentinel: torch.Tensor | None = None
+        self._grace_hp = None
+        self._lock = threading.Lock()
+
+    # -- continuous prompts ---------------------------------------------------------
+    @property
+    def recipe(self):
+        with self._lock:
+            if self._recipe is None:
+                from recall.methods import recipe
+
+                model = recipe.load(self.recipe_checkpoint, device=self.llm.device)
+                hidden = self.llm.get_input_embeddings().weight.shape[1]
+                if model.cfg.llm_hidden != hidden:
+                    raise ConfigError(
+                        f"the continuous-prompt checkpoint makes {model.cfg.llm_hidden}-d prompts; this model's "
+                        f"embeddings are {hidden}-d (train one for it: recall recipe train)"
+                    )
+                self._recipe = model
+                with torch.no_grad():
+                    self._sentinel = model.sentinel_rep()
+            return self._recipe
+
+    @torch.no_grad()
+    def prompt_tensors(self, edit: Edit) -> dict[str, np.ndarray]:
+        """One encoder pass: the knowledge representation and the generated prefix."""
+        from recall.methods.recipe import statement, target_embedding
+
+        model = self.recipe
+        p, t = edit.payload["prompt"], edit.payload["target"]
+        r_k = model.knowledge([statement(p, t)])
+        prefix = model.prompts(r_k, target_embedding(self.llm, self.tokenizer, [p], [t]))[0]
+        return {"rep": r_k[0].float().cpu().numpy(), "prefix": prefix.float().cpu().numpy()}
+
+    @torch.no_grad()
+    def query_reps(self, queries: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r_q [B, R], sim(r_q, sentinel) [B])."""
+        model = self.recipe
+        r_q = model.query(queries)
+        return r_q, model.similarity(r_q, self._sentinel)[:, 0]
+
+    @torch.no_grad()
+    def match_prompts(
+        self, r_q: torch.Tensor, sentinel_sim: torch.Tensor, reps: torch.Tensor | None, nums: list[int]
+    ) -> list[PromptMatch | None]:
+        """Top-1 stored knowledge per query, kept only when it beats the sentinel."""
+        if reps is None or not nums:
+            return [None] * r_q.shape[0]
+        sims = self.recipe.similarity(r_q, reps.to(r_q.device))
+        best, idx = sims.max(-1)
+        return [
+            PromptMatch(nums[int(i)], float(s), float(k)) if s > k else None
+            for s, i, k in zip(best.tolist(), idx.tolist(), sentinel_sim.tolist())
+        ]
+
+    @torch.no_grad()
+    def statement_reps(self, edits: list[Edit]) -> torch.Tensor:
+        """Knowledge representations of facts and patches, for the sentinel gate."""
+        from recall.methods.recipe import statement
+
+        texts = []
+        for e in edits:
+            if e.kind == "patch":
+                texts.append(f"If {e.payload['condition']}, then {e.payload['consequence']}")
+            else:
+                texts.append(statement(e.payload["prompt"], e.payload["target"]))
+        return self.recipe.knowledge(texts).float()
+
+    # -- codebooks -------------------------------------------------------------------
+    @property
+    def grace_hp(self):
+        if self._grace_hp is None:
+            from recall.methods.grace import GraceHyperParams
+
+            self._grace_hp = GraceHyperParams.for_spec(self.spec)
+        return self._grace_hp
+
+    def codebook_module(self) -> str:
+        return self.grace_hp.module_name(self.llm.config.num_hidden_layers)
+
+    def codebook_tensors(
+        self, edit: Edit, table: CodebookTable
+    ) -> tuple[dict[str, np.ndarray], dict[int, dict[str, np.ndarray]], dict]:
+        """Place the edit's key in the codebook (the paper's add / split / expand rules) and train
+        its value. Returns (the edit's tensors, radius changes of other entries by num, info)."""
+        from recall.methods import grace
+
+        hp = self.grace_hp
+        p, t = edit.payload["prompt"], edit.payload["target"]
+        key = grace.query_keys(self.llm, self.tokenizer, [p], hp)[0]
+        keys, radii, _, labels, nums = table.arrays()
+        placement = grace.place_key(keys, radii, labels, key, grace.normalize_label(t), hp.eps_init)
+        updates = {nums[j]: {"radius": np.float32(r)} for j, r in placement.changed.items()}
+        label = np.array(grace.normalize_label(t))
+        if placement.expand is not None:
+            # same answer within reach: the entry that holds it grows; this edit keeps a copy of
+            # its value with radius 0 (inert while the entry it joined is active)
+            j = placement.expand
+            value = table.values_of(nums[j])
+            info = {"placement": "expand", "joined": nums[j], "steps": 0}
+            return {"key": key.numpy(), "value": value, "radius": np.float32(0.0), "label": label}, updates, info
+        value, info = grace.train_value(self.llm, self.tokenizer, p, t, hp)
+        info = {**info, "placement": "split" if placement.changed else "add"}
+        radius = np.float32(placement.new_radius)
+        return {"key": key.numpy(), "value": value.numpy(), "radius": radius, "label": label}, updates, info
+
+    def codebook_hook(self, table: CodebookTable):
+        """A context manager: the codebook hook when the store holds codebook entries, else nothing."""
+        from recall.methods.grace import CodebookHook
+
+        keys, radii, values, _, _ = table.arrays()
+        if keys is None:
+            return contextlib.nullcontext(None)
+        return CodebookHook(self.llm, self.codebook_module(), keys, radii, values)
+
+
+class CodebookTable:
+    """Active codebook entries (derived from the store): num -> key, value, radius, label."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, dict[str, np.ndarray]] = {}
+        self._arrays = None
+
+    def put(self, num: int, tensors: dict[str, np.ndarray]) -> None:
+        self.entries[num] = tensors
+        self._arrays = None
+
+    def drop(self, num: int) -> None:
+        if self.entries.pop(num, None) is not None:
+            self._arrays = None
+
+    def values_of(self, num: int) -> np.ndarray:
+        return self.entries[num]["value"]
+
+    def arrays(self):
+        """(keys [N, d_in], radii [N], values [N, d_out], labels, nums), or Nones when empty."""
+        if self._arrays is None:
+            nums = sorted(self.entries)
+            if not nums:
+                self._arrays = (None, None, None, [], [])
+            else:
+                rows = [self.entries[n] for n in nums]
+                self._arrays = (
+                    torch.from_numpy(np.stack([r["key"] for r in rows])).float(),
+                    torch.tensor([float(r["radius"]) for r in rows]),
+                    torch.from_numpy(np.stack([r["value"] for r in rows])).float(),
+                    [str(r["label"]) for r in rows],
+                    nums,
+                )
+        return self._arrays
+
+    def entry_for(self, index: int | None) -> int | None:
+        """The num of the entry at ``index`` in :meth:`arrays` order."""
+        return None if index is None else self.arrays()[4][index]
+
+
+class PromptTable:
+    """Active continuous-prompt edits (derived from the store): num -> rep, prefix."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, dict[str, np.ndarray]] = {}
+        self._reps = None
+
+    def put(self, num: int, tensors: dict[str, np.ndarray]) -> None:
+        self.entries[num] = tensors
+        self._reps = None
+
+    def drop(self, num: int) -> None:
+        if self.entries.pop(num, None) is not None:
+            self._reps = None
+
+    def reps(self) -> tuple[torch.Tensor | None, list[int]]:
+        if self._reps is None:
+            nums = sorted(self.entries)
+            reps = torch.from_numpy(np.stack([self.entries[n]["rep"] for n in nums])).float() if nums else None
+            self._reps = (reps, nums)
+        return self._reps
+
+    def prefix(self, num: int) -> torch.Tensor:
+        return torch.from_numpy(self.entries[num]["prefix"])

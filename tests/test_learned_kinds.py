@@ -1,0 +1,140 @@
+"""The learned edit kinds through the runtime, on the real embedded model and real stores:
+continuous-prompt edits (the shipped RECIPE checkpoint), GRACE codebook edits, and the
+knowledge sentinel as a gate for facts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import FACT_PARAPHRASE, FACT_PROMPT, FACT_SUBJECT, UNRELATED
+
+from recall.errors import ConfigError, MissingFieldError, UnknownKindError
+
+OTHER = "My favourite colour is"
+
+
+def _logits(rt, prompt: str, use_memory: bool) -> list[float]:
+    """Per-token log-probs of a fixed continuation: equal lists mean equal logits at those rows."""
+    return [t.logprob for t in rt.score_tokens([prompt], [" blue and green"], use_memory=use_memory)[0]]
+
+
+# -- continuous prompts (RECIPE) -------------------------------------------------------------
+def test_prompt_edit_changes_its_answer_and_leaves_unrelated_logits(make_runtime, store_dir):
+    rt = make_runtime(store_dir)
+    before = rt.score([FACT_PROMPT], ["English"], use_memory=False)[0]
+    edit = rt.add_edit("prompt", prompt=FACT_PROMPT, target="English", subject=FACT_SUBJECT)
+    assert edit.kind == "prompt" and edit.keys == []
+    tensors = rt.memory.store.tensors(edit.num)
+    assert tensors["prefix"].shape == (3, rt.model.config.hidden_size)
+
+    text, ids = rt.generate_with_edits([FACT_PROMPT], max_new_tokens=3)[0]
+    assert text.strip().startswith("English") and ids == [edit.id]
+    assert rt.generate([FACT_PROMPT], max_new_tokens=3, use_memory=False)[0].strip().startswith("French")
+    assert rt.score([FACT_PROMPT], ["English"])[0] > before + 1.0
+    ex = rt.explain(FACT_PROMPT)
+    assert ex["prompt_edit"]["id"] == edit.id and ex["prompt_edit"]["similarity"] > ex["prompt_edit"]["sentinel"]
+
+    # an unrelated prompt: the sentinel wins, no prefix, logits bit-identical to the bare model
+    assert rt.explain(UNRELATED)["prompt_edit"] is None
+    assert _logits(rt, UNRELATED, True) == _logits(rt, UNRELATED, False)
+    # and in a batch where the edited row does get its prefix
+    rows = rt.generate_with_edits([FACT_PROMPT, UNRELATED], max_new_tokens=4)
+    assert rows[1] == (rt.generate([UNRELATED], max_new_tokens=4, use_memory=False)[0], [])
+
+
+def test_prompt_edit_survives_reopen_and_removal(make_runtime, store_dir):
+    rt = make_runtime(store_dir)
+    edit = rt.add_edit("prompt", prompt=FACT_PROMPT, target="English", subject=FACT_SUBJECT)
+    prefix = rt.memory.store.tensors(edit.num)["prefix"]
+    rt.close()
+    rt = make_runtime(store_dir)
+    assert np.array_equal(rt.memory.store.tensors(edit.num)["prefix"], prefix)
+    assert rt.generate_with_edits([FACT_PROMPT], max_new_tokens=2)[0][1] == [edit.id]
+    rt.remove_edit(edit.id)
+    assert rt.explain(FACT_PROMPT)["prompt_edit"] is None
+    assert _logits(rt, FACT_PROMPT, True) == _logits(rt, FACT_PROMPT, False)
+
+
+def test_prompt_edit_bad_input_leaves_store_unchanged(make_runtime, store_dir):
+    rt = make_runtime(store_dir)
+    with pytest.raises(MissingFieldError):
+        rt.add_edit("prompt", prompt=FACT_PROMPT)
+    with pytest.raises(UnknownKindError):
+        rt.add_edit("prompts", prompt=FACT_PROMPT, target="x")
+    assert rt.memory.store.count() == 0 and rt.memory.store.generation == 0
+
+
+def test_prompt_checkpoint_for_another_hidden_size_is_refused(tmp_path, loaded_model, encoder):
+    from conftest import tiny_model_dir
+
+    from recall.models import load_model
+    from recall.runtime import Runtime
+
+    path = tiny_model_dir(tmp_path / "tiny", "llama", loaded_model[1])
+    rt = Runtime.from_loaded(tmp_path / "s", load_model(path, "cpu"), encoder)
+    try:
+        with pytest.raises(ConfigError, match="recipe train"):
+            rt.add_edit("prompt", prompt=FACT_PROMPT, target="English")
+        assert rt.memory.store.count() == 0
+    finally:
+        rt.close()
+
+
+# -- codebooks (GRACE) -------------------------------------------------------------------------
+def test_codebook_edit_fires_on_its_prompt_only_and_survives_reopen(make_runtime, store_dir):
+    rt = make_runtime(store_dir)
+    edit = rt.add_edit("codebook", prompt=FACT_PROMPT, target="English")
+    t = rt.memory.store.tensors(edit.num)
+    assert t["key"].shape == (rt.model.config.intermediate_size,)
+    assert float(t["radius"]) == pytest.approx(rt.memory.knowledge.grace_hp.eps_init)
+    text, ids = rt.generate_with_edits([FACT_PROMPT], max_new_tokens=2)[0]
+    assert text.strip().startswith("English") and ids == [edit.id]
+    # the paraphrase's key lies outside the radius (GRACE's known weakness): unchanged output
+    for prompt in (UNRELATED, FACT_PARAPHRASE):
+        assert _logits(rt, prompt, True) == _logits(rt, prompt, False)
+    rt.close()
+    rt = make_runtime(store_dir)
+    assert rt.generate_with_edits([OTHER, FACT_PROMPT], max_new_tokens=2)[1][1] == [edit.id]
+    assert rt.explain(FACT_PROMPT)["codebook"]["hit"] is True
+
+
+def test_codebook_conflict_splits_and_the_newer_edit_wins(make_runtime, store_dir):
+    rt = make_runtime(store_dir)
+    first = rt.add_edit("codebook", prompt=FACT_PROMPT, target="English")
+    second = rt.add_edit("codebook", prompt=FACT_PROMPT, target="German")
+    # same key, other label: split (both radii d/2 = 0 here), the older entry shrunk in the store
+    assert float(rt.memory.store.tensors(first.num)["radius"]) == 0.0
+    assert str(rt.memory.store.tensors(second.num)["placement"]) == "split"
+    text, ids = rt.generate_with_edits([FACT_PROMPT], max_new_tokens=2)[0]
+    assert text.strip().startswith("German") and ids == [second.id]
+    rt.close()  # reopened, the derived codebook holds the shrunk radius
+    rt = make_runtime(store_dir)
+    assert float(rt.memory.codebook.entries[first.num]["radius"]) == 0.0
+    assert rt.generate_with_edits([FACT_PROMPT], max_new_tokens=2)[0][1] == [second.id]
+
+
+def test_codebook_same_answer_expands_instead_of_adding(make_runtime, store_dir):
+    rt = make_runtime(store_dir)
+    first = rt.add_edit("codebook", prompt=FACT_PROMPT, target="English")
+    second = rt.add_edit("codebook", prompt="The mother tongue of Danielle Darrieux is:", target="English")
+    placement = str(rt.memory.store.tensors(second.num)["placement"])
+    if placement == "expand":
+        assert np.array_equal(rt.memory.store.tensors(second.num)["value"], rt.memory.store.tensors(first.num)["value"])
+        assert float(rt.memory.store.tensors(first.num)["radius"]) >= rt.memory.knowledge.grace_hp.eps_init
+    else:  # the reworded key fell outside eps_init + eps_j: a new entry with its own value
+        assert placement == "add"
+    for prompt in (FACT_PROMPT, "The mother tongue of Danielle Darrieux is:"):
+        assert rt.generate([prompt], max_new_tokens=2)[0].strip().startswith("English")
+
+
+# -- the sentinel as a gate ------------------------------------------------------------------
+def test_sentinel_gate_fires_on_edit_and_paraphrase_not_on_unrelated(make_runtime, store_dir):
+    rt = make_runtime(store_dir, gate="sentinel")
+    edit = rt.add_edit(prompt=FACT_PROMPT, target="English", subject=FACT_SUBJECT)
+    assert rt.explain(FACT_PROMPT)["fired"] == [edit.id]
+    assert rt.explain(FACT_PARAPHRASE)["fired"] == [edit.id]
+    assert rt.explain(UNRELATED)["fired"] == []
+    assert _logits(rt, UNRELATED, True) == _logits(rt, UNRELATED, False)
+    with torch.no_grad():
+        assert rt.generate([FACT_PROMPT], max_new_tokens=2)[0].strip().startswith("English")
