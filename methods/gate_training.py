@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from recall.edits import build_edit
@@ -189,15 +190,66 @@ def evaluate(params: GateParams, pairs: list[Pair], features: list[PairFeatures]
     table: dict[str, dict[str, float]] = {}
     for kind in ("cosine", "subject", "learned"):
         gate = Gate(kind, params)
-        fired = np.array([gate.score(f)[1] for f in features])
-        groups = defaultdict(list)
-        for p, fi in zip(pairs, fired):
-            groups[p.group].append(fi)
-        row = {g: float(np.mean(v)) for g, v in groups.items()}
-        labels = np.array([p.label for p in pairs])
-        row["balanced_accuracy"] = float((fired[labels == 1].mean() + (~fired[labels == 0]).mean()) / 2)
-        table[kind] = row
+        table[kind] = _rates(pairs, np.array([gate.score(f)[1] for f in features]))
     return table
+
+
+def _rates(pairs: list[Pair], fired: np.ndarray) -> dict[str, float]:
+    groups = defaultdict(list)
+    for p, fi in zip(pairs, fired):
+        groups[p.group].append(fi)
+    row = {g: float(np.mean(v)) for g, v in groups.items()}
+    labels = np.array([p.label for p in pairs])
+    row["balanced_accuracy"] = float((fired[labels == 1].mean() + (~fired[labels == 0]).mean()) / 2)
+    return row
+
+
+@torch.no_grad()
+def sentinel_fired(pairs: list[Pair], model, batch: int = 128) -> np.ndarray:
+    """The knowledge sentinel as a gate, per pair: fires when the query's representation is
+    closer to the edit's knowledge statement than to the sentinel (as ``gate="sentinel"``)."""
+    from .recipe import statement
+
+    model.eval()
+    queries = sorted({p.query for p in pairs})
+    texts = sorted({statement(p.edit_fields["prompt"], p.edit_fields["target"]) for p in pairs})
+    q_rep = {t: r for i in range(0, len(queries), batch)
+             for t, r in zip(queries[i:i + batch], model.query(queries[i:i + batch]))}
+    k_rep = {t: r for i in range(0, len(texts), batch)
+             for t, r in zip(texts[i:i + batch], model.knowledge(texts[i:i + batch]))}
+    ks = model.sentinel_rep()[0]
+    out = []
+    for p in pairs:
+        q = q_rep[p.query]
+        k = k_rep[statement(p.edit_fields["prompt"], p.edit_fields["target"])]
+        out.append(bool(model.similarity(q[None], k[None]) > model.similarity(q[None], ks[None])))
+    return np.array(out)
+
+
+def compare_with_sentinel(data_dir: str | Path, out_report: str | Path | None = None, n_dev: int = 600,
+                          seed: int = 0, encoder=None, recipe_dir: str | Path | None = None) -> dict:
+    """The shipped gates (``gate.json``) and the knowledge sentinel (the shipped continuous-prompt
+    checkpoint) on the same dev pairs as :func:`train`'s report."""
+    from recall.index import TextEncoder
+
+    from .recipe import load
+
+    t0 = time.time()
+    data_dir = Path(data_dir)
+    encoder = encoder or TextEncoder()
+    cf_dev = json.loads((data_dir / "counterfact/easyedit_mend_format/counterfact-edit.json").read_text())[:n_dev]
+    distract_path = data_dir / "counterfact/easyedit_locality/counterfact_distracting_neighbor.json"
+    distract = json.loads(distract_path.read_text())
+    pairs = counterfact_pairs(cf_dev, data_dir, random.Random(seed + 1)) + distracting_pairs(distract)
+    table = evaluate(GateParams.load(), pairs, featurize(pairs, encoder))
+    fired = sentinel_fired(pairs, load(recipe_dir))
+    table["sentinel"] = _rates(pairs, fired)
+    recipe = (f"dev = first {n_dev} counterfact-edit records + {len(distract)} distracting-neighbor records "
+              f"({len(pairs)} pairs); learned/cosine/subject from gate.json, sentinel from recall/data/recipe")
+    md = report_markdown(table, pairs, recipe)
+    if out_report:
+        Path(out_report).write_text(md + f"\nWall time {time.time() - t0:.0f} s (`recall gate compare`).\n")
+    return {"table": table, "report": md, "seconds": time.time() - t0}
 
 
 def report_markdown(table: dict[str, dict[str, float]], pairs: list[Pair], recipe: str) -> str:

@@ -233,12 +233,14 @@ def train(
     n_holdout: int = 200,
     seed: int = 0,
     cfg: RecipeConfig | None = None,
+    resume: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Train in two phases (the KRM and sentinel on the contrastive losses, then the prompt
     generator on the edit losses with the KRM fixed: the paper trains them jointly, which
     costs an LLM backward pass per retrieval step), and write the checkpoint plus
-    ``train_log.jsonl`` and ``report.json`` to ``out_dir``."""
+    ``train_log.jsonl`` and ``report.json`` to ``out_dir``. ``resume``: continue from a
+    checkpoint (its report's step counts are carried over, and its log is appended to)."""
     from recall.methods.layer_stats import model_fingerprint
 
     llm, tokenizer, spec = llm_loaded
@@ -246,17 +248,29 @@ def train(
         p.requires_grad_(False)
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    records = load_records(data_dir, seed)
+    previous: dict = {}
+    old_log = ""
+    if resume is not None:
+        previous = json.loads((Path(resume) / "report.json").read_text())
+        old_log = (Path(resume) / "train_log.jsonl").read_text()
+    # a resumed run keeps the first run's train/holdout split; ``seed`` then only drives sampling
+    split_seed = previous.get("split_seed", previous.get("seed", seed))
+    records = load_records(data_dir, split_seed)
     train_set, holdout = records[:-n_holdout], records[-n_holdout:]
-    encoder, enc_tok = base_encoder()
-    cfg = cfg or RecipeConfig()
-    cfg.llm_hidden = llm.get_input_embeddings().weight.shape[1]
-    cfg.llm = model_fingerprint(llm, spec)
-    model = KnowledgeModel(encoder, enc_tok, cfg).to(llm.device)
+    if resume is not None:
+        from .recipe import load
+
+        model = load(resume, device=llm.device)
+    else:
+        encoder, enc_tok = base_encoder()
+        cfg = cfg or RecipeConfig()
+        cfg.llm_hidden = llm.get_input_embeddings().weight.shape[1]
+        cfg.llm = model_fingerprint(llm, spec)
+        model = KnowledgeModel(encoder, enc_tok, cfg).to(llm.device)
     model.freeze_encoder_base()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    before = evaluate(model, llm, tokenizer, holdout)
+    before = previous.get("holdout_before") or evaluate(model, llm, tokenizer, holdout)
     t0 = time.time()
     model.train()
     krm = [{"params": model.trainable_encoder_params(), "lr": encoder_lr},
@@ -264,29 +278,34 @@ def train(
     gen_params = [*model.gen_mlp.parameters(), *model.gen_out.parameters(), model.slot_weight]
     generator = [{"params": gen_params, "lr": prompt_lr}]
     with open(out_dir / "train_log.jsonl", "w") as log:
-        log.write(json.dumps({"step": 0, "holdout": before}) + "\n")
+        log.write(old_log or json.dumps({"step": 0, "holdout": before}) + "\n")
+        if previous:
+            log.write(json.dumps({"resumed": previous.get("holdout_after")}) + "\n")
         _run_phase("retrieval", krm, lambda b: retrieval_losses(model, b, rng), retrieval_steps,
                    lambda: rng.sample(train_set, retrieval_batch), log, t0, progress, lr)
         t1 = time.time()
+        model.encoder.eval()  # the KRM is fixed in this phase: no dropout in the representations it feeds
         _run_phase("prompt", generator, lambda b: prompt_losses(model, llm, tokenizer, b), prompt_steps,
                    lambda: rng.sample(train_set, prompt_batch), log, t0, progress, prompt_lr)
         t2 = time.time()
     after = evaluate(model, llm, tokenizer, holdout)
     report = {
-        "retrieval_steps": retrieval_steps,
+        "retrieval_steps": retrieval_steps + previous.get("retrieval_steps", 0),
         "retrieval_batch": retrieval_batch,
-        "prompt_steps": prompt_steps,
+        "prompt_steps": prompt_steps + previous.get("prompt_steps", 0),
         "prompt_batch": prompt_batch,
         "lr": lr,
         "encoder_lr": encoder_lr,
         "prompt_lr": prompt_lr,
         "seed": seed,
-        "retrieval_seconds": round(t1 - t0, 1),
-        "prompt_seconds": round(t2 - t1, 1),
+        "split_seed": split_seed,
+        "retrieval_seconds": round(t1 - t0 + previous.get("retrieval_seconds", 0), 1),
+        "prompt_seconds": round(t2 - t1 + previous.get("prompt_seconds", 0), 1),
+        "resumed_from": previous or None,
         "torch_threads": torch.get_num_threads(),
         "device": str(llm.device),
         "data": "CounterFact train (counterfact-train.json) + zsRE train (zsre_mend_train-1k.json), "
-        f"{len(records)} usable records shuffled with seed {seed}; last {n_holdout} held out",
+        f"{len(records)} usable records shuffled with seed {split_seed}; last {n_holdout} held out",
         "n_train": len(train_set),
         "holdout_before": before,
         "holdout_after": after,

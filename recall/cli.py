@@ -597,6 +597,22 @@ def gate_train(
     typer.echo(f"wrote {out} and {report} in {result['seconds']:.0f} s")
 
 
+@gate_app.command("compare")
+@handle_errors
+def gate_compare(
+    data: Annotated[Path, typer.Option(help="The shared data folder.")] = Path("../shared/data"),
+    report: Annotated[Path, typer.Option(help="Markdown report to write.")] = Path(
+        "recall/data/gate_sentinel_report.md"
+    ),
+    n_dev: Annotated[int, typer.Option(min=10, help="counterfact-edit records in the dev pairs.")] = 600,
+) -> None:
+    """The shipped gates and RECIPE's knowledge sentinel, firing rates on the same dev pairs."""
+    from recall.methods.gate_training import compare_with_sentinel
+
+    result = compare_with_sentinel(data, report, n_dev=n_dev)
+    typer.echo(result["report"])
+
+
 recipe_app = typer.Typer(help="The continuous-prompt model (RECIPE) behind prompt edits.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 
@@ -612,6 +628,9 @@ def recipe_train(
     retrieval_batch: Annotated[int, typer.Option(min=2, help="Records per contrastive step.")] = 32,
     prompt_steps: Annotated[int, typer.Option(min=0, help="Steps of the prompt-generator phase.")] = 150,
     prompt_batch: Annotated[int, typer.Option(min=1, help="Records per prompt-generator step.")] = 8,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue from this checkpoint (e.g. --retrieval-steps 0 --prompt-steps 300).")
+    ] = None,
     seed: int = 0,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -634,6 +653,7 @@ def recipe_train(
             prompt_steps=prompt_steps,
             prompt_batch=prompt_batch,
             seed=seed,
+            resume=resume,
         )
     _print_json(report)
 
