@@ -286,6 +286,8 @@ class EditMemory:
         if self.gate.kind == "sentinel":
             if knowledge_q is None:
                 knowledge_q = self.query_knowledge(queries)
+            if knowledge_q is None:
+                raise ConfigError("the sentinel gate needs the continuous-prompt model (open through Runtime)")
             self._sentinel_verdicts(out, knowledge_q)
         return out
 
