@@ -148,3 +148,23 @@ def test_sentinel_gate_fires_on_edit_and_paraphrase_not_on_unrelated(make_runtim
     assert _logits(rt, UNRELATED, True) == _logits(rt, UNRELATED, False)
     with torch.no_grad():
         assert rt.generate([FACT_PROMPT], max_new_tokens=2)[0].strip().startswith("English")
+
+
+def test_learned_kinds_export_and_import_into_a_new_store(make_runtime, tmp_path):
+    """An export carries the records, not the tensors: importing recomputes them, keeps the ids,
+    and the edits act in the new store."""
+    src = make_runtime(tmp_path / "src")
+    cb = src.add_edit("codebook", prompt=FACT_PROMPT, target="English")
+    religion = "The official religion of Edwin of Northumbria is"
+    pr = src.add_edit("prompt", prompt=religion, target="Islam", subject="Edwin of Northumbria")
+    src.export_jsonl(tmp_path / "edits.jsonl")
+    dst = make_runtime(tmp_path / "dst")
+    assert dst.import_jsonl(tmp_path / "edits.jsonl") == {"imported": 2, "skipped": 0}
+    assert {e.id: e.kind for e in dst.edits()} == {cb.id: "codebook", pr.id: "prompt"}
+    rows = dst.generate_with_edits([FACT_PROMPT, religion], max_new_tokens=2)
+    assert rows[0][1] == [cb.id] and rows[0][0].strip().startswith("English")
+    assert rows[1][1] == [pr.id]
+    assert np.array_equal(dst.memory.store.tensors(dst.get_edit(pr.id).num)["prefix"],
+                          src.memory.store.tensors(pr.num)["prefix"])
+    assert np.array_equal(dst.memory.store.tensors(dst.get_edit(cb.id).num)["key"],
+                          src.memory.store.tensors(cb.num)["key"])
