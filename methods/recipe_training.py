@@ -79,26 +79,12 @@ def _hinge_ce(logits: torch.Tensor, labels: torch.Tensor, hinge: bool) -> torch.
 
 
 def _llm_rows(llm, tokenizer, prefixes: torch.Tensor | None, prompts: list[str], conts: list[str]):
-    """Right-padded inputs_embeds of [prefix; prompt; continuation] and, per row, the positions
-    whose logits predict the continuation tokens and those tokens."""
-    from recall.lm import answer_tokens
+    """The runtime's teacher-forced layout (:func:`recall.lm.teacher_forced_batch`), with row i's
+    prefix ``prefixes[i]`` (kept in the autograd graph). Returns (input kwargs, mask, spans)."""
+    from recall.lm import RowPlan, teacher_forced_batch
 
-    emb = llm.get_input_embeddings()
-    n_pre = 0 if prefixes is None else prefixes.shape[1]
-    seqs, spans = [], []
-    for p, c in zip(prompts, conts):
-        p_ids = tokenizer(p).input_ids
-        c_ids = answer_tokens(tokenizer, p, c) or [tokenizer.eos_token_id]
-        seqs.append(p_ids + c_ids)
-        spans.append((n_pre + len(p_ids), c_ids))
-    width = max(map(len, seqs))
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=llm.device)
-    mask = torch.tensor([[1] * (n_pre + len(s)) + [0] * (width - len(s)) for s in seqs], device=llm.device)
-    x = emb(ids)
-    if prefixes is not None:
-        x = torch.cat([prefixes.to(x.dtype), x], dim=1)
-    return x, mask, spans
+    plans = [RowPlan(p, prefix=None if prefixes is None else prefixes[i]) for i, p in enumerate(prompts)]
+    return teacher_forced_batch(llm, tokenizer, plans, conts)
 
 
 def _target_nll(logits: torch.Tensor, spans) -> torch.Tensor:
@@ -154,11 +140,11 @@ def prompt_losses(model: KnowledgeModel, llm, tokenizer, batch: list[Record]) ->
     n_pre = prefixes.shape[1]
     prompts = [r.prompt for r in batch] + [r.rephrase for r in batch] + [r.loc_prompt for r in batch]
     conts = [r.target for r in batch] * 2 + [r.loc_answer or "." for r in batch]
-    x, mask, spans = _llm_rows(llm, tokenizer, torch.cat([prefixes] * 3), prompts, conts)
-    logits = llm(inputs_embeds=x, attention_mask=mask).logits
+    inputs, mask, spans = _llm_rows(llm, tokenizer, torch.cat([prefixes] * 3), prompts, conts)
+    logits = llm(**inputs, attention_mask=mask).logits
     with torch.no_grad():
-        x0, mask0, _ = _llm_rows(llm, tokenizer, None, prompts[2 * b :], conts[2 * b :])
-        plain = llm(inputs_embeds=x0, attention_mask=mask0).logits
+        inputs0, mask0, _ = _llm_rows(llm, tokenizer, None, prompts[2 * b :], conts[2 * b :])
+        plain = llm(**inputs0, attention_mask=mask0).logits
     return {
         "rel": _target_nll(logits[:b], spans[:b]),
         "gen": _target_nll(logits[b : 2 * b], spans[b : 2 * b]),
@@ -189,8 +175,9 @@ def evaluate(model: KnowledgeModel, llm, tokenizer, records: list[Record]) -> di
         pre = model.prompts(r_k[start : start + 16], target_embedding(llm, tokenizer, [r.prompt for r in chunk],
                                                                       [r.target for r in chunk]))
         for prefixes, sink in ((pre, hits), (None, plain_hits)):
-            x, mask, spans = _llm_rows(llm, tokenizer, prefixes, [r.prompt for r in chunk], [r.target for r in chunk])
-            logits = llm(inputs_embeds=x, attention_mask=mask).logits
+            inputs, mask, spans = _llm_rows(llm, tokenizer, prefixes, [r.prompt for r in chunk],
+                                            [r.target for r in chunk])
+            logits = llm(**inputs, attention_mask=mask).logits
             for r, (s, c_ids) in enumerate(spans):
                 pred = logits[r, s - 1 : s - 1 + len(c_ids)].argmax(-1).tolist()
                 sink.append(sum(int(a == b) for a, b in zip(pred, c_ids)) / len(c_ids))

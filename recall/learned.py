@@ -157,67 +157,66 @@ class KnowledgeKinds:
         return CodebookHook(self.llm, self.codebook_module(), keys, radii, values)
 
 
-class CodebookTable:
-    """Active codebook entries (derived from the store): num -> key, value, radius, label."""
+class TensorTable:
+    """Active edits of one learned kind (derived from the store): num -> its tensors, plus the
+    stacked form the query path uses, rebuilt after any change (:meth:`_stack`)."""
 
     def __init__(self) -> None:
         self.entries: dict[int, dict[str, np.ndarray]] = {}
-        self._arrays = None
+        self._stacked = None
 
     def put(self, num: int, tensors: dict[str, np.ndarray]) -> None:
         self.entries[num] = tensors
-        self._arrays = None
+        self._stacked = None
 
     def drop(self, num: int) -> None:
         if self.entries.pop(num, None) is not None:
-            self._arrays = None
+            self._stacked = None
 
-    def values_of(self, num: int) -> np.ndarray:
-        return self.entries[num]["value"]
+    def stacked(self):
+        if self._stacked is None:
+            nums = sorted(self.entries)
+            self._stacked = self._stack(nums, [self.entries[n] for n in nums])
+        return self._stacked
+
+    def _stack(self, nums: list[int], rows: list[dict[str, np.ndarray]]):
+        raise NotImplementedError
+
+
+class CodebookTable(TensorTable):
+    """Active codebook entries: num -> key, value, radius, label."""
+
+    def _stack(self, nums, rows):
+        if not nums:
+            return None, None, None, [], []
+        return (
+            torch.from_numpy(np.stack([r["key"] for r in rows])).float(),
+            torch.tensor([float(r["radius"]) for r in rows]),
+            torch.from_numpy(np.stack([r["value"] for r in rows])).float(),
+            [str(r["label"]) for r in rows],
+            nums,
+        )
 
     def arrays(self):
         """(keys [N, d_in], radii [N], values [N, d_out], labels, nums), or Nones when empty."""
-        if self._arrays is None:
-            nums = sorted(self.entries)
-            if not nums:
-                self._arrays = (None, None, None, [], [])
-            else:
-                rows = [self.entries[n] for n in nums]
-                self._arrays = (
-                    torch.from_numpy(np.stack([r["key"] for r in rows])).float(),
-                    torch.tensor([float(r["radius"]) for r in rows]),
-                    torch.from_numpy(np.stack([r["value"] for r in rows])).float(),
-                    [str(r["label"]) for r in rows],
-                    nums,
-                )
-        return self._arrays
+        return self.stacked()
+
+    def values_of(self, num: int) -> np.ndarray:
+        return self.entries[num]["value"]
 
     def entry_for(self, index: int | None) -> int | None:
         """The num of the entry at ``index`` in :meth:`arrays` order."""
         return None if index is None else self.arrays()[4][index]
 
 
-class PromptTable:
-    """Active continuous-prompt edits (derived from the store): num -> rep, prefix."""
+class PromptTable(TensorTable):
+    """Active continuous-prompt edits: num -> rep, prefix."""
 
-    def __init__(self) -> None:
-        self.entries: dict[int, dict[str, np.ndarray]] = {}
-        self._reps = None
-
-    def put(self, num: int, tensors: dict[str, np.ndarray]) -> None:
-        self.entries[num] = tensors
-        self._reps = None
-
-    def drop(self, num: int) -> None:
-        if self.entries.pop(num, None) is not None:
-            self._reps = None
+    def _stack(self, nums, rows):
+        return (torch.from_numpy(np.stack([r["rep"] for r in rows])).float() if nums else None), nums
 
     def reps(self) -> tuple[torch.Tensor | None, list[int]]:
-        if self._reps is None:
-            nums = sorted(self.entries)
-            reps = torch.from_numpy(np.stack([self.entries[n]["rep"] for n in nums])).float() if nums else None
-            self._reps = (reps, nums)
-        return self._reps
+        return self.stacked()
 
     def prefix(self, num: int) -> torch.Tensor:
         return torch.from_numpy(self.entries[num]["prefix"])

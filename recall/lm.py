@@ -64,6 +64,20 @@ def _embed_rows(model, rows: list[list[int]], plans: list[RowPlan], left_pad: bo
     return {"inputs_embeds": torch.stack(embs)}, mask
 
 
+def teacher_forced_batch(model, tokenizer, plans: list[RowPlan], continuations: list[str]):
+    """Right-padded [prefix; prompt; continuation] rows for teacher forcing. Returns (model input
+    kwargs, attention mask, per row (position of the first continuation token, its token ids));
+    the logits at positions [start - 1, start - 1 + len(ids)) score the continuation."""
+    seqs, spans = [], []
+    for plan, cont in zip(plans, continuations):
+        p_ids = tokenizer(plan.prompt).input_ids
+        c_ids = answer_tokens(tokenizer, plan.prompt, cont) or [tokenizer.eos_token_id]
+        seqs.append(p_ids + c_ids)
+        spans.append((plan.n_prefix + len(p_ids), c_ids))
+    inputs, mask = _embed_rows(model, seqs, plans, left_pad=False, pad=tokenizer.pad_token_id)
+    return inputs, mask, spans
+
+
 def _arm(hook, positions: list[int], device) -> None:
     if hook is not None:
         hook.arm(torch.tensor(positions, device=device))
@@ -127,17 +141,9 @@ def score_tokens_rows(
     prompt. ``hook``: an installed codebook hook, armed at each row's last prompt token."""
     out: list[list[TokenScore]] = []
     for start in range(0, len(plans), micro_batch):
-        rows = list(zip(plans[start : start + micro_batch], continuations[start : start + micro_batch]))
-        seqs, spans = [], []
-        for plan, cont in rows:
-            p_ids = tokenizer(plan.prompt).input_ids
-            c_ids = tokenizer(join_continuation(plan.prompt, cont), add_special_tokens=False).input_ids
-            if not c_ids:
-                c_ids = [tokenizer.eos_token_id]
-            seqs.append(p_ids + c_ids)
-            spans.append((plan.n_prefix + len(p_ids), c_ids))
-        batch_plans = [plan for plan, _ in rows]
-        inputs, mask = _embed_rows(model, seqs, batch_plans, left_pad=False, pad=tokenizer.pad_token_id)
+        batch_plans = plans[start : start + micro_batch]
+        rows = list(zip(batch_plans, continuations[start : start + micro_batch]))
+        inputs, mask, spans = teacher_forced_batch(model, tokenizer, batch_plans, [c for _, c in rows])
         _arm(hook, [p_len - 1 for p_len, _ in spans], model.device)
         logits = model(**inputs, attention_mask=mask).logits.float()
         _collect(hook, batch_plans)

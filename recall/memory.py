@@ -224,10 +224,10 @@ class EditMemory:
             return None
         return self.knowledge.query_reps(queries)
 
-    def prompt_matches(self, knowledge_q: tuple | None) -> list[tuple[Edit, PromptMatch] | None]:
+    def prompt_matches(self, n_queries: int, knowledge_q: tuple | None) -> list[tuple[Edit, PromptMatch] | None]:
         """Per query, the continuous-prompt edit that beats the sentinel (top-1), if any."""
         if knowledge_q is None or not self.prompts.entries:
-            return [None] * (0 if knowledge_q is None else knowledge_q[0].shape[0])
+            return [None] * n_queries
         reps, nums = self.prompts.reps()
         out = []
         for m in self.knowledge.match_prompts(*knowledge_q, reps, nums):

@@ -216,7 +216,7 @@ class Runtime:
         queries = [q for q, _ in rewritten]
         knowledge_q = self.memory.query_knowledge(queries)
         cands = self.memory.retrieve(queries, self.top_k, knowledge_q)
-        matches = self.memory.prompt_matches(knowledge_q) if knowledge_q is not None else [None] * len(queries)
+        matches = self.memory.prompt_matches(len(queries), knowledge_q)
         plans = []
         for q, row, match in zip(queries, cands, matches):
             fired = [c.edit for c in row if c.fired][: self.max_fired]
