@@ -218,11 +218,13 @@ def sentinel_fired(pairs: list[Pair], model, batch: int = 128) -> np.ndarray:
     k_rep = {t: r for i in range(0, len(texts), batch)
              for t, r in zip(texts[i:i + batch], model.knowledge(texts[i:i + batch]))}
     ks = model.sentinel_rep()[0]
+    gate = Gate("sentinel", GateParams())
     out = []
     for p in pairs:
         q = q_rep[p.query]
         k = k_rep[statement(p.edit_fields["prompt"], p.edit_fields["target"])]
-        out.append(bool(model.similarity(q[None], k[None]) > model.similarity(q[None], ks[None])))
+        margin = float(model.similarity(q[None], k[None])) - float(model.similarity(q[None], ks[None]))
+        out.append(gate.score(PairFeatures(cos_key=0.0, sentinel_margin=margin))[1])
     return np.array(out)
 
 

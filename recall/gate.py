@@ -12,9 +12,9 @@ Three gates share one feature extractor so they can be compared on equal terms:
 
 Patches and facts without a subject always use the cosine rule on their condition/prompt.
 ``always`` (no gate: the nearest retrieved edits always fire) exists as a baseline.
-``sentinel`` is RECIPE's knowledge sentinel used as the gate of facts and patches: its verdict
-needs the trained knowledge encoder, so the memory makes it (:mod:`recall.learned`); here it
-only gives the placeholder that the memory overwrites.
+``sentinel`` is RECIPE's knowledge sentinel used as the gate of facts and patches: it fires
+when the query is closer to the edit's knowledge statement than to the sentinel, a margin the
+memory computes with the trained knowledge encoder (:mod:`recall.learned`).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class PairFeatures:
     cos_rel: float = 0.0
     has_subject: bool = False
     rel_product: np.ndarray | None = None  # query-relation ⊙ edit-relation vectors (subject matched)
+    sentinel_margin: float | None = None  # sim(query, statement) - sim(query, sentinel); sentinel gate only
 
     def vector(self, dim: int = 0) -> np.ndarray:
         """The base features, then ``dim`` relation-product features (zeros when unmatched)."""
@@ -90,10 +91,12 @@ class Gate:
     def score(self, f: PairFeatures, edit_kind: str = "fact") -> tuple[float, bool]:
         """(score, fired) for one pair."""
         p = self.params
+        if self.kind == "sentinel":
+            if f.sentinel_margin is None:
+                raise ConfigError("the sentinel gate needs the sentinel margin (computed by EditMemory)")
+            return f.sentinel_margin, f.sentinel_margin > 0
         if edit_kind == "patch":
             return f.cos_key, f.cos_key >= p.patch_threshold
-        if self.kind == "sentinel":  # decided by EditMemory with the knowledge encoder
-            return f.cos_key, False
         if self.kind == "always":  # no gate: the nearest edits always fire (the IKE-style baseline)
             return f.cos_key, True
         if self.kind == "cosine" or not f.has_subject:

@@ -16,7 +16,7 @@ import torch
 from recall.index import EditStore, TextEncoder, VectorIndex
 
 from . import regex_patch
-from .edits import Edit, check_utf8
+from .edits import LEARNED_KINDS, Edit, check_utf8
 from .errors import ConfigError, InvalidQueryError
 from .gate import Gate, PairFeatures
 from .learned import CodebookTable, KnowledgeKinds, PromptMatch, PromptTable
@@ -191,7 +191,7 @@ class EditMemory:
             self.sync()
             retire = self.conflicts(edit, vectors) if edit.status == "active" else {}
             tensors, updates = None, None
-            if edit.kind in ("prompt", "codebook"):
+            if edit.kind in LEARNED_KINDS:
                 if self.knowledge is None:
                     raise ConfigError(f"{edit.kind} edits need a runtime with a loaded model")
                 if edit.kind == "prompt":
@@ -235,20 +235,27 @@ class EditMemory:
             out.append((edit, m) if edit is not None and edit.status == "active" else None)
         return out
 
-    def _sentinel_verdicts(self, cands: list[list[Candidate]], knowledge_q: tuple) -> None:
-        """The sentinel gate: a fact or patch fires when the query is closer to its knowledge
-        statement than to the sentinel (score = the margin)."""
+    def _sentinel_margins(self, queries: list[str], retrieved: list[list[Edit]], knowledge_q: tuple | None):
+        """Per query and retrieved fact or patch: sim(query, its knowledge statement) minus
+        sim(query, sentinel), the feature the sentinel gate fires on when positive."""
+        if knowledge_q is None:
+            knowledge_q = self.query_knowledge(queries)
+        if knowledge_q is None:
+            raise ConfigError("the sentinel gate needs the continuous-prompt model (open through Runtime)")
         r_q, sentinel = knowledge_q
-        todo = {c.edit.num: c.edit for row in cands for c in row if c.edit.num not in self._statement_reps}
+        todo = {e.num: e for row in retrieved for e in row if e.num not in self._statement_reps}
         if todo:
             reps = self.knowledge.statement_reps(list(todo.values())).cpu().numpy()
             self._statement_reps.update(zip(todo, reps))
-        for i, row in enumerate(cands):
-            for c in row:
-                rep = torch.from_numpy(self._statement_reps[c.edit.num]).to(r_q.device)
-                sim = float(self.knowledge.recipe.similarity(r_q[i : i + 1], rep[None])[0, 0])
-                c.gate_score, c.fired = sim - float(sentinel[i]), sim > float(sentinel[i])
-            row.sort(key=lambda c: (c.fired, c.gate_score), reverse=True)
+        margins = []
+        for i, row in enumerate(retrieved):
+            if not row:
+                margins.append([])
+                continue
+            reps = torch.from_numpy(np.stack([self._statement_reps[e.num] for e in row])).to(r_q.device)
+            sims = self.knowledge.recipe.similarity(r_q[i : i + 1], reps)[0]
+            margins.append([float(x) - float(sentinel[i]) for x in sims])
+        return margins
 
     def retrieve(self, queries: list[str], k: int = 8, knowledge_q: tuple | None = None) -> list[list[Candidate]]:
         """Top-k by key similarity plus every fact whose subject occurs in the query, each with
@@ -268,27 +275,24 @@ class EditMemory:
         for (i, s, _), v in zip(rel_texts, r_vecs):
             rel_by_query[i][s] = v
         _, ids = self.index.search(q_vecs, k)
-        out = []
-        for i, query in enumerate(queries):
+        retrieved = []
+        for i in range(len(queries)):
             nums = {int(x) // SLOTS for x in ids[i] if x >= 0}
             for hit in subject_hits[i].values():
                 nums |= hit
+            edits = (self.store.get_by_num(num) for num in sorted(nums))
+            retrieved.append([e for e in edits if e is not None and e.status == "active"])
+        margins = self._sentinel_margins(queries, retrieved, knowledge_q) if self.gate.kind == "sentinel" else None
+        out = []
+        for i, query in enumerate(queries):
             cands = []
-            for num in sorted(nums):
-                edit = self.store.get_by_num(num)
-                if edit is None or edit.status != "active":
-                    continue
+            for j, edit in enumerate(retrieved[i]):
                 f = self._features(query, norms[i], q_vecs[i], rel_by_query[i], edit)
+                f.sentinel_margin = margins[i][j] if margins is not None else None
                 score, fired = self.gate.score(f, edit.kind)
                 cands.append(Candidate(edit, f, score, fired))
             cands.sort(key=lambda c: (c.fired, c.gate_score), reverse=True)
             out.append(cands)
-        if self.gate.kind == "sentinel":
-            if knowledge_q is None:
-                knowledge_q = self.query_knowledge(queries)
-            if knowledge_q is None:
-                raise ConfigError("the sentinel gate needs the continuous-prompt model (open through Runtime)")
-            self._sentinel_verdicts(out, knowledge_q)
         return out
 
     def codebook_hook(self):

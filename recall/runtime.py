@@ -351,7 +351,11 @@ class Runtime:
                     "retrieval_score": round(c.features.cos_key, 4),
                     "gate_score": round(c.gate_score, 4),
                     "fired": c.fired,
-                    "features": {k: round(float(v), 4) for k, v in vars(c.features).items() if k != "rel_product"},
+                    "features": {
+                        k: round(float(v), 4)
+                        for k, v in vars(c.features).items()
+                        if k != "rel_product" and v is not None
+                    },
                     "supersedes": self.memory.store.superseded_by(c.edit.id),
                 }
             )
