@@ -90,8 +90,9 @@ def run(
     """Write ``results.json`` and ``summary.md`` to ``out``; returns the results.
 
     ``overrides``: per method, hyper-parameter fields to set (``target.<field>`` for the
-    target optimization). ``budget_s``: stop each method's single-edit loop early and
-    report how many cases it measured."""
+    target optimization). ``budget_s``: stop each method early (single: before the next
+    case; sequential: before the next batch) and report on the cases written so far, with
+    the unedited model's scores on those same cases beside them."""
     from recall.methods.consolidation import Consolidator, probe
     from recall.methods.layer_stats import generic_texts
     from recall.methods.weights import restore, snapshot
@@ -118,9 +119,10 @@ def run(
             "device": str(base.device),
             "overrides": overrides or {},
         },
-        "unedited": _aggregate(counterfact_success(base, tok, cases)),
         "methods": {},
     }
+    unedited_rows = counterfact_success(base, tok, cases)
+    results["unedited"] = _aggregate(unedited_rows)
     for method in methods:
         edited = copy.deepcopy(base)
         cons = Consolidator(edited, tok, spec, method, _hparams(method, spec, (overrides or {}).get(method, {})))
@@ -130,23 +132,30 @@ def run(
             original = snapshot(edited, cons.modules)
             rows = []
             for case in tqdm(cases, desc=f"{method} single", disable=not progress):
-                if budget_s and time.perf_counter() - started > budget_s:
+                if budget_s and rows and time.perf_counter() - started > budget_s:
                     break
                 cons.apply(_requests([case]))
                 rows += counterfact_success(edited, tok, [case])
                 restore(edited, original)
-            agg = _aggregate(rows) | {"n": len(rows)}
+            agg = _aggregate(rows) | {"n": len(rows), "unedited_on_written": _aggregate(unedited_rows[: len(rows)])}
         else:
             reqs = _requests(cases)
+            written = 0
             for i in tqdm(range(0, len(reqs), batch_size), desc=f"{method} batches", disable=not progress):
+                if budget_s and written and time.perf_counter() - started > budget_s:
+                    break
                 cons.apply(reqs[i : i + batch_size])
-            agg = _aggregate(counterfact_success(edited, tok, cases)) | {"n": len(cases)}
+                written = min(len(reqs), i + batch_size)
+                _log_progress(out, method, written, time.perf_counter() - started)
+            rows = counterfact_success(edited, tok, cases[:written])
+            agg = _aggregate(rows) | {"n": written, "unedited_on_written": _aggregate(unedited_rows[:written])}
             new_probe = probe(edited, tok, probe_texts)
             agg |= {
                 "probe_agreement": round(new_probe.agreement(base_probe), 4),
                 "probe_ppl_ratio": round(new_probe.ppl / base_probe.ppl, 4),
             }
         agg["seconds_per_edit"] = round((time.perf_counter() - started) / max(1, agg["n"]), 3)
+        agg["cases"] = rows  # per case, in the order measured (the seeded shuffle of the file)
         agg["hparams"] = cons.hparams.to_dict()
         results["methods"][method] = agg
         del edited
@@ -155,6 +164,13 @@ def run(
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     (out / "summary.md").write_text(summary(results), encoding="utf-8")
     return results
+
+
+def _log_progress(out: Path, method: str, edits: int, seconds: float) -> None:
+    """One line per finished batch in ``progress.jsonl``: a long CPU run that is cut off
+    still shows how far it got and at what pace."""
+    with open(out / "progress.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"method": method, "edits": edits, "seconds": round(seconds, 1)}) + "\n")
 
 
 def summary(results: dict[str, Any]) -> str:
@@ -184,6 +200,9 @@ def summary(results: dict[str, Any]) -> str:
                 a["seconds_per_edit"],
             ]
         )
+        same = a.get("unedited_on_written")
+        if same and a["n"] != cfg["n"]:
+            rows.append([f"unedited, the same {a['n']} cases", same["es"], same["ps"], same["ns"], "", "", a["n"], ""])
     head = ["editor", "ES", "PS", "NS", "probe agreement", "probe ppl ratio", "n", "s/edit"]
     return (
         f"# Consolidation backends, {cfg['protocol']} protocol ({cfg['n']} CounterFact cases, "

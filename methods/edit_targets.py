@@ -75,78 +75,132 @@ class TargetParams:
 
 
 def optimize_deltas(
-    model, tok, module: str, requests: list[EditRequest], contexts: list[str], p: TargetParams
+    model, tok, spec, module: str, requests: list[EditRequest], contexts: list[str], p: TargetParams
 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Returns ``(delta [n, d], h [n, d], final NLL per request)``; h is ``module``'s output at
-    the bare prompt's lookup token, so the target value is ``h + delta``."""
+    the bare prompt's lookup token, so the target value is ``h + delta``. ``spec`` (a
+    :class:`recall.models.ModelSpec`) names the final norm, where each pass stops: only the
+    positions the losses read are unembedded."""
     h_all = hidden_at_lookup(model, tok, module, requests)
     deltas, losses = [], []
     for part in _chunks(len(requests), p.chunk):
         d, nll = _optimize_chunk(
-            model, tok, module, [requests[i] for i in part], contexts, h_all[part.start : part.stop], p
+            model, tok, spec, module, [requests[i] for i in part], contexts, h_all[part.start : part.stop], p
         )
         deltas.append(d)
         losses.extend(nll)
     return torch.cat(deltas), h_all, losses
 
 
-def _optimize_chunk(model, tok, module, reqs, contexts, h, p: TargetParams):
+def length_buckets(lengths: list[int], max_buckets: int = 4, overhead: int = 64) -> list[list[int]]:
+    """Split row indices into at most ``max_buckets`` groups of similar length, minimizing the
+    padded token count plus ``overhead`` tokens per extra forward pass. Edit batches mix
+    10-token "<subject> is a" rows with 30-token context rows: one padded batch wastes a third
+    of its compute on padding."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    n = len(order)
+    inf = float("inf")
+    # best[k][i]: cost of covering the i shortest rows with k groups; cut[k][i]: where the last group starts
+    best = [[inf] * (n + 1) for _ in range(max_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_buckets + 1):
+        for i in range(1, n + 1):
+            width = lengths[order[i - 1]]
+            for j in range(i):
+                cost = best[k - 1][j] + (i - j) * width + overhead
+                if cost < best[k][i]:
+                    best[k][i], cut[k][i] = cost, j
+    k = min(range(1, max_buckets + 1), key=lambda k: best[k][n]) if n else 0
+    groups, i = [], n
+    while k > 0 and i > 0:
+        j = cut[k][i]
+        groups.append(order[j:i])
+        i, k = j, k - 1
+    return groups[::-1]
+
+
+def _read_hidden(model, spec, module: str, batch: list[Row], delta: torch.Tensor, pad_id: int) -> list[torch.Tensor]:
+    """Per row of ``batch``, with δ of its request added to ``module``'s output at its lookup
+    token: the final-norm hidden states at the positions its loss reads (the target positions,
+    or the lookup token of a KL row). Rows run in length buckets; each pass stops at the final
+    norm, so the caller unembeds only these positions (unembedding every position of every
+    row would double the cost of a step)."""
+    device = delta.device
+    out: list[torch.Tensor | None] = [None] * len(batch)
+    for group in length_buckets([len(r.ids) for r in batch]):
+        rows = [batch[b] for b in group]
+        ids, mask = pad_rows(rows, pad_id, device)
+        req = torch.tensor([r.request for r in rows], device=device)
+        pos = torch.tensor([r.lookup for r in rows], device=device)
+
+        def add_delta(hidden: torch.Tensor, req=req, pos=pos) -> torch.Tensor:
+            at = (torch.arange(len(req), device=device), pos)
+            return hidden.index_put(at, delta[req].to(hidden.dtype), accumulate=True)
+
+        with (
+            Trace(model, module, edit_output=add_delta),
+            Trace(model, spec.final_norm, retain_output=True, keep_grad=True, stop=True) as top,
+        ):
+            run_until(model, input_ids=ids, attention_mask=mask, use_cache=False)
+        for local, b in enumerate(group):
+            out[b] = top.output[local, batch[b].target_positions or [batch[b].lookup]]
+    return out
+
+
+def _optimize_chunk(model, tok, spec, module, reqs, contexts, h, p: TargetParams):
+    """One Adam run over the chunk's δ rows. A request whose NLL falls below ``stop_loss`` is
+    frozen and its rows leave the batch, so late steps only pay for the slow requests."""
     device = _device(model)
     n = len(reqs)
     rows: list[Row] = [prompt_row(tok, ctx, r, i, True) for i, r in enumerate(reqs) for ctx in contexts]
-    kl_rows = [row for i, r in enumerate(reqs) if (row := kl_row(tok, r, i)) is not None]
-    all_rows = rows + kl_rows
-    ids, mask = pad_rows(all_rows, tok.pad_token_id, device)
-    row_req = torch.tensor([r.request for r in all_rows], device=device)
-    row_pos = torch.tensor([r.lookup for r in all_rows], device=device)
-    n_rw = len(rows)
-    # target token positions of the rewriting rows, flattened, with the request they belong to
-    tgt_row = torch.tensor([b for b, r in enumerate(rows) for _ in r.target_ids], device=device)
-    tgt_pos = torch.tensor([q for r in rows for q in r.target_positions], device=device)
-    tgt_ids = torch.tensor([t for r in rows for t in r.target_ids], device=device)
-    tgt_req = row_req[tgt_row]
-    per_req_tokens = torch.bincount(tgt_req, minlength=n).float()
-    kl_req = row_req[n_rw:]
+    rows += [row for i, r in enumerate(reqs) if (row := kl_row(tok, r, i)) is not None]
     h_norm = h.norm(dim=-1).to(device)
-
     delta = torch.zeros(n, h.shape[-1], device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=p.lr)
     done = torch.zeros(n, dtype=torch.bool, device=device)
-    init_kl_logp = None
+    final_nll = torch.zeros(n, device=device)
+    init_kl_logp: dict[int, torch.Tensor] = {}  # KL row (index into rows) -> log-probs at δ = 0
 
-    def add_delta(hidden: torch.Tensor) -> torch.Tensor:
-        return hidden.index_put(
-            (torch.arange(len(all_rows), device=device), row_pos), delta[row_req].to(hidden.dtype), accumulate=True
-        )
-
-    nll = torch.zeros(n, device=device)
+    head = model.get_output_embeddings()
     for step in range(p.steps):
-        opt.zero_grad()
-        with Trace(model, module, edit_output=add_delta):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        logp = torch.log_softmax(logits[tgt_row, tgt_pos].float(), dim=-1)
+        live = [j for j, r in enumerate(rows) if not done[r.request]]
+        batch = [rows[j] for j in live]
+        row_req = torch.tensor([r.request for r in batch], device=device)
+        rw = [b for b, r in enumerate(batch) if r.target_ids]
+        kl = [b for b, r in enumerate(batch) if not r.target_ids]
+        tgt_row = torch.tensor([b for b in rw for _ in batch[b].target_ids], device=device, dtype=torch.long)
+        tgt_ids = torch.tensor([t for b in rw for t in batch[b].target_ids], device=device, dtype=torch.long)
+        kl_at = torch.tensor(kl, device=device, dtype=torch.long)
+        hidden = _read_hidden(model, spec, module, batch, delta, tok.pad_token_id)
+        logits = head(torch.cat([hidden[b] for b in rw + kl])).float()
+        logp = torch.log_softmax(logits[: len(tgt_row)], dim=-1)
         tok_nll = -logp.gather(1, tgt_ids[:, None])[:, 0]
+        tgt_req = row_req[tgt_row]
+        per_req_tokens = torch.bincount(tgt_req, minlength=n).float().clamp_min(1)
         nll = torch.zeros(n, device=device).index_add(0, tgt_req, tok_nll) / per_req_tokens
         loss = nll.clone()
-        if len(kl_rows):
-            kl_logp = torch.log_softmax(
-                logits[n_rw + torch.arange(len(kl_rows), device=device), row_pos[n_rw:]].float(), dim=-1
-            )
-            if init_kl_logp is None:
-                init_kl_logp = kl_logp.detach()
-            kl = F.kl_div(init_kl_logp, kl_logp, log_target=True, reduction="none").sum(-1)
-            loss = loss.index_add(0, kl_req, p.kl_factor * kl)
+        if kl:
+            kl_logp = torch.log_softmax(logits[len(tgt_row) :], dim=-1)
+            for b, lp in zip(kl, kl_logp):
+                init_kl_logp.setdefault(live[b], lp.detach())
+            ref = torch.stack([init_kl_logp[live[b]] for b in kl])
+            kl_div = F.kl_div(ref, kl_logp, log_target=True, reduction="none").sum(-1)
+            loss = loss.index_add(0, row_req[kl_at], p.kl_factor * kl_div)
         loss = loss + p.weight_decay * delta.norm(dim=-1) / h_norm**2
-        done |= nll.detach() < p.stop_loss
+        active = ~done
+        final_nll = torch.where(active, nll.detach(), final_nll)
+        done = done | (active & (nll.detach() < p.stop_loss))
         if bool(done.all()) or step == p.steps - 1:
             break
         frozen = delta.detach()[done].clone()
         (loss * (~done).float()).sum().backward()
         opt.step()
+        opt.zero_grad()
         with torch.no_grad():
             delta[done] = frozen
             limit = p.clamp_norm_factor * h_norm
             norms = delta.norm(dim=-1)
             scale = torch.where(norms > limit, limit / norms.clamp_min(1e-12), torch.ones_like(norms))
             delta.mul_(scale[:, None])
-    return delta.detach(), nll.detach().tolist()
+    return delta.detach(), final_nll.tolist()

@@ -672,7 +672,9 @@ def bench_consolidation(
         list[str] | None,
         typer.Option("--set", help="Hyper-parameter override METHOD.FIELD=JSON, e.g. memit.mom2_update_weight=2000."),
     ] = None,
-    budget_s: Annotated[float | None, typer.Option(help="Single protocol: stop each method after S seconds.")] = None,
+    budget_s: Annotated[
+        float | None, typer.Option(help="Stop each method after S seconds; report the cases written.")
+    ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:

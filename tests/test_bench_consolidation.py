@@ -49,3 +49,27 @@ def test_single_and_sequential_protocols_write_results(tmp_path, loaded_model):
     assert saved["config"]["batch_size"] == 2 and saved["unedited"] == seq["unedited"]
     text = (tmp_path / "seq" / "summary.md").read_text()
     assert "| alphaedit" in text and "sequential protocol (4 CounterFact cases" in text
+
+
+def test_a_budget_cut_sequential_run_reports_the_cases_it_wrote(tmp_path, loaded_model):
+    model_dir = tiny_model_dir(tmp_path / "tiny", "llama", loaded_model[1])
+    out = tmp_path / "cut"
+    res = consolidation.run(
+        SAMPLE_PATH,
+        out,
+        "sequential",
+        ["memit"],
+        n=4,
+        batch_size=2,
+        overrides={"memit": FAST},
+        model=str(model_dir),
+        device="cpu",
+        budget_s=1e-6,
+        progress=False,
+    )
+    agg = res["methods"]["memit"]
+    assert agg["n"] == 2 and len(agg["cases"]) == 2  # the first batch always runs
+    assert set(agg["unedited_on_written"]) == {"es", "ps", "ns"}
+    progress = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert [(p["method"], p["edits"]) for p in progress] == [("memit", 2)]
+    assert "| unedited, the same 2 cases" in (out / "summary.md").read_text()

@@ -7,9 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import FACT_PROMPT, FACT_SUBJECT, tiny_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from recall.methods import alphaedit, memit, rome
 from recall.methods.alphaedit import AlphaEditState, alphaedit_solver, null_space_projector
 from recall.methods.edit_requests import EditRequest
+from recall.methods.edit_targets import TargetParams, length_buckets, optimize_deltas
 from recall.methods.hparams import scale_layers
 from recall.methods.layer_stats import StatsCache, StatsConfig
 from recall.methods.memit import memit_solver
@@ -154,3 +157,38 @@ def test_editors_change_only_their_modules_on_tiny_models(loaded_model, family):
                 assert torch.equal(weights_copy[n], before[n])
                 with torch.no_grad():
                     p.copy_(before[n])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=40), max_size=60), st.integers(min_value=1, max_value=4))
+def test_length_buckets_cover_every_row_once_and_never_pad_more(lengths, max_buckets):
+    groups = length_buckets(lengths, max_buckets=max_buckets, overhead=8)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert len(groups) <= max_buckets and all(groups)
+    padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    assert padded + 8 * len(groups) <= len(lengths) * max(lengths, default=0) + 8  # one group is a candidate
+
+
+def test_target_deltas_do_not_depend_on_which_requests_share_a_batch(loaded_model):
+    """Each request has its own delta and loss terms, rows run in length buckets and finished
+    requests leave the batch: none of that may change what a request converges to."""
+    tok = loaded_model[1]
+    torch.manual_seed(0)
+    model = tiny_model("llama", len(tok)).eval()
+    model.requires_grad_(False)
+    spec = ModelSpec.from_config(model.config)
+    reqs = [
+        EditRequest(FACT_PROMPT, "English", FACT_SUBJECT),
+        EditRequest("The capital of Peru is", "Oslo"),
+        EditRequest("Ada Lovelace worked as a", "professional footballer", "Ada Lovelace"),
+    ]
+    contexts = ["", "Because of this, the long story ended. "]
+    module = spec.layer_template.format(0)
+    # on this random model the second request crosses 9.6 at step 3 and leaves the batch
+    p = dict(steps=6, lr=2.0, stop_loss=9.6)
+    together, h, nll = optimize_deltas(model, tok, spec, module, reqs, contexts, TargetParams(chunk=3, **p))
+    alone = [optimize_deltas(model, tok, spec, module, [r], contexts, TargetParams(chunk=1, **p)) for r in reqs]
+    for i, (d, _, n1) in enumerate(alone):
+        assert torch.allclose(together[i], d[0], atol=1e-4), i
+        assert abs(nll[i] - n1[0]) < 1e-4
+    assert nll[1] < 9.6 <= min(nll[0], nll[2]), nll  # the freezing path was exercised
