@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from recall.lm import final_hidden, unembed
+
 from .edit_requests import EditRequest, Row, kl_row, pad_rows, prompt_row
 from .nethook import Trace, run_until
 
@@ -75,17 +77,15 @@ class TargetParams:
 
 
 def optimize_deltas(
-    model, tok, spec, module: str, requests: list[EditRequest], contexts: list[str], p: TargetParams
+    model, tok, module: str, requests: list[EditRequest], contexts: list[str], p: TargetParams
 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Returns ``(delta [n, d], h [n, d], final NLL per request)``; h is ``module``'s output at
-    the bare prompt's lookup token, so the target value is ``h + delta``. ``spec`` (a
-    :class:`recall.models.ModelSpec`) names the final norm, where each pass stops: only the
-    positions the losses read are unembedded."""
+    the bare prompt's lookup token, so the target value is ``h + delta``."""
     h_all = hidden_at_lookup(model, tok, module, requests)
     deltas, losses = [], []
     for part in _chunks(len(requests), p.chunk):
         d, nll = _optimize_chunk(
-            model, tok, spec, module, [requests[i] for i in part], contexts, h_all[part.start : part.stop], p
+            model, tok, module, [requests[i] for i in part], contexts, h_all[part.start : part.stop], p
         )
         deltas.append(d)
         losses.extend(nll)
@@ -120,12 +120,12 @@ def length_buckets(lengths: list[int], max_buckets: int = 4, overhead: int = 64)
     return groups[::-1]
 
 
-def _read_hidden(model, spec, module: str, batch: list[Row], delta: torch.Tensor, pad_id: int) -> list[torch.Tensor]:
+def _read_hidden(model, module: str, batch: list[Row], delta: torch.Tensor, pad_id: int) -> list[torch.Tensor]:
     """Per row of ``batch``, with δ of its request added to ``module``'s output at its lookup
     token: the final-norm hidden states at the positions its loss reads (the target positions,
     or the lookup token of a KL row). Rows run in length buckets; each pass stops at the final
     norm, so the caller unembeds only these positions (unembedding every position of every
-    row would double the cost of a step)."""
+    row would double the cost of a step). Rows run in length buckets."""
     device = delta.device
     out: list[torch.Tensor | None] = [None] * len(batch)
     for group in length_buckets([len(r.ids) for r in batch]):
@@ -138,17 +138,14 @@ def _read_hidden(model, spec, module: str, batch: list[Row], delta: torch.Tensor
             at = (torch.arange(len(req), device=device), pos)
             return hidden.index_put(at, delta[req].to(hidden.dtype), accumulate=True)
 
-        with (
-            Trace(model, module, edit_output=add_delta),
-            Trace(model, spec.final_norm, retain_output=True, keep_grad=True, stop=True) as top,
-        ):
-            run_until(model, input_ids=ids, attention_mask=mask, use_cache=False)
+        with Trace(model, module, edit_output=add_delta):
+            top = final_hidden(model, input_ids=ids, attention_mask=mask)
         for local, b in enumerate(group):
-            out[b] = top.output[local, batch[b].target_positions or [batch[b].lookup]]
+            out[b] = top[local, batch[b].target_positions or [batch[b].lookup]]
     return out
 
 
-def _optimize_chunk(model, tok, spec, module, reqs, contexts, h, p: TargetParams):
+def _optimize_chunk(model, tok, module, reqs, contexts, h, p: TargetParams):
     """One Adam run over the chunk's δ rows. A request whose NLL falls below ``stop_loss`` is
     frozen and its rows leave the batch, so late steps only pay for the slow requests."""
     device = _device(model)
@@ -162,7 +159,6 @@ def _optimize_chunk(model, tok, spec, module, reqs, contexts, h, p: TargetParams
     final_nll = torch.zeros(n, device=device)
     init_kl_logp: dict[int, torch.Tensor] = {}  # KL row (index into rows) -> log-probs at δ = 0
 
-    head = model.get_output_embeddings()
     for step in range(p.steps):
         live = [j for j, r in enumerate(rows) if not done[r.request]]
         batch = [rows[j] for j in live]
@@ -172,8 +168,8 @@ def _optimize_chunk(model, tok, spec, module, reqs, contexts, h, p: TargetParams
         tgt_row = torch.tensor([b for b in rw for _ in batch[b].target_ids], device=device, dtype=torch.long)
         tgt_ids = torch.tensor([t for b in rw for t in batch[b].target_ids], device=device, dtype=torch.long)
         kl_at = torch.tensor(kl, device=device, dtype=torch.long)
-        hidden = _read_hidden(model, spec, module, batch, delta, tok.pad_token_id)
-        logits = head(torch.cat([hidden[b] for b in rw + kl])).float()
+        hidden = _read_hidden(model, module, batch, delta, tok.pad_token_id)
+        logits = unembed(model, torch.cat([hidden[b] for b in rw + kl]))
         logp = torch.log_softmax(logits[: len(tgt_row)], dim=-1)
         tok_nll = -logp.gather(1, tgt_ids[:, None])[:, 0]
         tgt_req = row_req[tgt_row]

@@ -43,7 +43,7 @@ class MEMITHyperParams(LocateEditHyperParams):
 def compute_z(model, tok, spec, requests, layers, contexts, target: TargetParams) -> tuple[torch.Tensor, list[float]]:
     """Z [n, d]: target residuals at the last edited layer; and the final NLL per request."""
     module = spec.layer_template.format(layers[-1])
-    delta, h, nll = optimize_deltas(model, tok, spec, module, requests, contexts, target)
+    delta, h, nll = optimize_deltas(model, tok, module, requests, contexts, target)
     return h + delta, nll
 
 

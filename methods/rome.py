@@ -60,6 +60,6 @@ def apply(model, tok, spec, requests: list[EditRequest], hparams: ROMEHyperParam
     c = stats.get([layer])[layer] if hparams.mom2_adjustment else None
     for req in requests:
         k = lookup_keys(model, tok, module, [req], contexts)[0]
-        delta, _, _ = optimize_deltas(model, tok, spec, module, [req], contexts, hparams.target)
+        delta, _, _ = optimize_deltas(model, tok, module, [req], contexts, hparams.target)
         add_update(model, spec, module, rank_one_update(k, delta[0], c, hparams.mom2_reg))
     return model, weights_copy

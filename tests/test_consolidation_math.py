@@ -186,8 +186,8 @@ def test_target_deltas_do_not_depend_on_which_requests_share_a_batch(loaded_mode
     module = spec.layer_template.format(0)
     # on this random model the second request crosses 9.6 at step 3 and leaves the batch
     p = dict(steps=6, lr=2.0, stop_loss=9.6)
-    together, h, nll = optimize_deltas(model, tok, spec, module, reqs, contexts, TargetParams(chunk=3, **p))
-    alone = [optimize_deltas(model, tok, spec, module, [r], contexts, TargetParams(chunk=1, **p)) for r in reqs]
+    together, h, nll = optimize_deltas(model, tok, module, reqs, contexts, TargetParams(chunk=3, **p))
+    alone = [optimize_deltas(model, tok, module, [r], contexts, TargetParams(chunk=1, **p)) for r in reqs]
     for i, (d, _, n1) in enumerate(alone):
         assert torch.allclose(together[i], d[0], atol=1e-4), i
         assert abs(nll[i] - n1[0]) < 1e-4
