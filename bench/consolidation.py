@@ -162,8 +162,25 @@ def run(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    (out / "summary.md").write_text(summary(results), encoding="utf-8")
+    write_report(results, out)
     return results
+
+
+def write_report(results: dict[str, Any], out: str | Path) -> None:
+    """``summary.md`` and, for the sequential protocol, ``by_batch.png`` (regenerable from a
+    saved ``results.json``)."""
+    out = Path(out)
+    (out / "summary.md").write_text(summary(results), encoding="utf-8")
+    if results["config"]["protocol"] == "sequential":
+        plot_by_batch(results, out / "by_batch.png")
+
+
+def by_batch(results: dict[str, Any], method: str) -> list[dict[str, float]]:
+    """ES/PS/NS of one method's cases grouped by the batch that wrote them (batch 0 is the
+    oldest: it went through every later batch)."""
+    size = results["config"]["batch_size"]
+    rows = results["methods"][method].get("cases", [])
+    return [_aggregate(rows[i : i + size]) for i in range(0, len(rows), size)]
 
 
 def _log_progress(out: Path, method: str, edits: int, seconds: float) -> None:
@@ -204,7 +221,37 @@ def summary(results: dict[str, Any]) -> str:
         if same and a["n"] != cfg["n"]:
             rows.append([f"unedited, the same {a['n']} cases", same["es"], same["ps"], same["ns"], "", "", a["n"], ""])
     head = ["editor", "ES", "PS", "NS", "probe agreement", "probe ppl ratio", "n", "s/edit"]
-    return (
+    text = (
         f"# Consolidation backends, {cfg['protocol']} protocol ({cfg['n']} CounterFact cases, "
         f"batch {cfg['batch_size']}, {cfg['device']})\n\n{md_table(head, rows)}\n"
     )
+    if cfg["protocol"] == "sequential":
+        for name in results["methods"]:
+            groups = by_batch(results, name)
+            if groups:
+                cells = [[i, g["es"], g["ps"], g["ns"]] for i, g in enumerate(groups)]
+                table = md_table(["batch", "ES", "PS", "NS"], cells)
+                text += f"\n## {name}: the cases of each batch, measured after the last batch\n\n{table}\n"
+    return text
+
+
+def plot_by_batch(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in results["methods"] if results["methods"][n].get("cases")]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        groups = by_batch(results, name)
+        for key, label in (("es", "efficacy"), ("ps", "paraphrase"), ("ns", "neighborhood")):
+            ax.plot(range(len(groups)), [g[key] for g in groups], marker="o", label=label)
+        ax.axhline(results["unedited"]["ns"], color="grey", linestyle="--", label="unedited NS")
+        ax.set(title=f"{name}: cases by the batch that wrote them", xlabel="batch (0 = oldest)", ylim=(0, 1.02))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

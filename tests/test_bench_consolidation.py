@@ -49,6 +49,8 @@ def test_single_and_sequential_protocols_write_results(tmp_path, loaded_model):
     assert saved["config"]["batch_size"] == 2 and saved["unedited"] == seq["unedited"]
     text = (tmp_path / "seq" / "summary.md").read_text()
     assert "| alphaedit" in text and "sequential protocol (4 CounterFact cases" in text
+    assert "## alphaedit: the cases of each batch" in text and (tmp_path / "seq" / "by_batch.png").stat().st_size > 0
+    assert len(consolidation.by_batch(seq, "alphaedit")) == 2
 
 
 def test_a_budget_cut_sequential_run_reports_the_cases_it_wrote(tmp_path, loaded_model):
