@@ -86,13 +86,15 @@ def run(
     device: str = "auto",
     budget_s: float | None = None,
     progress: bool = True,
+    start: int = 0,
 ) -> dict[str, Any]:
     """Write ``results.json`` and ``summary.md`` to ``out``; returns the results.
 
     ``overrides``: per method, hyper-parameter fields to set (``target.<field>`` for the
     target optimization). ``budget_s``: stop each method early (single: before the next
     case; sequential: before the next batch) and report on the cases written so far, with
-    the unedited model's scores on those same cases beside them."""
+    the unedited model's scores on those same cases beside them. ``start``: skip that many
+    cases of the shuffle (to continue a single-protocol run that a budget cut off)."""
     from recall.methods.consolidation import Consolidator, probe
     from recall.methods.layer_stats import generic_texts
     from recall.methods.weights import restore, snapshot
@@ -106,7 +108,7 @@ def run(
     base, tok, spec = load_model(model, device)
     cases = load_cases(data, "counterfact", skip_invalid=True)
     random.Random(seed).shuffle(cases)
-    cases = cases[:n]
+    cases = cases[start : start + n]
     probe_texts = generic_texts("probe")
     base_probe = probe(base, tok, probe_texts)
     results: dict[str, Any] = {
@@ -116,6 +118,7 @@ def run(
             "n": len(cases),
             "batch_size": batch_size,
             "seed": seed,
+            "start": start,
             "device": str(base.device),
             "overrides": overrides or {},
         },

@@ -668,6 +668,7 @@ def bench_consolidation(
     n: Annotated[int, typer.Option(min=1, help="Cases (seeded shuffle of the file).")] = 1000,
     batch_size: Annotated[int, typer.Option(min=1, help="Edits per batch (sequential protocol).")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the case shuffle.")] = 0,
+    start: Annotated[int, typer.Option(min=0, help="Skip this many cases of the shuffle (continue a cut run).")] = 0,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Hyper-parameter override METHOD.FIELD=JSON, e.g. memit.mom2_update_weight=2000."),
@@ -696,8 +697,9 @@ def bench_consolidation(
             overrides.setdefault(method, {})[field] = json.loads(value)
         except ValueError as exc:
             raise typer.BadParameter(f"--set {item!r}: {exc}") from None
-    result = consolidation.run(data, out, protocol, names, n,
-                               batch_size, seed, overrides, model, device, budget_s)
+    result = consolidation.run(
+        data, out, protocol, names, n, batch_size, seed, overrides, model, device, budget_s, start=start
+    )
     typer.echo(consolidation.summary(result))
 
 

@@ -7,9 +7,11 @@ check loading, module paths, orientation flags and that edits fire."""
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import FACT_PROMPT, FACT_SUBJECT, tiny_model
 
 from recall.errors import ModelLoadError
+from recall.lm import RowPlan, score_tokens_rows, teacher_forced_batch
 from recall.models import ModelSpec, load_model
 from recall.runtime import Runtime
 
@@ -56,3 +58,25 @@ def test_unsupported_or_missing_model_is_a_typed_error(tmp_path):
 
     with pytest.raises(ModelLoadError, match="mamba"):
         ModelSpec.from_config(Config())
+
+
+@pytest.mark.parametrize("family", ["smollm2", "gpt2"])
+def test_scores_read_from_final_hidden_states_equal_full_logits(loaded_model, family):
+    """``score_tokens_rows`` unembeds only the continuation positions of the base model's
+    output; that must be the full forward pass's log-softmax at those positions."""
+    model, tok = loaded_model[0], loaded_model[1]
+    if family == "gpt2":
+        model = tiny_model("gpt2", len(tok)).eval()
+    prompts = [FACT_PROMPT, "The capital of Peru is", "Q: who wrote Hamlet?\nA:"]
+    conts = ["English", "Lima", "William Shakespeare wrote it"]
+    rows = score_tokens_rows(model, tok, [RowPlan(p) for p in prompts], conts, micro_batch=2)
+    with torch.inference_mode():
+        for row, p, c in zip(rows, prompts, conts):
+            inputs, mask, spans = teacher_forced_batch(model, tok, [RowPlan(p)], [c])
+            logits = model(**inputs, attention_mask=mask).logits[0].float()
+            start, ids = spans[0]
+            logp = torch.log_softmax(logits[start - 1 : start - 1 + len(ids)], dim=-1)
+            assert [s.token for s in row] == ids
+            for j, s in enumerate(row):
+                assert abs(s.logprob - float(logp[j, ids[j]])) < 1e-4
+                assert s.argmax_hit == (int(logp[j].argmax()) == ids[j])
