@@ -125,7 +125,7 @@ def _read_hidden(model, module: str, batch: list[Row], delta: torch.Tensor, pad_
     token: the final-norm hidden states at the positions its loss reads (the target positions,
     or the lookup token of a KL row). Rows run in length buckets; each pass stops at the final
     norm, so the caller unembeds only these positions (unembedding every position of every
-    row would double the cost of a step). Rows run in length buckets."""
+    row would double the cost of a step)."""
     device = delta.device
     out: list[torch.Tensor | None] = [None] * len(batch)
     for group in length_buckets([len(r.ids) for r in batch]):
