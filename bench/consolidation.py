@@ -103,12 +103,14 @@ def run(
 
     if protocol not in ("single", "sequential"):
         raise ValueError(f"protocol must be 'single' or 'sequential', got {protocol!r}")
+    cases = load_cases(data, "counterfact", skip_invalid=True)
+    if not 0 <= start < len(cases):
+        raise ValueError(f"start={start} leaves no cases: {data} has {len(cases)} usable CounterFact cases")
+    random.Random(seed).shuffle(cases)
+    cases = cases[start : start + n]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base, tok, spec = load_model(model, device)
-    cases = load_cases(data, "counterfact", skip_invalid=True)
-    random.Random(seed).shuffle(cases)
-    cases = cases[start : start + n]
     probe_texts = generic_texts("probe")
     base_probe = probe(base, tok, probe_texts)
     results: dict[str, Any] = {

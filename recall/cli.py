@@ -697,9 +697,12 @@ def bench_consolidation(
             overrides.setdefault(method, {})[field] = json.loads(value)
         except ValueError as exc:
             raise typer.BadParameter(f"--set {item!r}: {exc}") from None
-    result = consolidation.run(
-        data, out, protocol, names, n, batch_size, seed, overrides, model, device, budget_s, start=start
-    )
+    try:
+        result = consolidation.run(
+            data, out, protocol, names, n, batch_size, seed, overrides, model, device, budget_s, start=start
+        )
+    except ValueError as exc:  # what run() rejects before any work: protocol, --start
+        raise typer.BadParameter(str(exc)) from None
     typer.echo(consolidation.summary(result))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import tiny_model_dir
 from recall.bench import consolidation
 
@@ -13,36 +14,29 @@ SAMPLE_PATH = Path(__file__).resolve().parent.parent / "recall" / "data" / "coun
 FAST = {"context_templates_per_seed": 0, "target.steps": 2, "target.chunk": 4}
 
 
-def test_single_and_sequential_protocols_write_results(tmp_path, loaded_model):
-    model_dir = tiny_model_dir(tmp_path / "tiny", "llama", loaded_model[1])
-    single = consolidation.run(
+def _run_fast(model_dir, out, protocol: str, methods: list[str], **kwargs):
+    """``consolidation.run`` on the tiny model with FAST hyper-parameters for every method."""
+    return consolidation.run(
         SAMPLE_PATH,
-        tmp_path / "single",
-        "single",
-        ["rome", "memit"],
-        n=3,
-        seed=1,
-        overrides={"rome": FAST, "memit": FAST},
+        out,
+        protocol,
+        methods,
+        overrides={m: FAST for m in methods},
         model=str(model_dir),
         device="cpu",
         progress=False,
+        **kwargs,
     )
+
+
+def test_single_and_sequential_protocols_write_results(tmp_path, loaded_model):
+    model_dir = tiny_model_dir(tmp_path / "tiny", "llama", loaded_model[1])
+    single = _run_fast(model_dir, tmp_path / "single", "single", ["rome", "memit"], n=3, seed=1)
     assert set(single["methods"]) == {"rome", "memit"}
     for agg in single["methods"].values():
         assert agg["n"] == 3 and all(0.0 <= agg[k] <= 1.0 for k in ("es", "ps", "ns"))
         assert agg["hparams"]["target"]["steps"] == 2
-    seq = consolidation.run(
-        SAMPLE_PATH,
-        tmp_path / "seq",
-        "sequential",
-        ["alphaedit"],
-        n=4,
-        batch_size=2,
-        overrides={"alphaedit": FAST},
-        model=str(model_dir),
-        device="cpu",
-        progress=False,
-    )
+    seq = _run_fast(model_dir, tmp_path / "seq", "sequential", ["alphaedit"], n=4, batch_size=2)
     agg = seq["methods"]["alphaedit"]
     assert agg["n"] == 4 and 0.0 <= agg["probe_agreement"] <= 1.0 and agg["probe_ppl_ratio"] > 0
     saved = json.loads((tmp_path / "seq" / "results.json").read_text())
@@ -56,22 +50,16 @@ def test_single_and_sequential_protocols_write_results(tmp_path, loaded_model):
 def test_a_budget_cut_sequential_run_reports_the_cases_it_wrote(tmp_path, loaded_model):
     model_dir = tiny_model_dir(tmp_path / "tiny", "llama", loaded_model[1])
     out = tmp_path / "cut"
-    res = consolidation.run(
-        SAMPLE_PATH,
-        out,
-        "sequential",
-        ["memit"],
-        n=4,
-        batch_size=2,
-        overrides={"memit": FAST},
-        model=str(model_dir),
-        device="cpu",
-        budget_s=1e-6,
-        progress=False,
-    )
+    res = _run_fast(model_dir, out, "sequential", ["memit"], n=4, batch_size=2, budget_s=1e-6)
     agg = res["methods"]["memit"]
     assert agg["n"] == 2 and len(agg["cases"]) == 2  # the first batch always runs
     assert set(agg["unedited_on_written"]) == {"es", "ps", "ns"}
     progress = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
     assert [(p["method"], p["edits"]) for p in progress] == [("memit", 2)]
     assert "| unedited, the same 2 cases" in (out / "summary.md").read_text()
+
+
+def test_a_start_past_the_data_is_rejected_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="leaves no cases"):
+        consolidation.run(SAMPLE_PATH, tmp_path / "none", "single", ["rome"], n=3, start=10_000, progress=False)
+    assert not (tmp_path / "none").exists()
