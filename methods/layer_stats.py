@@ -8,8 +8,11 @@ with recall (Wikipedia biographies, ``recall/data/wikibio_text.jsonl``), are com
 layer needed, so statistics for early layers cost a fraction of a full pass.
 
 Reference runs use 10^5 Wikipedia documents; Gupta et al. (2025) find that a small fraction
-of that suffices. recall's corpus is ~27k tokens (d_ff = 1536 for SmolLM2, so C is well
-determined); say so when comparing numbers with papers.
+of that suffices. recall's corpus is ~27k tokens (d_ff = 1536 for SmolLM2): enough for C's
+leading directions, less so for its smallest eigenvalues, which are what AlphaEdit's null
+space is made of. A 463k-token corpus with dialogue text added did not help AlphaEdit on
+SmolLM2 (bench/results/consolidation/alphaedit_nullspace_proxy_300); say so when comparing
+numbers with papers.
 """
 
 from __future__ import annotations

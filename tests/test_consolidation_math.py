@@ -44,6 +44,17 @@ def test_rome_rank_one_update_writes_the_new_value_along_c_inverse_k():
     assert torch.allclose(dw.double() @ other, torch.zeros(D_OUT, dtype=torch.float64), atol=1e-4)
     # without statistics the direction is k itself
     assert torch.allclose((w + rank_one_update(k, delta, None)) @ k, w @ k + delta, atol=1e-4)
+    # prompt_key_scale: same direction C^-1 k*, scaled so the prompt's own key gets exactly delta
+    prompt_key = k + 0.5 * torch.randn(D_IN, generator=g)
+    dw_at = rank_one_update(k, delta, c, at=prompt_key)
+    assert torch.allclose((w + dw_at) @ prompt_key, w @ prompt_key + delta, atol=1e-4)
+    assert torch.allclose(dw_at.double() @ other, torch.zeros(D_OUT, dtype=torch.float64), atol=1e-4)
+    # ... unless the prompt key is nearly C-orthogonal to k*: the update is then built from the
+    # prompt key alone, still exact on it and no larger than a plain ROME update for it
+    near_orthogonal = other.float() + 0.1 * rome.MIN_KEY_RATIO * k
+    dw_near = rank_one_update(k, delta, c, at=near_orthogonal)
+    assert torch.allclose((w + dw_near) @ near_orthogonal, w @ near_orthogonal + delta, atol=1e-4)
+    assert torch.allclose(dw_near, rank_one_update(near_orthogonal, delta, c), atol=1e-6)
 
 
 def test_memit_update_solves_its_normal_equations_and_fits_new_keys():
@@ -90,6 +101,25 @@ def test_alphaedit_update_leaves_preserved_keys_and_earlier_batches_alone():
     back = AlphaEditState.from_tensors(state.to_tensors())
     assert torch.equal(back.projectors[0], p) and torch.equal(back.preserved[0], state.preserved[0])
 
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(min_value=0.0, max_value=0.5), st.floats(min_value=1e-3, max_value=1e3), st.integers(0, 10_000))
+def test_energy_null_space_bounds_the_generic_keys_it_exposes_at_any_scale(energy, scale, seed):
+    g = _gen(seed)
+    keys = torch.randn(D_IN, 400, generator=g) * torch.logspace(-2, 1, D_IN).unsqueeze(1)  # a spread spectrum
+    c = keys @ keys.T / 400
+    p = null_space_projector(c, threshold=0.0, energy=energy).double()
+    exposed = float((p @ c.double()).trace() / c.double().trace())  # E‖P k‖² / E‖k‖²
+    assert exposed <= energy + 1e-9
+    assert torch.allclose(p @ p, p, atol=1e-6)  # an orthogonal projector
+    # scale-free: the same directions for C × scale (an absolute threshold would change them)
+    assert torch.allclose(null_space_projector(c * scale, threshold=0.0, energy=energy), p.float(), atol=1e-4)
+    # maximal: one more eigen-direction would exceed the budget
+    evals = torch.linalg.eigvalsh(c.double())
+    k = round(float(p.trace()))
+    if k < D_IN:
+        assert float(evals[: k + 1].sum()) > energy * float(evals.sum()) - 1e-9
 
 def test_layer_templates_rescale_with_depth():
     assert scale_layers([3, 4, 5, 6, 7], 30, 30) == [3, 4, 5, 6, 7]

@@ -1,0 +1,26 @@
+import random
+import time
+
+import torch
+from recall.bench.editors import _requests
+from recall.bench.loaders import load_cases
+from recall.methods.consolidation import Consolidator
+from recall.methods.memit import compute_z
+
+from recall.models import load_model
+
+torch.set_num_threads(2)
+cases = load_cases(
+    "../shared/data/counterfact/easyedit_mend_format/counterfact-edit.json", "counterfact", skip_invalid=True
+)
+random.Random(0).shuffle(cases)
+m, tok, spec = load_model(device="cpu")
+cons = Consolidator(m, tok, spec, "alphaedit")
+ctx = cons.contexts()
+hp = cons.hparams
+for b in range(3):
+    t = time.time()
+    reqs = _requests(cases[b * 100 : (b + 1) * 100])
+    z, nll = compute_z(m, tok, spec, reqs, hp.layers, ctx, hp.target)
+    torch.save({"z": z, "nll": nll, "ctx": ctx}, f"/tmp/proxy/z{b}.pt")
+    print(b, time.time() - t, flush=True)
