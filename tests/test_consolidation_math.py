@@ -102,7 +102,6 @@ def test_alphaedit_update_leaves_preserved_keys_and_earlier_batches_alone():
     assert torch.equal(back.projectors[0], p) and torch.equal(back.preserved[0], state.preserved[0])
 
 
-
 @settings(max_examples=40, deadline=None)
 @given(st.floats(min_value=0.0, max_value=0.5), st.floats(min_value=1e-3, max_value=1e3), st.integers(0, 10_000))
 def test_energy_null_space_bounds_the_generic_keys_it_exposes_at_any_scale(energy, scale, seed):
@@ -120,6 +119,7 @@ def test_energy_null_space_bounds_the_generic_keys_it_exposes_at_any_scale(energ
     k = round(float(p.trace()))
     if k < D_IN:
         assert float(evals[: k + 1].sum()) > energy * float(evals.sum()) - 1e-9
+
 
 def test_layer_templates_rescale_with_depth():
     assert scale_layers([3, 4, 5, 6, 7], 30, 30) == [3, 4, 5, 6, 7]
