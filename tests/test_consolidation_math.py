@@ -121,6 +121,14 @@ def test_energy_null_space_bounds_the_generic_keys_it_exposes_at_any_scale(energ
         assert float(evals[: k + 1].sum()) > energy * float(evals.sum()) - 1e-9
 
 
+@pytest.mark.parametrize("energy", [-0.1, 1.5])
+def test_an_energy_budget_outside_0_1_is_a_clear_error(energy):
+    with pytest.raises(ValueError, match="nullspace_energy"):
+        null_space_projector(torch.eye(D_IN), threshold=0.0, energy=energy)
+    with pytest.raises(ValueError, match="nullspace_energy"):
+        alphaedit.AlphaEditHyperParams(nullspace_energy=energy)
+
+
 def test_layer_templates_rescale_with_depth():
     assert scale_layers([3, 4, 5, 6, 7], 30, 30) == [3, 4, 5, 6, 7]
     assert scale_layers([3, 4, 5, 6, 7], 30, 2) == [0, 1]
