@@ -12,7 +12,7 @@ from recall.bench.editors import _requests
 from recall.bench.loaders import load_cases
 from recall.methods.alphaedit import AlphaEditState, alphaedit_solver, null_space_projector
 from recall.methods.consolidation import probe
-from recall.methods.edit_targets import lookup_keys
+from recall.methods.edit_targets import hidden_at_lookup, lookup_keys
 from recall.methods.layer_stats import StatsCache, generic_texts
 from recall.methods.memit import spread
 from recall.methods.weights import restore, snapshot
@@ -39,20 +39,33 @@ bp = probe(m, tok, pt)
 un = _aggregate(counterfact_success(m, tok, cases))
 print("unedited", un, flush=True)
 zs = [torch.load(f"/tmp/proxy/z{b}.pt") for b in range(nb)]
+top = spec.layer_template.format(7)  # z lives at the residual output of layer 7
+h0 = [hidden_at_lookup(m, tok, top, _requests(cases[b * 100 : (b + 1) * 100])) for b in range(nb)]
 ctx = zs[0]["ctx"]
 for cfg in configs:
     t = time.time()
     restore(m, orig)
     lay = cfg.get("layers", layers)
     mods = [spec.mlp_out_template.format(layer) for layer in lay]
+    # "z": targets from `z.py TAG ...`; "ds": write h0 + ds·(z − h0) instead of z
+    zz = [torch.load(f"/tmp/proxy/z{cfg['z']}{b}.pt") if "z" in cfg else zs[b] for b in range(nb)]
     st = AlphaEditState()
     for layer in lay:
         st.projectors[layer] = null_space_projector(C[layer], cfg.get("th", 2e-2), False, cfg.get("energy"))
-        st.preserved[layer] = torch.zeros(1536, 1536)
+        st.preserved[layer] = torch.zeros(C[layer].shape[0], C[layer].shape[0])
     res = {"cfg": cfg, "null": st.null_dims(), "stats": statsfile}
     for b in range(nb):
         reqs = _requests(cases[b * 100 : (b + 1) * 100])
-        spread(m, tok, spec, reqs, lay, ctx, zs[b]["z"], alphaedit_solver(st, cfg.get("l2", 10.0)))
+        spread(
+            m,
+            tok,
+            spec,
+            reqs,
+            lay,
+            ctx,
+            h0[b] + cfg.get("ds", 1.0) * (zz[b]["z"] - h0[b]),
+            alphaedit_solver(st, cfg.get("l2", 10.0)),
+        )
         for layer, mod in zip(lay, mods):
             k = lookup_keys(m, tok, mod, reqs, ctx).T
             st.preserved[layer] += (k.double() @ k.double().T).float()

@@ -1,4 +1,7 @@
+import dataclasses
+import json
 import random
+import sys
 import time
 
 import torch
@@ -18,9 +21,12 @@ m, tok, spec = load_model(device="cpu")
 cons = Consolidator(m, tok, spec, "alphaedit")
 ctx = cons.contexts()
 hp = cons.hparams
+# optional: a tag for the output files and TargetParams overrides, e.g. s05 '{"stop_loss": 0.5}'
+tag = sys.argv[1] if len(sys.argv) > 1 else ""
+target = dataclasses.replace(hp.target, **json.loads(sys.argv[2])) if len(sys.argv) > 2 else hp.target
 for b in range(3):
     t = time.time()
     reqs = _requests(cases[b * 100 : (b + 1) * 100])
-    z, nll = compute_z(m, tok, spec, reqs, hp.layers, ctx, hp.target)
-    torch.save({"z": z, "nll": nll, "ctx": ctx}, f"/tmp/proxy/z{b}.pt")
+    z, nll = compute_z(m, tok, spec, reqs, hp.layers, ctx, target)
+    torch.save({"z": z, "nll": nll, "ctx": ctx}, f"/tmp/proxy/z{tag}{b}.pt")
     print(b, time.time() - t, flush=True)
