@@ -48,6 +48,8 @@ for cfg in configs:
     lay = cfg.get("layers", layers)
     mods = [spec.mlp_out_template.format(layer) for layer in lay]
     # "z": targets from `z.py TAG ...`; "ds": write h0 + ds·(z − h0) instead of z
+    # "ctx": "bare": keys (written and accumulated) at the bare prompt only, not template-averaged
+    cx = [""] if cfg.get("ctx") == "bare" else ctx
     zz = [torch.load(f"/tmp/proxy/z{cfg['z']}{b}.pt") if "z" in cfg else zs[b] for b in range(nb)]
     st = AlphaEditState()
     for layer in lay:
@@ -62,12 +64,12 @@ for cfg in configs:
             spec,
             reqs,
             lay,
-            ctx,
+            cx,
             h0[b] + cfg.get("ds", 1.0) * (zz[b]["z"] - h0[b]),
             alphaedit_solver(st, cfg.get("l2", 10.0)),
         )
         for layer, mod in zip(lay, mods):
-            k = lookup_keys(m, tok, mod, reqs, ctx).T
+            k = lookup_keys(m, tok, mod, reqs, cx).T
             st.preserved[layer] += (k.double() @ k.double().T).float()
         p = probe(m, tok, pt)
         res[f"b{b}"] = {"ppl": round(p.ppl / bp.ppl, 4), "agree": round(p.agreement(bp), 4)}
