@@ -48,8 +48,9 @@ for cfg in configs:
     lay = cfg.get("layers", layers)
     mods = [spec.mlp_out_template.format(layer) for layer in lay]
     # "z": targets from `z.py TAG ...`; "ds": write h0 + ds·(z − h0) instead of z
-    # "ctx": "bare": keys (written and accumulated) at the bare prompt only, not template-averaged
-    cx = [""] if cfg.get("ctx") == "bare" else ctx
+    # "ctx": keys (written and accumulated) at the bare prompt only ("bare"), or with the bare
+    # prompt weighted 6/11 instead of 1/6 of the average ("half"; ctx[0] is the bare prompt)
+    cx = {"bare": [""], "half": [""] * (len(ctx) - 1) + ctx}.get(cfg.get("ctx"), ctx)
     zz = [torch.load(f"/tmp/proxy/z{cfg['z']}{b}.pt") if "z" in cfg else zs[b] for b in range(nb)]
     st = AlphaEditState()
     for layer in lay:
