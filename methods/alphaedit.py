@@ -139,9 +139,10 @@ def apply(
         model, tok, hparams.context_templates_per_seed, hparams.context_length, hparams.seed
     )
     z, _ = compute_z(model, tok, spec, requests, hparams.layers, contexts, hparams.target)
-    spread(model, tok, spec, requests, hparams.layers, contexts, z, alphaedit_solver(state, hparams.l2))
+    solver = alphaedit_solver(state, hparams.l2)
+    spread(model, tok, spec, requests, hparams.layers, contexts, z, solver, hparams.key_prompt_weight)
     for layer, module in zip(hparams.layers, modules):
-        k = lookup_keys(model, tok, module, requests, contexts).T
+        k = lookup_keys(model, tok, module, requests, contexts, prompt_weight=hparams.key_prompt_weight).T
         state.preserved[layer] = state.preserved[layer] + (k.double() @ k.double().T).float().cpu()
     state.batches += 1
     return model, weights_copy

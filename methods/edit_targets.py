@@ -1,7 +1,8 @@
 """Keys and target values shared by ROME, MEMIT and AlphaEdit.
 
 - :func:`lookup_keys`: the rewrite module's input at each request's lookup token, averaged
-  over context templates (ROME's k*, MEMIT's K_l columns).
+  over context templates (ROME's k*, MEMIT's K_l columns); :func:`context_keys` keeps the
+  contexts apart and :func:`average_keys` weights them (``key_prompt_weight``).
 - :func:`hidden_at_lookup`: a module's output at the lookup token of the bare prompts.
 - :func:`optimize_deltas`: the residual δ that makes the model say the target when added to
   a module's output at the lookup token (ROME's v* = h + δ at the MLP output; MEMIT's
@@ -39,8 +40,8 @@ def _chunks(n: int, size: int):
 
 @torch.no_grad()
 def _at_lookup(model, tok, module: str, requests, contexts: list[str], side: str, chunk: int) -> torch.Tensor:
-    """[n, d]: ``module``'s input or output (``side``) at each request's lookup token, averaged
-    over ``contexts``; the forward pass stops after ``module``."""
+    """[n, len(contexts), d]: ``module``'s input or output (``side``) at each request's lookup
+    token in each context; the forward pass stops after ``module``."""
     out = []
     for part in _chunks(len(requests), chunk):
         rows = [prompt_row(tok, ctx, requests[i], i, False) for i in part for ctx in contexts]
@@ -49,20 +50,55 @@ def _at_lookup(model, tok, module: str, requests, contexts: list[str], side: str
             run_until(model, input_ids=ids, attention_mask=mask)
         hidden = t.input if side == "input" else t.output
         picked = hidden[torch.arange(len(rows)), torch.tensor([r.lookup for r in rows])]
-        out.append(picked.view(len(part), len(contexts), -1).mean(1))
+        out.append(picked.view(len(part), len(contexts), -1))
     return torch.cat(out).float()
 
 
-def lookup_keys(
+def context_weights(n_contexts: int, prompt_weight: float | None = None) -> torch.Tensor:
+    """Weights of the contexts in a key average; context 0 is the bare prompt.
+
+    ``None`` is the papers' uniform mean. A number puts that share on the bare prompt and
+    splits the rest evenly over the generated contexts. On SmolLM2 those contexts are
+    garbled text, and their keys sit far from the prompt's own; AlphaEdit writes and
+    protects keys, so weighting the bare prompt writes closer to what queries look up
+    (bench/results/consolidation/alphaedit_nullspace_proxy_300)."""
+    if prompt_weight is None or n_contexts == 1:
+        return torch.full((n_contexts,), 1.0 / n_contexts)
+    if not 0.0 <= prompt_weight <= 1.0:
+        raise ValueError(f"key_prompt_weight must be in [0, 1], got {prompt_weight}")
+    rest = (1.0 - prompt_weight) / (n_contexts - 1)
+    return torch.tensor([prompt_weight] + [rest] * (n_contexts - 1))
+
+
+def context_keys(
     model, tok, module: str, requests: list[EditRequest], contexts: list[str], chunk: int = 32
 ) -> torch.Tensor:
-    """[n, d_in]: the input of ``module`` at each request's lookup token, averaged over contexts."""
+    """[n, len(contexts), d_in]: the input of ``module`` at each request's lookup token, per context."""
     return _at_lookup(model, tok, module, requests, contexts, "input", chunk)
+
+
+def average_keys(keys: torch.Tensor, prompt_weight: float | None = None) -> torch.Tensor:
+    """[n, d_in] from :func:`context_keys`' [n, C, d_in] (see :func:`context_weights`)."""
+    w = context_weights(keys.shape[1], prompt_weight).to(keys.device, keys.dtype)
+    return torch.einsum("ncd,c->nd", keys, w)
+
+
+def lookup_keys(
+    model,
+    tok,
+    module: str,
+    requests: list[EditRequest],
+    contexts: list[str],
+    chunk: int = 32,
+    prompt_weight: float | None = None,
+) -> torch.Tensor:
+    """[n, d_in]: the input of ``module`` at each request's lookup token, averaged over contexts."""
+    return average_keys(context_keys(model, tok, module, requests, contexts, chunk), prompt_weight)
 
 
 def hidden_at_lookup(model, tok, module: str, requests: list[EditRequest], chunk: int = 32) -> torch.Tensor:
     """[n, d]: the output of ``module`` at each bare prompt's lookup token."""
-    return _at_lookup(model, tok, module, requests, [""], "output", chunk)
+    return _at_lookup(model, tok, module, requests, [""], "output", chunk)[:, 0]
 
 
 @dataclass
@@ -74,13 +110,22 @@ class TargetParams:
     clamp_norm_factor: float = 4.0
     stop_loss: float = 5e-2
     chunk: int = 16  # requests optimized together
+    # The written target is h + delta_scale · δ. Below 1 it writes less than the optimization
+    # asked for: smaller updates, less drift, less margin (perplexity grows about with the
+    # square of the write size; see the AlphaEdit proxy study).
+    delta_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.delta_scale <= 1.0:
+            raise ValueError(f"target.delta_scale must be in (0, 1], got {self.delta_scale}")
 
 
 def optimize_deltas(
     model, tok, module: str, requests: list[EditRequest], contexts: list[str], p: TargetParams
 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Returns ``(delta [n, d], h [n, d], final NLL per request)``; h is ``module``'s output at
-    the bare prompt's lookup token, so the target value is ``h + delta``."""
+    the bare prompt's lookup token, so the target value is ``h + delta`` (δ already scaled by
+    ``delta_scale``; the NLLs are those of the unscaled δ)."""
     h_all = hidden_at_lookup(model, tok, module, requests)
     deltas, losses = [], []
     for part in _chunks(len(requests), p.chunk):
@@ -89,7 +134,7 @@ def optimize_deltas(
         )
         deltas.append(d)
         losses.extend(nll)
-    return torch.cat(deltas), h_all, losses
+    return torch.cat(deltas) * p.delta_scale, h_all, losses
 
 
 def length_buckets(lengths: list[int], max_buckets: int = 4, overhead: int = 64) -> list[list[int]]:

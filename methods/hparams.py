@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .edit_targets import TargetParams
+from .edit_targets import TargetParams, context_weights
 
 HPARAMS_DIR = Path(__file__).parent / "hparams"
 
@@ -90,7 +90,8 @@ class HyperParams:
 @dataclass
 class LocateEditHyperParams(HyperParams):
     """Fields shared by the locate-then-edit methods (ROME, MEMIT, AlphaEdit): the edited
-    layers, the context templates keys and targets are averaged over, and the target
+    layers, the context templates keys and targets are averaged over (and the bare prompt's
+    weight in the key average), and the target
     optimization (:class:`recall.methods.edit_targets.TargetParams`)."""
 
     layers: list[int] = field(default_factory=lambda: [4])
@@ -98,8 +99,12 @@ class LocateEditHyperParams(HyperParams):
     context_templates_per_seed: int = 1
     context_length: int = 10
     seed: int = 0
+    # Share of the bare prompt in each key average (None: uniform over the contexts, as in
+    # the papers); see edit_targets.context_weights.
+    key_prompt_weight: float | None = None
     target: TargetParams = field(default_factory=TargetParams)
 
     def __post_init__(self) -> None:
         if isinstance(self.target, dict):
             self.target = TargetParams(**self.target)
+        context_weights(2, self.key_prompt_weight)  # range check before a job touches anything

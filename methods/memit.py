@@ -47,14 +47,17 @@ def compute_z(model, tok, spec, requests, layers, contexts, target: TargetParams
     return h + delta, nll
 
 
-def spread(model, tok, spec, requests, layers, contexts, z: torch.Tensor, solve: Solver) -> dict[int, torch.Tensor]:
+def spread(
+    model, tok, spec, requests, layers, contexts, z: torch.Tensor, solve: Solver, prompt_weight: float | None = None
+) -> dict[int, torch.Tensor]:
     """Distribute Z − H over ``layers`` (ascending), applying each update before the next
-    layer's keys are computed. Returns the keys K_l [d_in, n] of each layer as used."""
+    layer's keys are computed (averaged over ``contexts``, the bare prompt weighted
+    ``prompt_weight``). Returns the keys K_l [d_in, n] of each layer as used."""
     top = spec.layer_template.format(layers[-1])
     used = {}
     for i, layer in enumerate(layers):
         module = spec.mlp_out_template.format(layer)
-        k = lookup_keys(model, tok, module, requests, contexts).T  # [d_in, n]
+        k = lookup_keys(model, tok, module, requests, contexts, prompt_weight=prompt_weight).T  # [d_in, n]
         h = hidden_at_lookup(model, tok, top, requests)  # [n, d]
         r = (z.to(h.device) - h).T / (len(layers) - i)  # [d, n]
         add_update(model, spec, module, solve(layer, k, r))
@@ -80,5 +83,6 @@ def apply(model, tok, spec, requests: list[EditRequest], hparams: MEMITHyperPara
     )
     z, _ = compute_z(model, tok, spec, requests, hparams.layers, contexts, hparams.target)
     moments = stats.get(hparams.layers)
-    spread(model, tok, spec, requests, hparams.layers, contexts, z, memit_solver(moments, hparams.mom2_update_weight))
+    solver = memit_solver(moments, hparams.mom2_update_weight)
+    spread(model, tok, spec, requests, hparams.layers, contexts, z, solver, hparams.key_prompt_weight)
     return model, weights_copy

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .edit_requests import EditRequest, context_templates
-from .edit_targets import lookup_keys, optimize_deltas
+from .edit_targets import average_keys, context_keys, optimize_deltas
 from .hparams import LocateEditHyperParams
 from .weights import add_update, snapshot
 
@@ -82,8 +82,9 @@ def apply(model, tok, spec, requests: list[EditRequest], hparams: ROMEHyperParam
     )
     c = stats.get([layer])[layer] if hparams.mom2_adjustment else None
     for req in requests:
-        k = lookup_keys(model, tok, module, [req], contexts)[0]
-        at = lookup_keys(model, tok, module, [req], [""])[0] if hparams.prompt_key_scale else None
+        keys = context_keys(model, tok, module, [req], contexts)
+        k = average_keys(keys, hparams.key_prompt_weight)[0]
+        at = keys[0, 0] if hparams.prompt_key_scale else None  # context 0 is the bare prompt
         delta, _, _ = optimize_deltas(model, tok, module, [req], contexts, hparams.target)
         add_update(model, spec, module, rank_one_update(k, delta[0], c, hparams.mom2_reg, at))
     return model, weights_copy

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from recall.methods import alphaedit, memit, rome
 from recall.methods.alphaedit import AlphaEditState, alphaedit_solver, null_space_projector
 from recall.methods.edit_requests import EditRequest
-from recall.methods.edit_targets import TargetParams, length_buckets, optimize_deltas
+from recall.methods.edit_targets import (
+    TargetParams,
+    average_keys,
+    context_keys,
+    length_buckets,
+    lookup_keys,
+    optimize_deltas,
+)
 from recall.methods.hparams import scale_layers
 from recall.methods.layer_stats import StatsCache, StatsConfig
 from recall.methods.memit import memit_solver
@@ -230,3 +237,41 @@ def test_target_deltas_do_not_depend_on_which_requests_share_a_batch(loaded_mode
         assert torch.allclose(together[i], d[0], atol=1e-4), i
         assert abs(nll[i] - n1[0]) < 1e-4
     assert nll[1] < 9.6 <= min(nll[0], nll[2]), nll  # the freezing path was exercised
+
+
+def test_key_prompt_weight_moves_the_written_key_between_the_prompt_and_the_context_mean(loaded_model):
+    tok = loaded_model[1]
+    torch.manual_seed(0)
+    model = tiny_model("llama", len(tok)).eval()
+    spec = ModelSpec.from_config(model.config)
+    module = spec.mlp_out_template.format(1)
+    reqs = [EditRequest(FACT_PROMPT, "English", FACT_SUBJECT), EditRequest("The capital of Peru is", "Oslo")]
+    contexts = ["", "Because of this, the long story ended. ", "I think. "]
+    per_context = context_keys(model, tok, module, reqs, contexts)
+    assert per_context.shape[:2] == (2, 3)
+    bare = lookup_keys(model, tok, module, reqs, [""])
+    assert torch.allclose(per_context[:, 0], bare, atol=1e-5)  # context 0 is the bare prompt
+    uniform = lookup_keys(model, tok, module, reqs, contexts)
+    assert torch.allclose(uniform, per_context.mean(1), atol=1e-5)  # None: the papers' mean
+    assert torch.allclose(lookup_keys(model, tok, module, reqs, contexts, prompt_weight=1.0), bare, atol=1e-5)
+    half = average_keys(per_context, 0.5)
+    assert torch.allclose(half, 0.5 * bare + 0.25 * (per_context[:, 1] + per_context[:, 2]), atol=1e-5)
+    with pytest.raises(ValueError, match="key_prompt_weight"):
+        memit.MEMITHyperParams(key_prompt_weight=1.5)
+
+
+def test_delta_scale_writes_that_fraction_of_the_optimized_delta(loaded_model):
+    tok = loaded_model[1]
+    torch.manual_seed(0)
+    model = tiny_model("llama", len(tok)).eval()
+    model.requires_grad_(False)
+    spec = ModelSpec.from_config(model.config)
+    reqs = [EditRequest(FACT_PROMPT, "English", FACT_SUBJECT)]
+    module = spec.layer_template.format(0)
+    full, _, nll = optimize_deltas(model, tok, module, reqs, [""], TargetParams(steps=3))
+    part, _, nll_part = optimize_deltas(model, tok, module, reqs, [""], TargetParams(steps=3, delta_scale=0.8))
+    assert full.norm() > 0
+    assert torch.allclose(part, 0.8 * full, atol=1e-5)
+    assert nll == pytest.approx(nll_part)
+    with pytest.raises(ValueError, match="delta_scale"):
+        TargetParams(delta_scale=0.0)
