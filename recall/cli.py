@@ -366,6 +366,7 @@ def bench() -> None:
     headline     merge lifelong runs into one table and one plot.
     consolidation  ROME/MEMIT/AlphaEdit on CounterFact, single or sequential (no encoder needed).
     layer-sweep  ROME single-edit ES/PS/NS per candidate layer.
+    causal-trace where a fact is recalled (ROME's causal tracing).
     \b
     Datasets (--format, auto-detected):
       counterfact  ROME or MEND/EasyEdit schema (ES/PS/NS + magnitudes)
@@ -723,6 +724,26 @@ def bench_layer_sweep(
     from recall.bench import layer_sweep
 
     layer_sweep.run(data, out, [int(x) for x in layers.split(",") if x.strip()], n, seed, model, encoder, device)
+
+
+@bench_app.command("causal-trace")
+@handle_errors
+def bench_causal_trace(
+    data: Annotated[Path, typer.Option(help="CounterFact JSON (ROME or MEND schema).")],
+    out: Annotated[Path, typer.Option(help="Write causal_trace.json, .md and .png here.")],
+    n: Annotated[int, typer.Option(min=1, help="Facts to trace (ones the model prefers to their edit).")] = 100,
+    samples: Annotated[int, typer.Option(min=1, help="Noise draws per fact.")] = 5,
+    noise: Annotated[float, typer.Option(min=0.0, help="Noise std in units of the embedding std.")] = 3.0,
+    window: Annotated[int, typer.Option(min=1, help="MLP layers restored together (centred).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the case shuffle and the noise.")] = 0,
+    model: ModelOpt = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """ROME's causal trace: which layers' states at the subject's last token restore a fact
+    after the subject is corrupted; the record behind the edited layers."""
+    from recall.bench import causal_trace
+
+    causal_trace.run(data, out, n, samples, noise, window, seed, model, device)
 
 
 @app.command("consolidate")
