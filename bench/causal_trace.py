@@ -164,6 +164,7 @@ def run(
     rows = [{"layer": i, "residual_ie": mean("residual", i), "mlp_ie": mean("mlp", i)} for i in layers]
     result = {
         "data": str(data),
+        "device": str(lm.device),
         "facts_traced": len(traced),
         "facts_considered": considered,
         "samples": samples,
@@ -175,25 +176,38 @@ def run(
         "seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "causal_trace.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    peak = max(rows, key=lambda r: r["mlp_ie"])
-    table = md_table(
-        ["layer", "residual restored: IE", f"MLP window {window} restored: IE"],
-        [[r["layer"], round(r["residual_ie"], 4), round(r["mlp_ie"], 4)] for r in rows],
-    )
-    text = (
-        f"# Causal trace at the subject's last token ({len(traced)} CounterFact facts the model prefers, "
-        f"of {considered} considered; {samples} noise draws of std {sigma:.3f}; {device})\n\n"
-        f"Mean P(true object): clean {result['p_clean']:.3f}, subject corrupted {result['p_corrupted']:.3f}. "
-        f"IE = P(restored) − P(corrupted).\n\n{table}\n\n"
-        f"MLP trace peaks at layer **{peak['layer']}** (window centre). {result['seconds']} s.\n"
-    )
-    (out / "causal_trace.md").write_text(text, encoding="utf-8")
-    _plot(rows, window, out / "causal_trace.png")
+    text = write_report(result, out)
     print(text)
     return result
 
 
-def _plot(rows: list[dict], window: int, path: Path) -> None:
+def write_report(result: dict[str, Any], out: str | Path) -> str:
+    """``causal_trace.md`` and ``causal_trace.png`` from a saved ``causal_trace.json``. Effects
+    are shown as shares of the total effect P(clean) − P(corrupted): a small model holds its
+    facts with small probabilities, so raw differences are all near zero."""
+    out = Path(out)
+    rows, window = result["rows"], result["mlp_window"]
+    total = result["p_clean"] - result["p_corrupted"]
+    share = lambda x: f"{100 * x / total:.1f}" if total > 0 else "-"  # noqa: E731
+    peak = max(rows, key=lambda r: r["mlp_ie"])
+    table = md_table(
+        ["layer", "residual restored: % of total effect", f"MLP window {window} (centred) restored: %"],
+        [[r["layer"], share(r["residual_ie"]), share(r["mlp_ie"])] for r in rows],
+    )
+    text = (
+        f"# Causal trace at the subject's last token ({result['facts_traced']} CounterFact facts the model "
+        f"prefers to their edit, of {result['facts_considered']} considered; {result['samples']} noise draws "
+        f"of std {result['noise_std']:.3f}; {result.get('device', '')})\n\n"
+        f"Mean P(true object, first token): clean {result['p_clean']:.4f}, subject corrupted "
+        f"{result['p_corrupted']:.4f}. Each cell is (P(restored) − P(corrupted)) / (P(clean) − P(corrupted)).\n\n"
+        f"{table}\n\nMLP trace peaks at layer **{peak['layer']}** (window centre). {result['seconds']} s.\n"
+    )
+    (out / "causal_trace.md").write_text(text, encoding="utf-8")
+    _plot(rows, window, total, out / "causal_trace.png")
+    return text
+
+
+def _plot(rows: list[dict], window: int, total: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,10 +215,11 @@ def _plot(rows: list[dict], window: int, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     x = [r["layer"] for r in rows]
-    ax.plot(x, [r["residual_ie"] for r in rows], marker="o", label="residual (layer output)")
-    ax.plot(x, [r["mlp_ie"] for r in rows], marker="s", label=f"MLP outputs, window {window}")
+    scale = 100 / total if total > 0 else 0.0
+    ax.plot(x, [r["residual_ie"] * scale for r in rows], marker="o", label="residual (layer output)")
+    ax.plot(x, [r["mlp_ie"] * scale for r in rows], marker="s", label=f"MLP outputs, window {window}")
     ax.set_xlabel("layer (centre of the restored window)")
-    ax.set_ylabel("indirect effect on P(true object)")
+    ax.set_ylabel("% of the total effect restored")
     ax.set_title("Causal trace at the subject's last token")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -56,6 +56,9 @@ def test_a_budget_cut_sequential_run_reports_the_cases_it_wrote(tmp_path, loaded
     assert set(agg["unedited_on_written"]) == {"es", "ps", "ns"}
     progress = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
     assert [(p["method"], p["edits"]) for p in progress] == [("memit", 2)]
+    # the probe after each batch is logged; the last one is the run's drift
+    assert progress[-1]["probe_ppl_ratio"] == agg["probe_ppl_ratio"] > 0
+    assert progress[-1]["probe_agreement"] == agg["probe_agreement"]
     assert "| unedited, the same 2 cases" in (out / "summary.md").read_text()
 
 

@@ -38,7 +38,8 @@ pt = generic_texts("probe")
 bp = probe(m, tok, pt)
 un = _aggregate(counterfact_success(m, tok, cases))
 print("unedited", un, flush=True)
-zs = [torch.load(f"/tmp/proxy/z{b}.pt") for b in range(nb)]
+z_tag = configs[0].get("z", "")  # the context list is the same in every target file
+zs = [torch.load(f"/tmp/proxy/z{z_tag}{b}.pt") for b in range(nb)]
 top = spec.layer_template.format(7)  # z lives at the residual output of layer 7
 h0 = [hidden_at_lookup(m, tok, top, _requests(cases[b * 100 : (b + 1) * 100])) for b in range(nb)]
 ctx = zs[0]["ctx"]
@@ -49,7 +50,8 @@ for cfg in configs:
     mods = [spec.mlp_out_template.format(layer) for layer in lay]
     # "z": targets from `z.py TAG ...`; "ds": write h0 + ds·(z − h0) instead of z
     # "ctx": keys (written and accumulated) at the bare prompt only ("bare"), or with the bare
-    # prompt weighted 6/11 instead of 1/6 of the average ("half"; ctx[0] is the bare prompt)
+    # prompt weighted 6/11 instead of 1/6 of the average ("half"; ctx[0] is the bare prompt);
+    # "kw": the bare prompt's weight with the shipped key_prompt_weight code
     cx = {"bare": [""], "half": [""] * (len(ctx) - 1) + ctx}.get(cfg.get("ctx"), ctx)
     zz = [torch.load(f"/tmp/proxy/z{cfg['z']}{b}.pt") if "z" in cfg else zs[b] for b in range(nb)]
     st = AlphaEditState()
@@ -68,9 +70,10 @@ for cfg in configs:
             cx,
             h0[b] + cfg.get("ds", 1.0) * (zz[b]["z"] - h0[b]),
             alphaedit_solver(st, cfg.get("l2", 10.0)),
+            cfg.get("kw"),
         )
         for layer, mod in zip(lay, mods):
-            k = lookup_keys(m, tok, mod, reqs, cx).T
+            k = lookup_keys(m, tok, mod, reqs, cx, prompt_weight=cfg.get("kw")).T
             st.preserved[layer] += (k.double() @ k.double().T).float()
         p = probe(m, tok, pt)
         res[f"b{b}"] = {"ppl": round(p.ppl / bp.ppl, 4), "agree": round(p.agreement(bp), 4)}
