@@ -260,8 +260,10 @@ def plot_by_batch(results: dict[str, Any], path: Path) -> None:
         for key, label in (("es", "efficacy"), ("ps", "paraphrase"), ("ns", "neighborhood")):
             ax.plot(range(len(groups)), [g[key] for g in groups], marker="o", label=label)
         ax.axhline(results["unedited"]["ns"], color="grey", linestyle="--", label="unedited NS")
-        ax.set(title=f"{name}: cases by the batch that wrote them", xlabel="batch (0 = oldest)", ylim=(0, 1.02))
+        ax.set(xlabel="batch that wrote the cases (0 = oldest)", ylim=(0, 1.02))
+        ax.set_title(name, fontsize=10)
         ax.legend(fontsize=8)
+    fig.suptitle("ES/PS/NS after the last batch, of the cases each batch wrote", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""Writes summary.md and by_batch.png of the two 1,000-edit runs side by side, from their own
+"""Writes summary.md and by_batch.png of the 1,000-edit runs side by side, from their own
 results.json (same cases, order, batch size and unedited scores; each run was made alone).
 Run from the repository root: python bench/results/consolidation/cpu_sequential_1000_side_by_side/join.py"""
 
@@ -8,12 +8,17 @@ from pathlib import Path
 from recall.bench.consolidation import write_report
 
 here = Path(__file__).parent
-runs = [
-    json.loads((here.parent / name / "results.json").read_text())
-    for name in ("cpu_alphaedit_sequential_1000", "cpu_memit_sequential_1000")
-]
-assert runs[0]["unedited"] == runs[1]["unedited"]
-joined = {"config": runs[1]["config"], "unedited": runs[1]["unedited"], "methods": {}}
-for run in runs:
-    joined["methods"] |= run["methods"]
+RUNS = {  # folder -> the name its method gets in the joined report
+    "cpu_alphaedit_sequential_1000": "alphaedit (paper settings)",
+    "cpu_alphaedit_sequential_1000_bare_keys_small_targets": "alphaedit (keys 1.0, stop .5, delta x.8)",
+    "cpu_alphaedit_sequential_1000_kw08_ds07": "alphaedit (keys .8, stop .5, delta x.7; default)",
+    "cpu_memit_sequential_1000": "memit (lambda 2000)",
+}
+runs = {label: json.loads((here.parent / folder / "results.json").read_text()) for folder, label in RUNS.items()}
+first = next(iter(runs.values()))
+assert all(run["unedited"] == first["unedited"] for run in runs.values())
+joined = {"config": first["config"] | {"overrides": {}}, "unedited": first["unedited"], "methods": {}}
+for label, run in runs.items():
+    (method,) = run["methods"].values()
+    joined["methods"][label] = method
 write_report(joined, here)
