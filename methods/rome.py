@@ -84,7 +84,9 @@ def apply(model, tok, spec, requests: list[EditRequest], hparams: ROMEHyperParam
     for req in requests:
         keys = context_keys(model, tok, module, [req], contexts)
         k = average_keys(keys, hparams.key_prompt_weight)[0]
-        at = keys[0, 0] if hparams.prompt_key_scale else None  # context 0 is the bare prompt
+        at = None
+        if hparams.prompt_key_scale:  # the bare prompt's key: context 0 of the generated templates
+            at = keys[0, 0] if contexts[0] == "" else context_keys(model, tok, module, [req], [""])[0, 0]
         delta, _, _ = optimize_deltas(model, tok, module, [req], contexts, hparams.target)
         add_update(model, spec, module, rank_one_update(k, delta[0], c, hparams.mom2_reg, at))
     return model, weights_copy
