@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +38,36 @@ from .loaders import load_cases
 
 
 def subject_span(tok, prompt: str, subject: str) -> range | None:
-    """Token positions of ``subject`` in ``prompt`` (by tokenizing prefixes), None if absent."""
-    at = prompt.casefold().find(subject.casefold())
-    if at < 0:
+    """Token positions of ``subject`` in ``prompt`` (by tokenizing prefixes, located as the
+    editors locate it), None if absent."""
+    from recall.methods.edit_requests import EditRequest
+
+    req = EditRequest(prompt, "", subject)
+    at = req.subject_start()
+    if at is None:
         return None
     start = len(tok(prompt[:at].rstrip()).input_ids) if prompt[:at].strip() else 0
-    end = len(tok(prompt[: at + len(subject)]).input_ids)
+    end = len(tok(prompt[: req.subject_end()]).input_ids)
     return range(start, end) if end > start else None
 
 
 @torch.no_grad()
-def trace_fact(model, tok, spec, prompt: str, subject: str, true_id: int, sigma: float, args: dict) -> dict | None:
-    """Per layer: indirect effects of the residual and of the MLP window; plus P clean/corrupted."""
+def trace_fact(
+    model,
+    tok,
+    spec,
+    prompt: str,
+    subject: str,
+    true_id: int,
+    sigma: float,
+    samples: int = 5,
+    window: int = 5,
+    seed: int = 0,
+    new_id: int | None = None,
+) -> dict | None:
+    """Per layer: indirect effects of the residual and of the MLP window; plus P clean/corrupted.
+    None when the subject is not in the prompt, or (given ``new_id``) when the clean model does
+    not prefer the true object to the new one: a fact it does not hold cannot be traced."""
     from recall.methods.nethook import Trace, TraceDict
 
     span = subject_span(tok, prompt, subject)
@@ -57,20 +76,22 @@ def trace_fact(model, tok, spec, prompt: str, subject: str, true_id: int, sigma:
     device = next(model.parameters()).device
     ids = torch.tensor([tok(prompt).input_ids], device=device)
     last = span[-1]
-    n_layers, samples, window = spec.n_layers, args["samples"], args["window"]
+    n_layers = spec.n_layers
     layers = [spec.layer_template.format(i) for i in range(n_layers)]
     mlps = [spec.mlp_out_template.format(i) for i in range(n_layers)]
     embed = model.get_input_embeddings()
 
     with TraceDict(model, layers + mlps, retain_output=True) as clean:
-        clean_logits = model(input_ids=ids).logits[0, -1]
-    p_clean = float(torch.softmax(clean_logits.float(), -1)[true_id])
+        clean_probs = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+    if new_id is not None and (new_id == true_id or clean_probs[true_id] <= clean_probs[new_id]):
+        return None
+    p_clean = float(clean_probs[true_id])
     clean_at = {name: t.output[0, last].clone() for name, t in clean.items()}
 
     # rows: [corrupted × S] + [residual restored at l × S for each l] + [MLP window at l × S for each l]
     groups = 1 + 2 * n_layers
     rows = groups * samples
-    gen = torch.Generator().manual_seed(args["seed"])
+    gen = torch.Generator().manual_seed(seed)
     noise = (torch.randn(samples, len(span), embed.weight.shape[1], generator=gen) * sigma).to(device)
 
     def corrupt(hidden: torch.Tensor) -> torch.Tensor:
@@ -93,13 +114,10 @@ def trace_fact(model, tok, spec, prompt: str, subject: str, true_id: int, sigma:
         traces.append(Trace(model, layers[i], edit_output=restore(layers[i], [1 + i])))
         covered = [1 + n_layers + c for c in range(n_layers) if abs(c - i) <= window // 2]
         traces.append(Trace(model, mlps[i], edit_output=restore(mlps[i], covered)))
-    for t in traces:
-        t.__enter__()
-    try:
-        logits = model(input_ids=ids.repeat(rows, 1)).logits[:, -1]
-    finally:
+    with ExitStack() as stack:
         for t in traces:
-            t.__exit__()
+            stack.enter_context(t)
+        logits = model(input_ids=ids.repeat(rows, 1)).logits[:, -1]
     p = torch.softmax(logits.float(), -1)[:, true_id].view(groups, samples).mean(1)
     p_corrupt = float(p[0])
     return {
@@ -137,7 +155,6 @@ def run(
     random.Random(seed).shuffle(cases)
     t0 = time.perf_counter()
     traced, considered = [], 0
-    args = {"samples": samples, "window": window, "seed": seed}
     bar = tqdm(total=n, desc="causal trace", unit="fact", disable=not progress)
     for case in cases:
         if len(traced) >= n:
@@ -148,11 +165,7 @@ def run(
         considered += 1
         true_id = answer_tokens(tok, req.prompt, req.target_true)[0]
         new_id = answer_tokens(tok, req.prompt, req.target_new)[0]
-        with torch.no_grad():
-            probs = torch.softmax(lm(**tok(req.prompt, return_tensors="pt").to(lm.device)).logits[0, -1].float(), -1)
-        if true_id == new_id or probs[true_id] <= probs[new_id]:
-            continue  # a fact the model does not hold cannot be traced
-        row = trace_fact(lm, tok, spec, req.prompt, req.subject, true_id, sigma, args)
+        row = trace_fact(lm, tok, spec, req.prompt, req.subject, true_id, sigma, samples, window, seed, new_id)
         if row is not None:
             traced.append(row)
             bar.update(1)

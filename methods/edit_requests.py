@@ -33,13 +33,18 @@ class EditRequest:
         """From a stored fact :class:`recall.edits.Edit`."""
         return cls(edit.payload["prompt"], edit.payload["target"], edit.subject, edit.id)
 
-    def subject_end(self) -> int:
-        """Character offset just past the subject in the prompt (the prompt's end if none)."""
+    def subject_start(self) -> int | None:
+        """Character offset of the subject in the prompt (case-insensitive), None if absent."""
         if self.subject:
             at = self.prompt.casefold().find(self.subject.casefold())
             if at >= 0:
-                return at + len(self.subject)
-        return len(self.prompt)
+                return at
+        return None
+
+    def subject_end(self) -> int:
+        """Character offset just past the subject in the prompt (the prompt's end if none)."""
+        at = self.subject_start()
+        return len(self.prompt) if at is None else at + len(self.subject)
 
 
 @dataclass

@@ -54,6 +54,11 @@ def _at_lookup(model, tok, module: str, requests, contexts: list[str], side: str
     return torch.cat(out).float()
 
 
+def check_prompt_weight(prompt_weight: float | None) -> None:
+    if prompt_weight is not None and not 0.0 <= prompt_weight <= 1.0:
+        raise ValueError(f"key_prompt_weight must be in [0, 1], got {prompt_weight}")
+
+
 def context_weights(n_contexts: int, prompt_weight: float | None = None) -> torch.Tensor:
     """Weights of the contexts in a key average; context 0 is the bare prompt.
 
@@ -62,10 +67,9 @@ def context_weights(n_contexts: int, prompt_weight: float | None = None) -> torc
     garbled text, and their keys sit far from the prompt's own; AlphaEdit writes and
     protects keys, so weighting the bare prompt writes closer to what queries look up
     (bench/results/consolidation/alphaedit_nullspace_proxy_300)."""
+    check_prompt_weight(prompt_weight)
     if prompt_weight is None or n_contexts == 1:
         return torch.full((n_contexts,), 1.0 / n_contexts)
-    if not 0.0 <= prompt_weight <= 1.0:
-        raise ValueError(f"key_prompt_weight must be in [0, 1], got {prompt_weight}")
     rest = (1.0 - prompt_weight) / (n_contexts - 1)
     return torch.tensor([prompt_weight] + [rest] * (n_contexts - 1))
 

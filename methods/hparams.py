@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .edit_targets import TargetParams, context_weights
+from .edit_targets import TargetParams, check_prompt_weight
 
 HPARAMS_DIR = Path(__file__).parent / "hparams"
 
@@ -107,4 +107,4 @@ class LocateEditHyperParams(HyperParams):
     def __post_init__(self) -> None:
         if isinstance(self.target, dict):
             self.target = TargetParams(**self.target)
-        context_weights(2, self.key_prompt_weight)  # range check before a job touches anything
+        check_prompt_weight(self.key_prompt_weight)  # before a job touches anything

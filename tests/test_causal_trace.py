@@ -34,10 +34,10 @@ def test_restoring_the_last_residual_at_the_last_token_undoes_the_corruption(loa
     prompt, subject = "The official language of Danielle Darrieux", "Danielle Darrieux"
     true_id = tok(" French", add_special_tokens=False).input_ids[0]
     args = {"samples": 3, "window": 1, "seed": 0}
-    row = causal_trace.trace_fact(model, tok, spec, prompt, subject, true_id, sigma=1.0, args=args)
+    row = causal_trace.trace_fact(model, tok, spec, prompt, subject, true_id, sigma=1.0, **args)
     assert row["p_corrupted"] != pytest.approx(row["p_clean"], abs=1e-9)
     assert row["residual"][-1] == pytest.approx(row["p_clean"] - row["p_corrupted"], abs=1e-6)
-    still = causal_trace.trace_fact(model, tok, spec, prompt, subject, true_id, sigma=0.0, args=args)
+    still = causal_trace.trace_fact(model, tok, spec, prompt, subject, true_id, sigma=0.0, **args)
     assert still["p_corrupted"] == pytest.approx(still["p_clean"], abs=1e-6)
     assert max(map(abs, still["residual"] + still["mlp"])) < 1e-6
     assert torch.is_grad_enabled()  # the trace's no_grad does not leak
