@@ -10,7 +10,7 @@ from conftest import FACT_PROMPT, FACT_SUBJECT, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from recall.methods import alphaedit, memit, rome
-from recall.methods.alphaedit import AlphaEditState, alphaedit_solver, null_space_projector
+from recall.methods.alphaedit import AlphaEditHyperParams, AlphaEditState, alphaedit_solver, null_space_projector
 from recall.methods.edit_requests import EditRequest
 from recall.methods.edit_targets import (
     TargetParams,
@@ -107,6 +107,31 @@ def test_alphaedit_update_leaves_preserved_keys_and_earlier_batches_alone():
 
     back = AlphaEditState.from_tensors(state.to_tensors())
     assert torch.equal(back.projectors[0], p) and torch.equal(back.preserved[0], state.preserved[0])
+
+
+def test_alphaedit_lambda_charges_null_directions_by_how_much_generic_text_uses_them():
+    g = _gen(5)
+    # a flat spectrum, as on SmolLM2: the "null" directions below the threshold still carry energy
+    q, _ = torch.linalg.qr(torch.randn(D_IN, D_IN, generator=g, dtype=torch.float64))
+    evals = torch.logspace(-3, 0, D_IN, dtype=torch.float64)
+    c = (q * evals) @ q.T
+    generic = q @ (evals.sqrt()[:, None] * torch.randn(D_IN, 2000, generator=g, dtype=torch.float64))
+    p = null_space_projector(c.float(), threshold=0.1)
+    state = AlphaEditState(projectors={0: p}, preserved={0: torch.zeros(D_IN, D_IN)})
+    k, r = torch.randn(D_IN, 3, generator=g), torch.randn(D_OUT, 3, generator=g)
+
+    paper = alphaedit_solver(state, 1e-2)(0, k, r)
+    assert torch.equal(alphaedit_solver(state, 1e-2, {0: c.float()}, 0.0)(0, k, r), paper)
+    dws = [alphaedit_solver(state, 1e-2, {0: c.float()}, lam)(0, k, r) for lam in (0.0, 10.0, 1000.0)]
+    moved = [float((dw.double() @ generic).norm()) for dw in dws]
+    assert moved[0] > moved[1] > moved[2]  # generic keys move less as λ grows
+    for dw in dws:  # and the update stays inside the null space
+        assert torch.allclose(dw @ (torch.eye(D_IN) - p), torch.zeros(D_OUT, D_IN), atol=1e-4)
+
+    with pytest.raises(ValueError, match="statistics"):
+        alphaedit_solver(state, 1e-2, None, 10.0)
+    with pytest.raises(ValueError, match="mom2_update_weight"):
+        AlphaEditHyperParams(mom2_update_weight=-1.0)
 
 
 @settings(max_examples=40, deadline=None)

@@ -52,6 +52,7 @@ for cfg in configs:
     # "ctx": keys (written and accumulated) at the bare prompt only ("bare"), or with the bare
     # prompt weighted 6/11 instead of 1/6 of the average ("half"; ctx[0] is the bare prompt);
     # "kw": the bare prompt's weight with the shipped key_prompt_weight code
+    # "lam": λ, AlphaEdit's mom2_update_weight (the generic keys' C inside the null space)
     cx = {"bare": [""], "half": [""] * (len(ctx) - 1) + ctx}.get(cfg.get("ctx"), ctx)
     zz = [torch.load(f"/tmp/proxy/z{cfg['z']}{b}.pt") if "z" in cfg else zs[b] for b in range(nb)]
     st = AlphaEditState()
@@ -69,7 +70,7 @@ for cfg in configs:
             lay,
             cx,
             h0[b] + cfg.get("ds", 1.0) * (zz[b]["z"] - h0[b]),
-            alphaedit_solver(st, cfg.get("l2", 10.0)),
+            alphaedit_solver(st, cfg.get("l2", 10.0), C, cfg.get("lam", 0.0)),
             cfg.get("kw"),
         )
         for layer, mod in zip(lay, mods):
