@@ -21,6 +21,7 @@ Run as ``recall bench consolidation --data PATH --protocol sequential --methods 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 import time
@@ -67,10 +68,13 @@ def _hparams(method: str, spec, overrides: dict[str, Any]):
     from recall.methods.consolidation import METHODS
 
     hp = METHODS[method][0].for_spec(spec)
-    for key, value in overrides.items():
-        owner, _, field = key.rpartition(".")
-        setattr(hp.target if owner == "target" else hp, field, value)
-    return hp
+    top = {k: v for k, v in overrides.items() if not k.startswith("target.")}
+    target = {k.removeprefix("target."): v for k, v in overrides.items() if k.startswith("target.")}
+    # dataclasses.replace re-runs the range checks of __post_init__ and rejects unknown fields
+    try:
+        return dataclasses.replace(hp, **top, target=dataclasses.replace(hp.target, **target))
+    except TypeError as exc:
+        raise ValueError(f"{method} hyper-parameter override {overrides}: {exc}") from None
 
 
 def run(
@@ -111,6 +115,8 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base, tok, spec = load_model(model, device)
+    # overrides are checked before any work
+    hparams = {method: _hparams(method, spec, (overrides or {}).get(method, {})) for method in methods}
     probe_texts = generic_texts("probe")
     base_probe = probe(base, tok, probe_texts)
     results: dict[str, Any] = {
@@ -130,7 +136,7 @@ def run(
     results["unedited"] = _aggregate(unedited_rows)
     for method in methods:
         edited = copy.deepcopy(base)
-        cons = Consolidator(edited, tok, spec, method, _hparams(method, spec, (overrides or {}).get(method, {})))
+        cons = Consolidator(edited, tok, spec, method, hparams[method])
         cons.prepare()
         started = time.perf_counter()
         probe_s = 0.0  # seconds spent on per-batch probes, left out of the pace

@@ -155,7 +155,8 @@ def apply(
         model, tok, hparams.context_templates_per_seed, hparams.context_length, hparams.seed
     )
     z, _ = compute_z(model, tok, spec, requests, hparams.layers, contexts, hparams.target)
-    moments = stats.get(hparams.layers) if hparams.mom2_update_weight > 0 else None
+    # without statistics and with λ > 0 the solver raises its own clear error
+    moments = stats.get(hparams.layers) if hparams.mom2_update_weight > 0 and stats is not None else None
     solver = alphaedit_solver(state, hparams.l2, moments, hparams.mom2_update_weight)
     spread(model, tok, spec, requests, hparams.layers, contexts, z, solver, hparams.key_prompt_weight)
     for layer, module in zip(hparams.layers, modules):

@@ -702,7 +702,7 @@ def bench_consolidation(
         result = consolidation.run(
             data, out, protocol, names, n, batch_size, seed, overrides, model, device, budget_s, start=start
         )
-    except ValueError as exc:  # what run() rejects before any work: protocol, --start
+    except ValueError as exc:  # what run() rejects before any work: protocol, --start, --set
         raise typer.BadParameter(str(exc)) from None
     typer.echo(consolidation.summary(result))
 

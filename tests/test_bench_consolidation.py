@@ -66,3 +66,22 @@ def test_a_start_past_the_data_is_rejected_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="leaves no cases"):
         consolidation.run(SAMPLE_PATH, tmp_path / "none", "single", ["rome"], n=3, start=10_000, progress=False)
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"mom2_update_weight": -1.0}, "mom2_update_weight"),
+        ({"target.delta_scale": 1.5}, "delta_scale"),
+        ({"key_prompt_weight": 2.0}, "key_prompt_weight"),
+        ({"no_such_field": 1}, "no_such_field"),
+    ],
+)
+def test_a_bad_hyper_parameter_override_is_rejected_before_any_work(tmp_path, loaded_model, override, match):
+    model_dir = tiny_model_dir(tmp_path / "tiny", "llama", loaded_model[1])
+    with pytest.raises(ValueError, match=match):
+        consolidation.run(
+            SAMPLE_PATH, tmp_path / "bad", "sequential", ["memit", "alphaedit"], n=2,
+            overrides={"alphaedit": override}, model=str(model_dir), device="cpu", progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "bad" / "results.json").exists()
