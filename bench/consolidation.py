@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -77,6 +79,67 @@ def _hparams(method: str, spec, overrides: dict[str, Any]):
         raise ValueError(f"{method} hyper-parameter override {overrides}: {exc}") from None
 
 
+class BatchCheckpoint:
+    """The sequential protocol's state after its latest finished batch: the edited modules'
+    weights, AlphaEdit's projectors and accumulated keys, and the progress so far. A 1,000-edit
+    CPU run takes hours; with a checkpoint directory, a run cut off (a session limit, a crash,
+    ``--budget-s``) and started again with the same arguments goes on from the next batch and
+    ends with the same numbers as an uninterrupted run. ``key`` names everything the result
+    depends on (data, cases, batch size, method, hyper-parameters, base model), so a changed
+    run never resumes a different one's state.
+
+    Each save writes ``b<edits>.safetensors``, then ``<key>.json`` pointing at it (both
+    atomically), then removes older tensor files: a kill at any point leaves a complete pair."""
+
+    def __init__(self, root: str | Path, key: str) -> None:
+        self.root, self.key = Path(root), key
+        self.meta_path = self.root / f"{key}.json"
+
+    def load(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+        from safetensors.torch import load_file
+
+        if not self.meta_path.exists():
+            return None
+        try:
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+            return meta, load_file(str(self.root / meta["tensors"]))
+        except Exception as exc:  # a damaged state is never trusted, nor silently recomputed
+            raise ValueError(f"checkpoint {self.meta_path} is unreadable ({exc}); remove it to start over") from None
+
+    def save(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"{self.key}.b{meta['written']}.safetensors"
+        tmp = self.root / f"{name}.tmp"
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        _replace_durably(tmp, self.root / name)
+        tmp_meta = self.meta_path.with_suffix(".json.tmp")
+        tmp_meta.write_text(json.dumps(meta | {"tensors": name}), encoding="utf-8")
+        _replace_durably(tmp_meta, self.meta_path)
+        for old in self.root.glob(f"{self.key}.b*.safetensors"):
+            if old.name != name:
+                old.unlink()
+
+
+def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _checkpoint_key(data: str | Path, config: dict[str, Any], method: str, hparams: dict, base_model: str) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    h.update(Path(data).read_bytes())
+    fields = {k: config[k] for k in ("n", "batch_size", "seed", "start")}
+    h.update(json.dumps([fields, method, hparams, base_model], sort_keys=True, default=str).encode())
+    return f"{method}-{h.hexdigest()}"
+
+
 def run(
     data: str | Path,
     out: str | Path,
@@ -91,6 +154,7 @@ def run(
     budget_s: float | None = None,
     progress: bool = True,
     start: int = 0,
+    checkpoint_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write ``results.json`` and ``summary.md`` to ``out``; returns the results.
 
@@ -98,15 +162,20 @@ def run(
     target optimization). ``budget_s``: stop each method early (single: before the next
     case; sequential: before the next batch) and report on the cases written so far, with
     the unedited model's scores on those same cases beside them. ``start``: skip that many
-    cases of the shuffle (to continue a single-protocol run that a budget cut off)."""
+    cases of the shuffle (to continue a single-protocol run that a budget cut off).
+    ``checkpoint_dir``: sequential protocol only, save the state after every batch there and
+    resume from it (:class:`BatchCheckpoint`)."""
+    from recall.methods.alphaedit import AlphaEditState
     from recall.methods.consolidation import Consolidator, probe
-    from recall.methods.layer_stats import generic_texts
+    from recall.methods.layer_stats import generic_texts, model_fingerprint
     from recall.methods.weights import restore, snapshot
 
     from recall.models import load_model
 
     if protocol not in ("single", "sequential"):
         raise ValueError(f"protocol must be 'single' or 'sequential', got {protocol!r}")
+    if checkpoint_dir is not None and protocol != "sequential":
+        raise ValueError("a checkpoint directory is for the sequential protocol (single edits restart cheaply)")
     cases = load_cases(data, "counterfact", skip_invalid=True)
     if not 0 <= start < len(cases):
         raise ValueError(f"start={start} leaves no cases: {data} has {len(cases)} usable CounterFact cases")
@@ -115,6 +184,7 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base, tok, spec = load_model(model, device)
+    fingerprint = model_fingerprint(base, spec) if checkpoint_dir is not None else ""
     # overrides are checked before any work
     hparams = {method: _hparams(method, spec, (overrides or {}).get(method, {})) for method in methods}
     probe_texts = generic_texts("probe")
@@ -152,9 +222,21 @@ def run(
             agg = _aggregate(rows) | {"n": len(rows), "unedited_on_written": _aggregate(unedited_rows[: len(rows)])}
         else:
             reqs = _requests(cases)
-            written, drift = 0, {}
-            for i in tqdm(range(0, len(reqs), batch_size), desc=f"{method} batches", disable=not progress):
-                if budget_s and written and time.perf_counter() - started - probe_s > budget_s:
+            written, drift, resumed_s = 0, {}, 0.0
+            ckpt = None
+            if checkpoint_dir is not None:
+                key = _checkpoint_key(data, results["config"], method, cons.hparams.to_dict(), fingerprint)
+                ckpt = BatchCheckpoint(checkpoint_dir, key)
+                if saved := ckpt.load():
+                    meta, tensors = saved
+                    restore(edited, _with_prefix(tensors, "weight:"))
+                    if method == "alphaedit":
+                        cons.state = AlphaEditState.from_tensors(_with_prefix(tensors, "state:"))
+                    written, drift, resumed_s = meta["written"], meta["drift"], meta["seconds"]
+            started -= resumed_s  # the pace counts the editing time before a resume too
+            first = written  # the first batch of this invocation always runs
+            for i in tqdm(range(written, len(reqs), batch_size), desc=f"{method} batches", disable=not progress):
+                if budget_s and written > first and time.perf_counter() - started - resumed_s - probe_s > budget_s:
                     break
                 cons.apply(reqs[i : i + batch_size])
                 written = min(len(reqs), i + batch_size)
@@ -165,7 +247,13 @@ def run(
                     "probe_ppl_ratio": round(new_probe.ppl / base_probe.ppl, 4),
                 }
                 probe_s += time.perf_counter() - t_probe
-                _log_progress(out, method, written, time.perf_counter() - started - probe_s, drift)
+                editing_s = time.perf_counter() - started - probe_s
+                _log_progress(out, method, written, editing_s, drift)
+                if ckpt is not None:
+                    tensors = {f"weight:{k}": v for k, v in snapshot(edited, cons.modules).items()}
+                    if method == "alphaedit":
+                        tensors |= {f"state:{k}": v for k, v in cons.state.to_tensors().items()}
+                    ckpt.save({"written": written, "drift": drift, "seconds": editing_s}, tensors)
             rows = counterfact_success(edited, tok, cases[:written])
             agg = _aggregate(rows) | {"n": written, "unedited_on_written": _aggregate(unedited_rows[:written])}
             agg |= drift  # the probe after the last batch

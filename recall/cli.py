@@ -677,6 +677,10 @@ def bench_consolidation(
     budget_s: Annotated[
         float | None, typer.Option(help="Stop each method after S seconds; report the cases written.")
     ] = None,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(help="Sequential: save the state after every batch here; the same command resumes from it."),
+    ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -700,9 +704,21 @@ def bench_consolidation(
             raise typer.BadParameter(f"--set {item!r}: {exc}") from None
     try:
         result = consolidation.run(
-            data, out, protocol, names, n, batch_size, seed, overrides, model, device, budget_s, start=start
+            data,
+            out,
+            protocol,
+            names,
+            n,
+            batch_size,
+            seed,
+            overrides,
+            model,
+            device,
+            budget_s,
+            start=start,
+            checkpoint_dir=checkpoint_dir,
         )
-    except ValueError as exc:  # what run() rejects before any work: protocol, --start, --set
+    except ValueError as exc:  # what run() rejects before any work: protocol, --start, --set, --checkpoint-dir
         raise typer.BadParameter(str(exc)) from None
     typer.echo(consolidation.summary(result))
 

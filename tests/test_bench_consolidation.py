@@ -62,6 +62,34 @@ def test_a_budget_cut_sequential_run_reports_the_cases_it_wrote(tmp_path, loaded
     assert "| unedited, the same 2 cases" in (out / "summary.md").read_text()
 
 
+def test_a_cut_sequential_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path, loaded_model):
+    model_dir = tiny_model_dir(tmp_path / "tiny", "llama", loaded_model[1])
+    args = dict(n=6, batch_size=2, seed=2)
+    whole = _run_fast(model_dir, tmp_path / "whole", "sequential", ["alphaedit"], **args)["methods"]["alphaedit"]
+    ckpt = tmp_path / "ckpt"
+    cut = _run_fast(model_dir, tmp_path / "a", "sequential", ["alphaedit"], budget_s=1e-6, checkpoint_dir=ckpt, **args)
+    assert cut["methods"]["alphaedit"]["n"] == 2  # one batch, then the budget stopped it
+    assert len(list(ckpt.glob("alphaedit-*.b2.safetensors"))) == 1
+    resumed = _run_fast(model_dir, tmp_path / "b", "sequential", ["alphaedit"], checkpoint_dir=ckpt, **args)
+    agg = resumed["methods"]["alphaedit"]
+    assert agg["n"] == 6 and agg["cases"] == whole["cases"]  # the same per-case scores as one run
+    assert {k: agg[k] for k in ("es", "ps", "ns", "probe_ppl_ratio", "probe_agreement")} == {
+        k: whole[k] for k in ("es", "ps", "ns", "probe_ppl_ratio", "probe_agreement")
+    }
+    progress = [json.loads(line)["edits"] for line in (tmp_path / "b" / "progress.jsonl").read_text().splitlines()]
+    assert progress == [4, 6]  # the resumed run wrote only the batches after the checkpoint
+    assert [p.name.split(".")[-2] for p in ckpt.glob("*.safetensors")] == ["b6"]  # older states removed
+    # other arguments are another run: its state is not used
+    other = _run_fast(model_dir, tmp_path / "c", "sequential", ["alphaedit"], checkpoint_dir=ckpt, n=4, batch_size=2)
+    assert other["methods"]["alphaedit"]["n"] == 4 and len(list(ckpt.glob("*.json"))) == 2
+    with pytest.raises(ValueError, match="sequential"):
+        _run_fast(model_dir, tmp_path / "d", "single", ["rome"], n=1, checkpoint_dir=ckpt)
+    (tensors,) = ckpt.glob("*.b4.safetensors")
+    tensors.write_bytes(tensors.read_bytes()[:100])  # a damaged state is a clear error
+    with pytest.raises(ValueError, match="unreadable"):
+        _run_fast(model_dir, tmp_path / "e", "sequential", ["alphaedit"], checkpoint_dir=ckpt, n=4, batch_size=2)
+
+
 def test_a_start_past_the_data_is_rejected_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="leaves no cases"):
         consolidation.run(SAMPLE_PATH, tmp_path / "none", "single", ["rome"], n=3, start=10_000, progress=False)
