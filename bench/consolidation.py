@@ -107,16 +107,20 @@ class BatchCheckpoint:
             raise ValueError(f"checkpoint {self.meta_path} is unreadable ({exc}); remove it to start over") from None
 
     def save(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
+        from recall.checkpoints import fsync_dir, save_tensors
 
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"{self.key}.b{meta['written']}.safetensors"
         tmp = self.root / f"{name}.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        _replace_durably(tmp, self.root / name)
+        save_tensors(tensors, tmp)
+        os.replace(tmp, self.root / name)
         tmp_meta = self.meta_path.with_suffix(".json.tmp")
-        tmp_meta.write_text(json.dumps(meta | {"tensors": name}), encoding="utf-8")
-        _replace_durably(tmp_meta, self.meta_path)
+        with open(tmp_meta, "w", encoding="utf-8") as f:
+            f.write(json.dumps(meta | {"tensors": name}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_meta, self.meta_path)
+        fsync_dir(self.root)
         for old in self.root.glob(f"{self.key}.b*.safetensors"):
             if old.name != name:
                 old.unlink()
@@ -124,12 +128,6 @@ class BatchCheckpoint:
 
 def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _replace_durably(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _checkpoint_key(data: str | Path, config: dict[str, Any], method: str, hparams: dict, base_model: str) -> str:

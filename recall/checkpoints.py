@@ -55,7 +55,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -63,7 +63,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors file at ``path``, fsynced before returning."""
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -96,7 +97,7 @@ class CheckpointDir:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            _save(weights, tmp / WEIGHTS)
+            save_tensors(weights, tmp / WEIGHTS)
             manifest = {
                 **manifest,
                 "id": ckpt_id,
@@ -104,15 +105,15 @@ class CheckpointDir:
                 "sha256": {WEIGHTS: _sha256(tmp / WEIGHTS)},
             }
             if state:
-                _save(state, tmp / STATE)
+                save_tensors(state, tmp / STATE)
                 manifest["sha256"][STATE] = _sha256(tmp / STATE)
             with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
                 json.dump(manifest, fh, indent=1)
                 fh.flush()
                 os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
