@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recall.lm import join_continuation
+from recall.lm import cache_kwargs, join_continuation, output_cache
 
 from .hparams import HyperParams, scale_layers
 from .nethook import Trace, get_module, run_until
@@ -248,7 +248,7 @@ def train_value(
         if key_pos > 0:
             with torch.no_grad():
                 out = model(input_ids=torch.tensor([prompt_ids[:key_pos]], device=device), use_cache=True)
-            prefix_cache = out.past_key_values
+            prefix_cache = output_cache(out)
         value = _initial_value(model, module, name, prompt_ids, hp, device)
         value.requires_grad_(True)
         opt = torch.optim.Adam([value], lr=hp.lr)
@@ -265,8 +265,8 @@ def train_value(
                 out = model(
                     input_ids=suffix,
                     attention_mask=full_mask,
-                    past_key_values=copy.deepcopy(prefix_cache),
                     use_cache=prefix_cache is not None,
+                    **cache_kwargs(model, copy.deepcopy(prefix_cache)),
                 )
                 loss = F.cross_entropy(out.logits[0].float(), labels)
                 loss_value = loss.item() if not loss.requires_grad else loss.detach().item()

@@ -17,6 +17,7 @@ the first (prompt) pass; later steps read their effect from the KV cache.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -182,6 +183,21 @@ def _stop_ids(model, tokenizer) -> set[int]:
     return {i for i in ids + [tokenizer.eos_token_id] if i is not None}
 
 
+def cache_kwargs(model, cache) -> dict:
+    """The keyword that hands a KV cache to ``model``'s forward.
+
+    transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name is deprecated and
+    goes away in 5.40); ask the forward's signature which one it takes, not the version."""
+    params = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+def output_cache(out):
+    """The KV cache a forward returned, under either name (see :func:`cache_kwargs`)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @torch.inference_mode()
 def generate_rows(
     model, tokenizer, plans: list[RowPlan], max_new_tokens: int, sampling: SamplingOptions, hook=None
@@ -202,7 +218,7 @@ def generate_rows(
     _arm(hook, [mask.shape[1] - 1] * len(plans), device)
     out = model(**inputs, attention_mask=mask, position_ids=pos, use_cache=True)
     _collect(hook, plans)
-    past = out.past_key_values
+    past = output_cache(out)
     for _step in range(max_new_tokens):
         logits = out.logits[:, -1].float()
         if sampling.do_sample and sampling.temperature > 0:
@@ -225,8 +241,8 @@ def generate_rows(
         step = torch.tensor(next_tokens, device=device)[:, None]
         mask = torch.cat([mask, torch.ones_like(step)], dim=-1)
         pos = pos[:, -1:] + 1
-        out = model(input_ids=step, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=step, attention_mask=mask, position_ids=pos, use_cache=True, **cache_kwargs(model, past))
+        past = output_cache(out)
     return [tokenizer.decode(p, skip_special_tokens=True) for p in produced]
 
 
