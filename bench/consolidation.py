@@ -107,7 +107,7 @@ class BatchCheckpoint:
             raise ValueError(f"checkpoint {self.meta_path} is unreadable ({exc}); remove it to start over") from None
 
     def save(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        from recall.checkpoints import fsync_dir, save_tensors
+        from recall.checkpoints import fsync_dir, save_tensors, write_json
 
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"{self.key}.b{meta['written']}.safetensors"
@@ -115,10 +115,7 @@ class BatchCheckpoint:
         save_tensors(tensors, tmp)
         os.replace(tmp, self.root / name)
         tmp_meta = self.meta_path.with_suffix(".json.tmp")
-        with open(tmp_meta, "w", encoding="utf-8") as f:
-            f.write(json.dumps(meta | {"tensors": name}))
-            f.flush()
-            os.fsync(f.fileno())
+        write_json(meta | {"tensors": name}, tmp_meta)
         os.replace(tmp_meta, self.meta_path)
         fsync_dir(self.root)
         for old in self.root.glob(f"{self.key}.b*.safetensors"):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recall.lm import cache_kwargs, join_continuation, output_cache
+from recall.lm import cache_keyword, join_continuation, output_cache
 
 from .hparams import HyperParams, scale_layers
 from .nethook import Trace, get_module, run_until
@@ -258,6 +258,7 @@ def train_value(
             return _replace_at(hidden, zero, zero, value[None])
 
         steps, loss_value = 0, float("inf")
+        cache_kw = cache_keyword(model)
         with Trace(model, name, edit_output=write_value):
             for step in range(hp.n_iter + 1):
                 # the forward appends to the cache it is given (entries that depend on V), so each
@@ -266,7 +267,7 @@ def train_value(
                     input_ids=suffix,
                     attention_mask=full_mask,
                     use_cache=prefix_cache is not None,
-                    **cache_kwargs(model, copy.deepcopy(prefix_cache)),
+                    **{cache_kw: copy.deepcopy(prefix_cache)},
                 )
                 loss = F.cross_entropy(out.logits[0].float(), labels)
                 loss_value = loss.item() if not loss.requires_grad else loss.detach().item()

@@ -63,6 +63,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_json(obj: Any, path: Path, indent: int | None = None) -> None:
+    """JSON file at ``path``, fsynced before returning (the caller renames it into place)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=indent)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors file at ``path``, fsynced before returning."""
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
@@ -107,10 +115,7 @@ class CheckpointDir:
             if state:
                 save_tensors(state, tmp / STATE)
                 manifest["sha256"][STATE] = _sha256(tmp / STATE)
-            with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
-                json.dump(manifest, fh, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
+            write_json(manifest, tmp / MANIFEST, indent=1)
             fsync_dir(tmp)
             os.rename(tmp, final)
             fsync_dir(self.root)

@@ -183,17 +183,17 @@ def _stop_ids(model, tokenizer) -> set[int]:
     return {i for i in ids + [tokenizer.eos_token_id] if i is not None}
 
 
-def cache_kwargs(model, cache) -> dict:
+def cache_keyword(model) -> str:
     """The keyword that hands a KV cache to ``model``'s forward.
 
     transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name is deprecated and
-    goes away in 5.40); ask the forward's signature which one it takes, not the version."""
-    params = inspect.signature(model.forward).parameters
-    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+    goes away in 5.40); ask the forward's signature which one it takes, not the version. Look it
+    up once per call site, outside its decoding or optimization loop."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def output_cache(out):
-    """The KV cache a forward returned, under either name (see :func:`cache_kwargs`)."""
+    """The KV cache a forward returned, under either name (see :func:`cache_keyword`)."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
 
@@ -218,7 +218,7 @@ def generate_rows(
     _arm(hook, [mask.shape[1] - 1] * len(plans), device)
     out = model(**inputs, attention_mask=mask, position_ids=pos, use_cache=True)
     _collect(hook, plans)
-    past = output_cache(out)
+    past, cache_kw = output_cache(out), cache_keyword(model)
     for _step in range(max_new_tokens):
         logits = out.logits[:, -1].float()
         if sampling.do_sample and sampling.temperature > 0:
@@ -241,7 +241,7 @@ def generate_rows(
         step = torch.tensor(next_tokens, device=device)[:, None]
         mask = torch.cat([mask, torch.ones_like(step)], dim=-1)
         pos = pos[:, -1:] + 1
-        out = model(input_ids=step, attention_mask=mask, position_ids=pos, use_cache=True, **cache_kwargs(model, past))
+        out = model(input_ids=step, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: past})
         past = output_cache(out)
     return [tokenizer.decode(p, skip_special_tokens=True) for p in produced]
 
