@@ -13,7 +13,8 @@ RUNS = {  # folder -> the name its method gets in the joined report
     "cpu_alphaedit_sequential_1000_bare_keys_small_targets": "alphaedit (keys 1.0, stop .5, delta x.8)",
     "cpu_alphaedit_sequential_1000_kw08_ds07": "alphaedit (keys .8, stop .5, delta x.7)",
     "cpu_alphaedit_sequential_1000_lam2000_ds09": "alphaedit (keys .8, stop .5, delta x.9, lambda 2000)",
-    "cpu_alphaedit_sequential_1000_lam2000_ds085": "alphaedit (keys .8, stop .5, delta x.85, lambda 2000; default)",
+    "cpu_alphaedit_sequential_1000_lam2000_ds085": "alphaedit (keys .8, stop .5, delta x.85, lambda 2000)",
+    "cpu_alphaedit_sequential_1000_lam1000_ds08": "alphaedit (keys .8, stop .5, delta x.8, lambda 1000; default)",
     "cpu_memit_sequential_1000": "memit (lambda 2000)",
 }
 runs = {label: json.loads((here.parent / folder / "results.json").read_text()) for folder, label in RUNS.items()}
