@@ -29,18 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from recall.methods.edit_requests import EditRequest
+from recall.methods.nethook import Trace, TraceDict
 from tqdm import tqdm
 
-from recall.demo import md_table
-from recall.lm import answer_tokens
-
-from .loaders import load_cases
+from recall.core.datasets import load_cases
+from recall.core.lm import answer_tokens
+from recall.core.models import load_model
+from recall.core.reporting import md_table
 
 
 def subject_span(tok, prompt: str, subject: str) -> range | None:
     """Token positions of ``subject`` in ``prompt`` (by tokenizing prefixes, located as the
     editors locate it), None if absent."""
-    from recall.methods.edit_requests import EditRequest
 
     req = EditRequest(prompt, "", subject)
     at = req.subject_start()
@@ -68,7 +69,6 @@ def trace_fact(
     """Per layer: indirect effects of the residual and of the MLP window; plus P clean/corrupted.
     None when the subject is not in the prompt, or (given ``new_id``) when the clean model does
     not prefer the true object to the new one: a fact it does not hold cannot be traced."""
-    from recall.methods.nethook import Trace, TraceDict
 
     span = subject_span(tok, prompt, subject)
     if span is None:
@@ -144,7 +144,6 @@ def run(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    from recall.models import load_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

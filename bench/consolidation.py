@@ -9,7 +9,7 @@
 
 Edits go through :class:`recall.methods.consolidation.Consolidator` (the code
 ``Runtime.consolidate`` runs). Scores are mean token log-probs from
-``recall.methods.consolidation.mean_logprob`` (``recall.lm.score_tokens_rows`` on bare
+``recall.methods.consolidation.mean_logprob`` (``recall.core.lm.score_tokens_rows`` on bare
 prompts): exactly what ``Runtime.score(..., use_memory=False)`` computes. The weight
 editors never consult the memory, so this benchmark needs no encoder, store or FAISS and
 runs on a GPU box that has only the model.
@@ -31,13 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from recall.methods.consolidation import mean_logprob
+from recall.bench.editors import _requests
+from recall.methods.alphaedit import AlphaEditState
+from recall.methods.consolidation import METHODS, Consolidator, mean_logprob, probe
+from recall.methods.layer_stats import generic_texts, model_fingerprint
+from recall.methods.weights import restore, snapshot
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from recall.demo import md_table
-
-from .editors import _requests
-from .loaders import EditCase, load_cases
+from recall.checkpoints import fsync_dir, save_tensors, write_json
+from recall.core.datasets import EditCase, load_cases
+from recall.core.models import load_model
+from recall.core.reporting import md_table
 
 METRICS = ("es", "ps", "ns")
 
@@ -67,7 +72,6 @@ def _aggregate(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _hparams(method: str, spec, overrides: dict[str, Any]):
-    from recall.methods.consolidation import METHODS
 
     hp = METHODS[method][0].for_spec(spec)
     top = {k: v for k, v in overrides.items() if not k.startswith("target.")}
@@ -96,7 +100,6 @@ class BatchCheckpoint:
         self.meta_path = self.root / f"{key}.json"
 
     def load(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-        from safetensors.torch import load_file
 
         if not self.meta_path.exists():
             return None
@@ -107,7 +110,6 @@ class BatchCheckpoint:
             raise ValueError(f"checkpoint {self.meta_path} is unreadable ({exc}); remove it to start over") from None
 
     def save(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        from recall.checkpoints import fsync_dir, save_tensors, write_json
 
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"{self.key}.b{meta['written']}.safetensors"
@@ -160,12 +162,7 @@ def run(
     cases of the shuffle (to continue a single-protocol run that a budget cut off).
     ``checkpoint_dir``: sequential protocol only, save the state after every batch there and
     resume from it (:class:`BatchCheckpoint`)."""
-    from recall.methods.alphaedit import AlphaEditState
-    from recall.methods.consolidation import Consolidator, probe
-    from recall.methods.layer_stats import generic_texts, model_fingerprint
-    from recall.methods.weights import restore, snapshot
 
-    from recall.models import load_model
 
     if protocol not in ("single", "sequential"):
         raise ValueError(f"protocol must be 'single' or 'sequential', got {protocol!r}")

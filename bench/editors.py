@@ -30,9 +30,14 @@ import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from recall.runtime import Runtime
+from recall.methods import ft_l
+from recall.methods.consolidation import Consolidator
+from recall.methods.edit_requests import EditRequest as Request
+from recall.methods.ft_l import FTLHyperParams
+from recall.methods.weights import restore, snapshot
 
-from .loaders import EditCase
+from recall.core.datasets import EditCase
+from recall.runtime import Runtime
 
 # name -> (gate, injection, edit kind)
 RUNTIME_VARIANTS = {
@@ -124,7 +129,6 @@ class FTLEditor(_StoreEditor):
     use_memory = False
 
     def __init__(self, loaded, encoder, workdir, hparams_path: str | Path | None = None) -> None:
-        from recall.methods.ft_l import FTLHyperParams
 
         model, tok, spec = loaded
         self.hparams = FTLHyperParams.for_spec(spec, hparams_path)
@@ -133,7 +137,6 @@ class FTLEditor(_StoreEditor):
         self.weights_copy: dict = {}
 
     def reset(self) -> None:
-        from recall.methods.weights import restore
 
         if self.weights_copy:
             restore(self.loaded[0], self.weights_copy)
@@ -141,7 +144,6 @@ class FTLEditor(_StoreEditor):
         super().reset()
 
     def apply(self, cases: list[EditCase]) -> None:
-        from recall.methods import ft_l
 
         model, tok, spec = self.loaded
         requests = [{"prompt": e.prompt, "target_new": e.target_new} for c in cases for e in c.edits]
@@ -151,7 +153,6 @@ class FTLEditor(_StoreEditor):
 
 
 def _requests(cases: list[EditCase]):
-    from recall.methods.edit_requests import EditRequest as Request
 
     return [
         Request(
@@ -173,8 +174,6 @@ class WeightEditor(_StoreEditor):
     use_memory = False
 
     def __init__(self, method: str, loaded, encoder, workdir, batch_size: int = 100, hparams=None) -> None:
-        from recall.methods.consolidation import Consolidator
-        from recall.methods.weights import snapshot
 
         model, tok, spec = loaded
         edited = copy.deepcopy(model)
@@ -186,7 +185,6 @@ class WeightEditor(_StoreEditor):
         self.pending: list = []
 
     def reset(self) -> None:
-        from recall.methods.weights import restore
 
         restore(self.loaded[0], self.original)
         state = self.consolidator.state

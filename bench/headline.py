@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from recall.demo import md_table
+from recall.bench.lifelong import TABLES, draw_metric
 
-from .lifelong import TABLES, draw_metric
+from recall.core.reporting import md_table
 
 # (column label, aggregate key): teacher-forced / probability, then greedy generation
 COLUMNS = [

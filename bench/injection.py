@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import recall
-from recall.demo import starts_with_target
+from recall.evaluation.metrics import starts_with_target
 from recall.inject import INJECTION_MODES
 
 

@@ -25,18 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recall.demo import (
-    load_sample,
-    machine_info,
-    md_table,
-    percentiles_ms,
-    pick_threads,
-    store_dir,
-    stream_edits,
-    summarize_pairs,
-    time_queries,
-    torch_threads,
-)
+from recall.core import resources
+from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, store_dir, torch_threads
+from recall.evaluation.timing import stream_edits, summarize_pairs, time_queries
 from recall.runtime import Runtime
 
 DEFAULT_DATA = Path("../shared/data/counterfact/easyedit_mend_format/counterfact-edit.json")
@@ -51,7 +42,7 @@ def load_records(data: str | Path | None) -> tuple[list[dict[str, Any]], str]:
     if data is None and DEFAULT_DATA.is_file():
         data = DEFAULT_DATA
     if data is None:
-        return load_sample(), "recall/data/counterfact_sample.json"
+        return resources.counterfact_sample(), "recall/data/counterfact_sample.json"
     records = json.loads(Path(data).read_text(encoding="utf-8"))
     if not isinstance(records, list) or not records:
         raise ValueError(f"{data}: expected a non-empty JSON list of CounterFact records")
@@ -99,7 +90,7 @@ def run(
     """Run the benchmark, print its table, and (with ``out``) write latency.json/latency.md.
 
     ``store``: build the store in this (new) directory and keep it; default: a temporary one.
-    ``threads``: torch threads (default: ``recall.demo.pick_threads``, i.e. the idle CPUs)."""
+    ``threads``: torch threads (default: ``recall.core.reporting.pick_threads``, i.e. the idle CPUs)."""
     t_start = time.perf_counter()
     source_records, source = load_records(data)
     records = expand(source_records, n_edits)

@@ -18,13 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recall.bench import metrics
+from recall.bench.editors import WeightEditor, make_editor
+from recall.index import TextEncoder
+from recall.methods.rome import ROMEHyperParams
 from tqdm import tqdm
 
-from recall.demo import md_table
-
-from . import metrics
-from .editors import WeightEditor, make_editor
-from .loaders import load_cases
+from recall.core.datasets import load_cases
+from recall.core.models import load_model
+from recall.core.reporting import md_table
 
 
 def run(
@@ -38,10 +40,7 @@ def run(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    from recall.index import TextEncoder
-    from recall.methods.rome import ROMEHyperParams
 
-    from recall.models import load_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

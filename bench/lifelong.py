@@ -30,13 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recall.bench import metrics
+from recall.bench.editors import EDITORS, make_editor
+from recall.index import TextEncoder
 from tqdm import tqdm
 
-from recall.demo import machine_info, md_table, pick_threads, torch_threads
-
-from . import metrics
-from .editors import EDITORS, make_editor
-from .loaders import LAST_SKIPPED, load_cases, load_texts
+from recall.core.datasets import LAST_SKIPPED, load_cases, load_texts
+from recall.core.models import load_model
+from recall.core.reporting import machine_info, md_table, pick_threads, torch_threads
 
 WIKIBIO = Path("../shared/data/knowedit/WikiBio/wikibio-test-all.json")
 
@@ -116,9 +117,7 @@ def run(
     texts = load_texts(WIKIBIO, limit=ppl_texts) if ppl_texts and WIKIBIO.is_file() else []
 
     if loaded is None or encoder is None:
-        from recall.index import TextEncoder
 
-        from recall.models import load_model
 
         loaded = load_model(model, device)
         encoder = TextEncoder(encoder_path, device=str(loaded[0].device))

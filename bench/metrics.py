@@ -32,10 +32,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from recall.demo import starts_with_target
+from recall.core.datasets import EditCase
+from recall.evaluation.metrics import starts_with_target
 from recall.runtime import Runtime
-
-from .loaders import EditCase
 
 BATCH = 16
 WORD_RE = re.compile(r"\w+|[^\w\s]")

@@ -7,7 +7,7 @@ with the runtime's encoder, then ``store.add(edit, vectors)`` per edit and one
 ``rt.add_edit`` calls. At each size it then times:
 
 - single-row ``generate`` (8 new tokens) and ``score``, bare model vs runtime back to back
-  (``recall.demo.time_queries``), on stored edit prompts and on unrelated prompts;
+  (``recall.evaluation.timing.time_queries``), on stored edit prompts and on unrelated prompts;
 - the retrieval step alone (``rt.memory.retrieve([q])``) and the FAISS search inside it;
 - ``explain`` and a few superseding ``add_edit`` calls (same subject and relation: the older
   fact is retired, which removes its key from the FAISS index);
@@ -33,19 +33,11 @@ import numpy as np
 from recall.bench.latency import peak_rss_bytes, write_report
 from tqdm import tqdm
 
-from recall.demo import (
-    machine_info,
-    md_table,
-    percentiles_ms,
-    pick_threads,
-    store_dir,
-    summarize_pairs,
-    time_queries,
-    torch_threads,
-)
-from recall.edits import build_edit
+from recall.core.edits import build_edit
+from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, store_dir, torch_threads
+from recall.core.text import relation_text
+from recall.evaluation.timing import summarize_pairs, time_queries
 from recall.runtime import Runtime
-from recall.text import relation_text
 
 GEN_TOKENS = 8
 DEFAULT_SIZES = (1000, 10_000, 100_000)

@@ -28,7 +28,8 @@ from typing import Any
 import httpx
 from recall.bench.latency import expand, load_records, write_report
 
-from recall.demo import machine_info, md_table, percentiles_ms, pick_threads, store_dir, stream_edits, torch_threads
+from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, store_dir, torch_threads
+from recall.evaluation.timing import stream_edits
 from recall.runtime import Runtime
 from recall.server import ServerConfig, create_app
 from recall.server.background import running

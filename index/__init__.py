@@ -1,7 +1,7 @@
 """The edit memory: LMDB record store (source of truth), FAISS vector index (derived), text encoder."""
 
-from .encoder import TextEncoder, default_encoder_path
-from .store import EditStore
-from .vectors import VectorIndex
+from recall.index.encoder import TextEncoder, default_encoder_path
+from recall.index.store import EditStore
+from recall.index.vectors import VectorIndex
 
 __all__ = ["EditStore", "TextEncoder", "VectorIndex", "default_encoder_path"]

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+from sentence_transformers import SentenceTransformer
 
-from recall.errors import ModelLoadError
+from recall.core.errors import ModelLoadError
 
 
 def default_encoder_path() -> Path:
@@ -30,7 +31,6 @@ class TextEncoder:
     """Encodes texts to L2-normalized float32 vectors (cosine = inner product)."""
 
     def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu") -> None:
-        from sentence_transformers import SentenceTransformer
 
         self.path = Path(path) if path is not None else default_encoder_path()
         if not self.path.exists():

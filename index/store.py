@@ -32,8 +32,8 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from recall.edits import SCHEMA_VERSION, Edit
-from recall.errors import EditNotFoundError, SchemaVersionError, StoreCorruptError, StoreError, StoreLockedError
+from recall.core.edits import SCHEMA_VERSION, Edit
+from recall.core.errors import EditNotFoundError, SchemaVersionError, StoreCorruptError, StoreError, StoreLockedError
 
 _MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as used
 

@@ -22,12 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-
-from .edit_requests import EditRequest, context_templates
-from .edit_targets import lookup_keys
-from .hparams import LocateEditHyperParams
-from .memit import compute_z, spread
-from .weights import snapshot
+from recall.methods.edit_requests import EditRequest, context_templates
+from recall.methods.edit_targets import lookup_keys
+from recall.methods.hparams import LocateEditHyperParams
+from recall.methods.memit import compute_z, spread
+from recall.methods.weights import snapshot
 
 
 @dataclass

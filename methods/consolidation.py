@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from recall.methods import alphaedit, memit, rome
+from recall.methods.edit_requests import EditRequest, context_templates
+from recall.methods.hparams import HyperParams
+from recall.methods.layer_stats import StatsCache
 
-from recall.lm import RowPlan, SamplingOptions, answer_tokens, generate_rows, score_tokens_rows
-
-from . import alphaedit, memit, rome
-from .edit_requests import EditRequest, context_templates
-from .hparams import HyperParams
-from .layer_stats import StatsCache
+from recall.core.lm import RowPlan, SamplingOptions, answer_tokens, generate_rows, score_tokens_rows
 
 METHODS: dict[str, tuple[type[HyperParams], Callable]] = {
     "rome": (rome.ROMEHyperParams, rome.apply),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recall.lm import RowPlan, SamplingOptions, answer_tokens, generate_rows
+from recall.core.lm import RowPlan, SamplingOptions, answer_tokens, generate_rows
 
 CONTEXT_SEEDS = ("The", "Therefore", "Because", "I", "You")
 
@@ -30,7 +30,7 @@ class EditRequest:
 
     @classmethod
     def from_edit(cls, edit) -> EditRequest:
-        """From a stored fact :class:`recall.edits.Edit`."""
+        """From a stored fact :class:`recall.core.edits.Edit`."""
         return cls(edit.payload["prompt"], edit.payload["target"], edit.subject, edit.id)
 
     def subject_start(self) -> int | None:

@@ -19,8 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-
-from .hparams import HyperParams
+from recall.methods.hparams import HyperParams
 
 
 @dataclass

@@ -28,12 +28,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from recall.methods.hparams import HyperParams, scale_layers
+from recall.methods.nethook import Trace, get_module, run_until
 from torch import nn
 
-from recall.lm import cache_keyword, join_continuation, output_cache
-
-from .hparams import HyperParams, scale_layers
-from .nethook import Trace, get_module, run_until
+from recall.core.lm import cache_keyword, join_continuation, output_cache
 
 SPLIT_MARGIN = 1e-5  # the paper's gap between two split balls
 

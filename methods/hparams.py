@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .edit_targets import TargetParams, check_prompt_weight
+from recall.methods.edit_targets import TargetParams, check_prompt_weight
 
 HPARAMS_DIR = Path(__file__).parent / "hparams"
 

@@ -24,29 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from recall.methods.nethook import TraceDict, run_until
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from recall.models import cache_root
+from recall.core import resources
+from recall.core.models import cache_root
 
-from .nethook import TraceDict, run_until
-
-CORPUS = Path(__file__).resolve().parent.parent / "recall" / "data" / "wikibio_text.jsonl"
 N_PROBE_TEXTS = 40  # the corpus' last texts are the consolidation probe set, not statistics
-
-
-def _corpus_file() -> Path:
-    # installed layout: recall/methods/ sits inside recall/, data beside it
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "data" / "wikibio_text.jsonl", CORPUS):
-        if cand.exists():
-            return cand
-    raise FileNotFoundError("recall/data/wikibio_text.jsonl is missing from the installation")
 
 
 def generic_texts(split: str = "stats") -> list[str]:
     """The shipped generic corpus: ``"stats"`` (for C) or ``"probe"`` (held out)."""
-    lines = _corpus_file().read_text(encoding="utf-8").splitlines()
+    lines = resources.data_file(resources.GENERIC_CORPUS).read_text(encoding="utf-8").splitlines()
     texts = [json.loads(line)["text"] for line in lines if line.strip()]
     return texts[:-N_PROBE_TEXTS] if split == "stats" else texts[-N_PROBE_TEXTS:]
 

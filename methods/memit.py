@@ -22,11 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-
-from .edit_requests import EditRequest, context_templates
-from .edit_targets import TargetParams, hidden_at_lookup, lookup_keys, optimize_deltas
-from .hparams import LocateEditHyperParams
-from .weights import add_update, snapshot
+from recall.methods.edit_requests import EditRequest, context_templates
+from recall.methods.edit_targets import TargetParams, hidden_at_lookup, lookup_keys, optimize_deltas
+from recall.methods.hparams import LocateEditHyperParams
+from recall.methods.weights import add_update, snapshot
 
 # solver(layer, K [d_in, n], R [d_out, n]) -> ΔW [d_out, d_in]
 Solver = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]

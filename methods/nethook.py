@@ -2,7 +2,7 @@
 forward pass, rewrite its output, or stop the pass early, without touching ``model.forward``.
 
 Modules are named by their dotted path (``model.layers.5.mlp.down_proj``), usually built from
-the :class:`recall.models.ModelSpec` templates, and looked up with ``get_submodule``: never
+the :class:`recall.core.models.ModelSpec` templates, and looked up with ``get_submodule``: never
 ``eval`` on a path.
 """
 

@@ -29,9 +29,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from recall.index.encoder import default_encoder_path
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModel, AutoTokenizer
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "recall" / "data" / "recipe"
+from recall.core import resources
+from recall.core.errors import ModelLoadError
+from recall.core.lm import answer_tokens, join_continuation
+
 _BIG = 1e4  # masked positions are pushed out of max/min pooling by this offset
 
 
@@ -150,14 +156,12 @@ class KnowledgeModel(nn.Module):
 
 def statement(prompt: str, target: str) -> str:
     """The knowledge statement the KRM encodes (prompt + " " + target, as in RECIPE)."""
-    from recall.lm import join_continuation
 
     return prompt + join_continuation(prompt, target)
 
 
 def target_embedding(llm, tokenizer, prompts: list[str], targets: list[str]) -> torch.Tensor:
     """Mean LLM input embedding of each target's tokens (as tokenized after its prompt)."""
-    from recall.lm import answer_tokens
 
     table = llm.get_input_embeddings().weight
     rows = []
@@ -169,8 +173,6 @@ def target_embedding(llm, tokenizer, prompts: list[str], targets: list[str]) -> 
 
 def base_encoder(path: str | Path | None = None):
     """The MiniLM transformer and tokenizer the KRM starts from (the embedded default)."""
-    from recall.index.encoder import default_encoder_path
-    from transformers import AutoModel, AutoTokenizer
 
     path = Path(path) if path is not None else default_encoder_path()
     encoder = AutoModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True)
@@ -180,7 +182,6 @@ def base_encoder(path: str | Path | None = None):
 
 def save(model: KnowledgeModel, directory: str | Path, extra: dict | None = None) -> None:
     """Write ``config.json`` and ``weights.safetensors`` (fp16) atomically into ``directory``."""
-    from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -194,11 +195,12 @@ def save(model: KnowledgeModel, directory: str | Path, extra: dict | None = None
 
 def load(directory: str | Path | None = None, device: str | torch.device = "cpu", encoder_path=None) -> KnowledgeModel:
     """Load a trained KnowledgeModel (default: the checkpoint shipped in ``recall/data/recipe``)."""
-    from safetensors.torch import load_file
 
-    from recall.errors import ModelLoadError
 
-    directory = Path(directory) if directory is not None else DEFAULT_CHECKPOINT
+    if directory is None:
+        with resources.data_path(resources.RECIPE_CHECKPOINT) as shipped:
+            return load(shipped, device, encoder_path)
+    directory = Path(directory)
     try:
         cfg = RecipeConfig.from_dict(json.loads((directory / "config.json").read_text()))
         state = load_file(str(directory / "weights.safetensors"))

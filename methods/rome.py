@@ -23,11 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from .edit_requests import EditRequest, context_templates
-from .edit_targets import average_keys, context_keys, optimize_deltas
-from .hparams import LocateEditHyperParams
-from .weights import add_update, snapshot
+from recall.methods.edit_requests import EditRequest, context_templates
+from recall.methods.edit_targets import average_keys, context_keys, optimize_deltas
+from recall.methods.hparams import LocateEditHyperParams
+from recall.methods.weights import add_update, snapshot
 
 
 @dataclass

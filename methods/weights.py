@@ -10,8 +10,7 @@ matrices.
 from __future__ import annotations
 
 import torch
-
-from .nethook import get_weight
+from recall.methods.nethook import get_weight
 
 
 def snapshot(model, modules: list[str]) -> dict[str, torch.Tensor]:

@@ -34,9 +34,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from recall.core.errors import CheckpointError, StoreCorruptError
 from recall.methods.weights import restore
-
-from .errors import CheckpointError, StoreCorruptError
 
 WEIGHTS = "weights.safetensors"
 STATE = "state.safetensors"

@@ -18,7 +18,17 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from .errors import RecallError
+from recall import demo as demo_mod
+from recall.bench import causal_trace, consolidation, headline, latency, layer_sweep, lifelong, scale, serving
+from recall.core.errors import RecallError
+from recall.core.models import load_model
+from recall.core.reporting import pick_threads, torch_threads
+from recall.methods.consolidation import METHODS, ConsolidationParams
+from recall.runtime import Runtime
+from recall.server import ServerConfig
+from recall.server import serve as run_server
+from recall.server.auth import load_token
+from recall.training import gate_training, recipe_training
 
 app = typer.Typer(
     name="recall",
@@ -88,7 +98,6 @@ def handle_errors(fn: F) -> F:
 
 def _open(store: Path, model: str | None, device: str, *, readonly: bool = False):
     """Open a Runtime; read-only commands refuse a missing store instead of creating one."""
-    from .runtime import Runtime  # imported late: torch/transformers make `recall --help` slow
 
     if readonly and not store.is_dir():
         raise _fail(f"no store at {store}")
@@ -118,7 +127,6 @@ def demo(
     threads: ThreadsOpt = None,
 ) -> None:
     """Stream CounterFact edits into a fresh store on the embedded model and measure them."""
-    from . import demo as demo_mod
 
     extra = {} if eval_n is None else {"eval_n": eval_n}
     result = demo_mod.run(n=n, seed=seed, store=store, threads=threads, **extra)
@@ -178,9 +186,6 @@ def serve(
     device: DeviceOpt = "auto",
 ) -> None:
     """Serve STORE over an OpenAI-compatible HTTP API with an edit admin API and a web page."""
-    from .server import ServerConfig
-    from .server import serve as run_server
-    from .server.auth import load_token
 
     config = ServerConfig(
         model_name=model_name,
@@ -410,7 +415,6 @@ def bench_latency(
     threads: ThreadsOpt = None,
 ) -> None:
     """Edit latency, query latency relative to the bare model, store size and peak memory."""
-    from recall.bench import latency
 
     if kind.value not in ("fact", "prompt", "codebook"):
         raise _fail("--kind must be fact, prompt or codebook")
@@ -437,7 +441,6 @@ def bench_serving(
     threads: ThreadsOpt = None,
 ) -> None:
     """HTTP serving throughput and p50/p95 latency, bare model vs runtime, at several concurrencies."""
-    from recall.bench import serving
 
     try:
         levels = [int(c) for c in concurrency.split(",") if c.strip()]
@@ -465,7 +468,6 @@ def bench_scale(
     threads: ThreadsOpt = None,
 ) -> None:
     """add_edit, retrieval and query latency, index type, footprint and re-open time vs store size."""
-    from recall.bench import scale
 
     try:
         size_list = [int(s) for s in sizes.split(",") if s.strip()]
@@ -525,7 +527,6 @@ def bench_lifelong(
 ) -> None:
     """Sequential (lifelong) editing on real data: per T and editor, reset, stream T cases' edits, then
     evaluate all T cases (WISE protocol). Writes results.json, summary.md and metric-vs-T plots."""
-    from recall.bench import lifelong
 
     lifelong.run(
         data,
@@ -563,7 +564,6 @@ def bench_headline(
 ) -> None:
     """Merge lifelong runs into one table (dataset x editor x T: Rel/Gen/Loc/Port teacher-forced,
     ES/PS/NS, Rel/Gen/Loc generation) and one plot (metric vs T per editor, a column per dataset)."""
-    from recall.bench import headline
 
     paths = [Path(p.strip()) for p in results.split(",") if p.strip()]
     ts = [int(x) for x in t.split(",") if x.strip()] if t else None
@@ -591,9 +591,8 @@ def gate_train(
     seed: int = 0,
 ) -> None:
     """Train the learned gate, tune the cosine and subject gates, and compare all three on dev."""
-    from recall.methods.gate_training import train
 
-    result = train(data, out, report, n_train=n_train, n_dev=n_dev, seed=seed)
+    result = gate_training.train(data, out, report, n_train=n_train, n_dev=n_dev, seed=seed)
     typer.echo(result["report"])
     typer.echo(f"wrote {out} and {report} in {result['seconds']:.0f} s")
 
@@ -608,9 +607,8 @@ def gate_compare(
     n_dev: Annotated[int, typer.Option(min=10, help="counterfact-edit records in the dev pairs.")] = 600,
 ) -> None:
     """The shipped gates and RECIPE's knowledge sentinel, firing rates on the same dev pairs."""
-    from recall.methods.gate_training import compare_with_sentinel
 
-    result = compare_with_sentinel(data, report, n_dev=n_dev)
+    result = gate_training.compare_with_sentinel(data, report, n_dev=n_dev)
     typer.echo(result["report"])
 
 
@@ -639,13 +637,9 @@ def recipe_train(
 ) -> None:
     """Train the knowledge encoder, sentinel and prompt generator for a model (default: the
     embedded one) and write the checkpoint, its training log and report."""
-    from recall.demo import pick_threads, torch_threads
-    from recall.methods.recipe_training import train
-
-    from .models import load_model
 
     with torch_threads(pick_threads(threads)):
-        report = train(
+        report = recipe_training.train(
             data,
             out,
             load_model(model, device),
@@ -685,8 +679,6 @@ def bench_consolidation(
     device: DeviceOpt = "auto",
 ) -> None:
     """ROME/MEMIT/AlphaEdit on CounterFact: ES/PS/NS, probe agreement and perplexity ratio."""
-    from recall.bench import consolidation
-    from recall.methods.consolidation import METHODS
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
@@ -737,7 +729,6 @@ def bench_layer_sweep(
 ) -> None:
     """ROME single-edit efficacy/paraphrase/neighborhood per layer: the record behind the layer
     choices in methods/hparams/*/llama.json."""
-    from recall.bench import layer_sweep
 
     layer_sweep.run(data, out, [int(x) for x in layers.split(",") if x.strip()], n, seed, model, encoder, device)
 
@@ -757,7 +748,6 @@ def bench_causal_trace(
 ) -> None:
     """ROME's causal trace: which layers' states at the subject's last token restore a fact
     after the subject is corrupted; the record behind the edited layers."""
-    from recall.bench import causal_trace
 
     causal_trace.run(data, out, n, samples, noise, window, seed, model, device)
 
@@ -783,9 +773,6 @@ def consolidate_cmd(
     """Fold the store's active fact edits into the weights, verify them with retrieval off,
     and write a checkpoint (served from then on). Prints the report as JSON; exit code 1 when
     the new weights were rejected (nothing changed)."""
-    from recall.methods.consolidation import ConsolidationParams
-
-    from .runtime import Runtime
 
     params = ConsolidationParams(min_probe_agreement=min_probe_agreement, max_ppl_ratio=max_ppl_ratio)
     with Runtime.open(store, model=model, device=device) as rt:
@@ -799,7 +786,6 @@ def consolidate_cmd(
 @handle_errors
 def checkpoints_cmd(store: StoreArg, model: ModelOpt = None, device: DeviceOpt = "auto") -> None:
     """List the store's weight checkpoints (the served one is marked head)."""
-    from .runtime import Runtime
 
     with Runtime.open(store, model=model, device=device) as rt:
         print(json.dumps(rt.checkpoints(), indent=1))
@@ -814,7 +800,6 @@ def rollback_cmd(
     device: DeviceOpt = "auto",
 ) -> None:
     """Serve an earlier checkpoint (or the base weights); edits consolidated after it become active again."""
-    from .runtime import Runtime
 
     with Runtime.open(store, model=model, device=device) as rt:
         print(json.dumps(rt.rollback(None if checkpoint == "base" else checkpoint), indent=1))

@@ -20,13 +20,18 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from tqdm.auto import tqdm
+
+from recall.checkpoints import new_checkpoint_id
+from recall.core.errors import ConsolidationError
+from recall.methods.alphaedit import AlphaEditState
+from recall.methods.consolidation import METHODS, ConsolidationParams, Consolidator, previous_answers, probe, verify
+from recall.methods.edit_requests import EditRequest
+from recall.methods.layer_stats import generic_texts
 from recall.methods.weights import restore
 
-from .checkpoints import new_checkpoint_id
-from .errors import ConsolidationError
-
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from recall.runtime import Runtime
 
 
 @dataclass
@@ -52,9 +57,6 @@ def run_job(
     params=None,
     progress: bool = True,
 ) -> ConsolidationReport:
-    from recall.methods.consolidation import METHODS, ConsolidationParams, Consolidator, probe, verify
-    from recall.methods.edit_requests import EditRequest
-    from recall.methods.layer_stats import generic_texts
 
     if method not in METHODS:
         raise ConsolidationError(f"unknown consolidation method {method!r}; known: {', '.join(METHODS)}")
@@ -75,7 +77,6 @@ def run_job(
     served.dir.remove_unreferenced(known)
     state = None
     if method == "alphaedit" and served.head:
-        from recall.methods.alphaedit import AlphaEditState
 
         head = served.dir.manifest(served.head)
         if head.get("method") == "alphaedit":
@@ -165,9 +166,7 @@ def _write_within_bounds(rt: Runtime, cons, requests, params, probe_texts, base_
     accumulated keys) that would break the bounds, stopping there. Returns (edits written,
     the weights' answers before each written edit, the probe of the kept weights, why it
     stopped early or "")."""
-    from tqdm.auto import tqdm
 
-    from recall.methods.consolidation import previous_answers, probe
 
     previous: list[str] = []
     current = None

@@ -18,25 +18,22 @@ both sides alike.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import statistics
-import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from functools import partial
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from .errors import StoreError
-from .runtime import Runtime
+from recall.core import resources
+from recall.core.errors import StoreError
+from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, store_dir, torch_threads
+from recall.evaluation.metrics import starts_with_target
+from recall.evaluation.timing import stream_edits, summarize_pairs, time_queries
+from recall.runtime import Runtime
 
 SAMPLE_FILE = "counterfact_sample.json"
 EVAL_BATCH = 32  # rows per score/generate call
@@ -49,141 +46,22 @@ GEN_SUBSET = 50  # of those, records whose paraphrase and neighbour are also jud
 N_EXAMPLES = 4
 
 
-# -- helpers shared with bench/ -----------------------------------------------
-def load_sample() -> list[dict[str, Any]]:
-    """The 200 CounterFact records shipped with recall (see recall/data/ATTRIBUTION.md)."""
-    return json.loads(resources.files("recall").joinpath("data", SAMPLE_FILE).read_text(encoding="utf-8"))
 
 
-def starts_with_target(text: str, target: str) -> bool:
-    """Does generated ``text`` begin with ``target``, ignoring case and all whitespace?"""
-    squash = lambda s: "".join(s.split()).casefold()
-    return bool(squash(target)) and squash(text).startswith(squash(target))
 
 
-def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
-    """p50/p95/mean/max of durations given in seconds, in milliseconds."""
-    arr = np.asarray(seconds, dtype=float) * 1000.0
-    if arr.size == 0:
-        return {"p50": float("nan"), "p95": float("nan"), "mean": float("nan"), "max": float("nan"), "n": 0}
-    return {
-        "p50": float(np.percentile(arr, 50)),
-        "p95": float(np.percentile(arr, 95)),
-        "mean": float(arr.mean()),
-        "max": float(arr.max()),
-        "n": int(arr.size),
-    }
 
 
-def time_queries(
-    rt: Runtime,
-    queries: Sequence[tuple[str, str, str]],
-    gen_tokens: int = LATENCY_TOKENS,
-    *,
-    budget_s: float | None = None,
-    min_per_group: int = 1,
-    desc: str = "latency",
-) -> list[dict[str, Any]]:
-    """Time single-row ``generate`` and ``score`` for the bare model and for the runtime.
-
-    ``queries``: (group, prompt, continuation). For each query the bare and the runtime call
-    run back to back, and which goes first alternates from query to query (and between
-    generate and score), so that a warm cache or a burst of load from another process does
-    not favour one side. After ``budget_s`` seconds only groups with fewer than
-    ``min_per_group`` timed queries are still served."""
-    start = time.perf_counter()
-    seen: Counter[str] = Counter()
-    rows = []
-    for group, prompt, cont in tqdm(queries, desc=desc, leave=False):
-        if budget_s is not None and time.perf_counter() - start > budget_s and seen[group] >= min_per_group:
-            continue
-        k = seen[group]
-        seen[group] += 1
-        row: dict[str, Any] = {"group": group, "prompt": prompt, "continuation": cont}
-        calls = {
-            "generate": (
-                partial(rt.generate, [prompt], max_new_tokens=gen_tokens, use_memory=False),
-                partial(rt.generate, [prompt], max_new_tokens=gen_tokens),
-            ),
-            "score": (partial(rt.score, [prompt], [cont], use_memory=False), partial(rt.score, [prompt], [cont])),
-        }
-        for j, (kind, (bare, runtime)) in enumerate(calls.items()):
-            order = [("bare", bare), ("runtime", runtime)]
-            if (k + j) % 2:
-                order.reverse()
-            for side, fn in order:
-                t0 = time.perf_counter()
-                row[f"{kind}_{side}_out"] = fn()[0]
-                row[f"{kind}_{side}_s"] = time.perf_counter() - t0
-            row[f"{kind}_ratio"] = row[f"{kind}_runtime_s"] / row[f"{kind}_bare_s"]
-        rows.append(row)
-    return rows
 
 
-def summarize_pairs(rows: Sequence[dict[str, Any]], kind: str) -> dict[str, Any]:
-    """Median latency of each side and the median (and p95) of the per-query runtime/bare ratios."""
-    if not rows:
-        return {"n": 0}
-    ratios = [r[f"{kind}_ratio"] for r in rows]
-    return {
-        "n": len(rows),
-        "bare_ms": 1000.0 * statistics.median(r[f"{kind}_bare_s"] for r in rows),
-        "runtime_ms": 1000.0 * statistics.median(r[f"{kind}_runtime_s"] for r in rows),
-        "ratio_median": statistics.median(ratios),
-        "ratio_p95": float(np.percentile(ratios, 95)),
-    }
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU count, torch threads and load average: other processes' load skews timings."""
-    import torch
-
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg_1m": os.getloadavg()[0]}
 
 
-def pick_threads(requested: int | None = None) -> int:
-    """Torch intra-op threads for a measurement run.
-
-    ``None`` picks automatically: as many as there are idle CPUs by the 1-minute load average,
-    at least one. On a busy machine, OpenMP threads that outnumber free cores wait on each
-    other: on a 2-core machine with another job running, 2 threads made single-row
-    generation about 5x slower than 1 thread."""
-    import torch
-
-    if requested is not None:
-        if requested < 1:
-            raise ValueError(f"threads must be >= 1, got {requested}")
-        return requested
-    idle = (os.cpu_count() or 1) - os.getloadavg()[0]
-    return max(1, min(torch.get_num_threads(), int(idle + 0.5)))
 
 
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch threads, restoring the previous setting afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A markdown table with padded columns (readable as plain text too)."""
-    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(r[j]) for r in cells) for j in range(len(headers))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
-    return str(value)
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -191,14 +69,6 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-@contextmanager
-def store_dir(store: str | Path | None, prefix: str = "recall-demo-") -> Iterator[Path]:
-    """The given store directory, or a fresh temporary one removed afterwards."""
-    if store is not None:
-        yield Path(store)
-        return
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        yield Path(tmp) / "store"
 
 
 # -- the demo -----------------------------------------------------------------
@@ -222,7 +92,7 @@ def run(
     By default a temporary directory is used and removed. ``threads``: torch threads (default:
     :func:`pick_threads`). Prints tables to stdout and returns every number as a dict."""
     t_start = time.perf_counter()
-    records = load_sample()
+    records = resources.counterfact_sample()
     if not 1 <= n <= len(records):
         raise ValueError(f"n must be in 1..{len(records)}, got {n}")
     if eval_n < 1:
@@ -256,15 +126,6 @@ def run(
     return result
 
 
-def stream_edits(rt: Runtime, records: list[dict[str, Any]], kind: str = "fact") -> list[float]:
-    """``add_edit`` every CounterFact record (MEND schema) in order, as edits of ``kind`` (fact,
-    prompt or codebook); returns each call's seconds."""
-    add_s = []
-    for r in tqdm(records, desc=f"add_edit ({kind})", unit="edit"):
-        t0 = time.perf_counter()
-        rt.add_edit(kind, prompt=r["prompt"], target=r["target_new"], subject=r["subject"])
-        add_s.append(time.perf_counter() - t0)
-    return add_s
 
 
 def _run_open(

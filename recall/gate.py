@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from recall.core import resources
+from recall.core.errors import ConfigError
 
 GATE_KINDS = ("cosine", "subject", "learned", "always", "sentinel")
 FEATURES = ("cos_key", "subj_focus", "subj_any", "cos_rel", "subj_focus*cos_rel")
-DEFAULT_PARAMS_PATH = Path(__file__).parent / "data" / "gate.json"
 
 
 @dataclass
@@ -48,12 +48,12 @@ class GateParams:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> GateParams:
-        path = Path(path) if path is not None else DEFAULT_PARAMS_PATH
+        source = Path(path) if path is not None else resources.data_file(resources.GATE_PARAMS)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(source.read_text(encoding="utf-8"))
             return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
         except (OSError, ValueError, TypeError) as exc:
-            raise ConfigError(f"gate parameters {path} cannot be loaded: {exc}") from exc
+            raise ConfigError(f"gate parameters {source} cannot be loaded: {exc}") from exc
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1))

@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from .edits import Edit
-from .lm import RowPlan, answer_tokens, join_continuation
+from recall.core.edits import Edit
+from recall.core.lm import RowPlan, answer_tokens, join_continuation
 
 INJECTION_MODES = ("context", "decode", "both")
 

@@ -22,8 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .edits import Edit
-from .errors import ConfigError
+from recall.core.edits import Edit
+from recall.core.errors import ConfigError
+from recall.methods import grace, recipe
+from recall.methods.grace import CodebookHook, GraceHyperParams
+from recall.methods.recipe import statement, target_embedding
 
 
 @dataclass
@@ -50,7 +53,6 @@ class KnowledgeKinds:
     def recipe(self):
         with self._lock:
             if self._recipe is None:
-                from recall.methods import recipe
 
                 model = recipe.load(self.recipe_checkpoint, device=self.llm.device)
                 hidden = self.llm.get_input_embeddings().weight.shape[1]
@@ -67,7 +69,6 @@ class KnowledgeKinds:
     @torch.no_grad()
     def prompt_tensors(self, edit: Edit) -> dict[str, np.ndarray]:
         """One encoder pass: the knowledge representation and the generated prefix."""
-        from recall.methods.recipe import statement, target_embedding
 
         model = self.recipe
         p, t = edit.payload["prompt"], edit.payload["target"]
@@ -99,7 +100,6 @@ class KnowledgeKinds:
     @torch.no_grad()
     def statement_reps(self, edits: list[Edit]) -> torch.Tensor:
         """Knowledge representations of facts and patches, for the sentinel gate."""
-        from recall.methods.recipe import statement
 
         texts = []
         for e in edits:
@@ -113,7 +113,6 @@ class KnowledgeKinds:
     @property
     def grace_hp(self):
         if self._grace_hp is None:
-            from recall.methods.grace import GraceHyperParams
 
             self._grace_hp = GraceHyperParams.for_spec(self.spec)
         return self._grace_hp
@@ -126,7 +125,6 @@ class KnowledgeKinds:
     ) -> tuple[dict[str, np.ndarray], dict[int, dict[str, np.ndarray]], dict]:
         """Place the edit's key in the codebook (the paper's add / split / expand rules) and train
         its value. Returns (the edit's tensors, radius changes of other entries by num, info)."""
-        from recall.methods import grace
 
         hp = self.grace_hp
         p, t = edit.payload["prompt"], edit.payload["target"]
@@ -149,7 +147,6 @@ class KnowledgeKinds:
 
     def codebook_hook(self, table: CodebookTable):
         """A context manager: the codebook hook when the store holds codebook entries, else nothing."""
-        from recall.methods.grace import CodebookHook
 
         keys, radii, values, _, _ = table.arrays()
         if keys is None:

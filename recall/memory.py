@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recall.core import regex_patch
+from recall.core.edits import LEARNED_KINDS, Edit, check_utf8
+from recall.core.errors import ConfigError, InvalidQueryError, StoreError
+from recall.core.limits import LIMITS
+from recall.core.text import contains_phrase, focus, normalize, relation_text, word_ngrams
+from recall.gate import Gate, PairFeatures
 from recall.index import EditStore, TextEncoder, VectorIndex
-
-from . import regex_patch
-from .edits import LEARNED_KINDS, Edit, check_utf8
-from .errors import ConfigError, InvalidQueryError
-from .gate import Gate, PairFeatures
-from .learned import CodebookTable, KnowledgeKinds, PromptMatch, PromptTable
-from .limits import LIMITS
-from .text import contains_phrase, focus, normalize, relation_text, word_ngrams
+from recall.learned import CodebookTable, KnowledgeKinds, PromptMatch, PromptTable
+from recall.methods import grace
 
 SLOTS = 16  # FAISS id = num * SLOTS + key slot
 INDEX_FILE = "index.faiss"
@@ -58,7 +58,6 @@ class EditMemory:
             self.store.set_meta("encoder", encoder.name)
             self.store.set_meta("encoder_dim", encoder.dim)
         elif stored_dim is not None and stored_dim != encoder.dim:
-            from .errors import StoreError
 
             raise StoreError(
                 f"store was built with a {stored_dim}-d encoder "
@@ -305,7 +304,6 @@ class EditMemory:
 
     def codebook_explain(self, model, tokenizer, prompt: str) -> dict | None:
         """The nearest codebook entry to the prompt's key: its edit, distance, radius, and hit."""
-        from recall.methods import grace
 
         self.sync()
         keys, radii, _, _, nums = self.codebook.arrays()

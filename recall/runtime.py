@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recall.index import TextEncoder
-
-from . import regex_patch
-from .checkpoints import CheckpointDir, ServedWeights
-from .edits import Edit, build_edit, validate_record
-from .errors import (
+from recall.checkpoints import CheckpointDir, ServedWeights
+from recall.consolidate import run_job
+from recall.core import regex_patch
+from recall.core.edits import Edit, build_edit, validate_record
+from recall.core.errors import (
     CheckpointError,
     EditConflictError,
     ImportFormatError,
@@ -21,12 +20,14 @@ from .errors import (
     RecallIOError,
     StoreLockedError,
 )
-from .gate import Gate, GateParams
-from .inject import Injector
-from .learned import KnowledgeKinds
-from .lm import RowPlan, SamplingOptions, TokenScore, generate_rows, score_tokens_rows
-from .memory import EditMemory, check_queries
-from .models import load_model
+from recall.core.lm import RowPlan, SamplingOptions, TokenScore, generate_rows, score_tokens_rows
+from recall.core.models import load_model
+from recall.gate import Gate, GateParams
+from recall.index import TextEncoder
+from recall.inject import Injector
+from recall.learned import KnowledgeKinds
+from recall.memory import EditMemory, check_queries
+from recall.methods.layer_stats import model_fingerprint
 
 
 class Runtime:
@@ -388,7 +389,6 @@ class Runtime:
     def base_fingerprint(self) -> str:
         """Identity of the base model (config, embeddings, final norm: tensors no editor changes)."""
         if self._base_fingerprint is None:
-            from recall.methods.layer_stats import model_fingerprint
 
             self._base_fingerprint = model_fingerprint(self.model, self.spec)
         return self._base_fingerprint
@@ -421,7 +421,6 @@ class Runtime:
         hyper-parameter JSON (default: the model family's file); ``params``: acceptance bounds
         (:class:`recall.methods.consolidation.ConsolidationParams`). Returns a
         :class:`recall.consolidate.ConsolidationReport`."""
-        from .consolidate import run_job
 
         if self.memory.store.readonly:
             raise StoreLockedError("cannot consolidate a store opened read-only")

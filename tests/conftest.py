@@ -29,7 +29,7 @@ torch.set_num_threads(int(os.environ.get("RECALL_TEST_THREADS", "1")))
 
 from recall.index import TextEncoder  # noqa: E402
 
-from recall.models import load_model  # noqa: E402
+from recall.core.models import load_model  # noqa: E402
 from recall.runtime import Runtime  # noqa: E402
 
 FACT_PROMPT = "The mother tongue of Danielle Darrieux is"

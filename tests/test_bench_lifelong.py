@@ -8,8 +8,9 @@ import pytest
 from conftest import CF_MEND
 from recall.bench import lifelong
 from recall.bench.editors import make_editor
-from recall.bench.loaders import EditCase, EditRequest
 from recall.methods import ft_l
+
+from recall.core.datasets import EditCase, EditRequest
 
 CF2 = {
     "case_id": 2,

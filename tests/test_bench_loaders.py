@@ -7,9 +7,9 @@ import json
 
 import pytest
 from conftest import CF_MEND
-from recall.bench.loaders import DatasetFormatError, detect_format, load_cases
 
-from recall.errors import RecallError
+from recall.core.datasets import DatasetFormatError, detect_format, load_cases
+from recall.core.errors import RecallError
 
 CF_ROME = {
     "case_id": 4482,

@@ -6,7 +6,8 @@ import math
 
 import pytest
 from recall.bench import metrics
-from recall.bench.loaders import EditCase, EditRequest
+
+from recall.core.datasets import EditCase, EditRequest
 
 
 def test_ngram_entropy_by_hand():

@@ -26,7 +26,7 @@ from recall.methods.memit import memit_solver
 from recall.methods.rome import rank_one_update
 from recall.methods.weights import add_update, as_key_value
 
-from recall.models import ModelSpec
+from recall.core.models import ModelSpec
 
 D_IN, D_OUT = 12, 5
 

@@ -16,7 +16,7 @@ import torch
 from conftest import FACT_PROMPT, FACT_SUBJECT, child_env, tiny_model_dir, weights_digest
 
 from recall.checkpoints import CheckpointDir
-from recall.errors import CheckpointError, ConsolidationError, StoreLockedError
+from recall.core.errors import CheckpointError, ConsolidationError, StoreLockedError
 
 # small job settings so the suite stays fast on a CPU (few steps, bare-prompt contexts)
 FAST_MEMIT = {
@@ -176,7 +176,7 @@ def test_writer_killed_midway_leaves_a_consistent_store(tmp_path, loaded_model, 
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
 
-    from recall.models import load_model
+    from recall.core.models import load_model
     from recall.runtime import Runtime
 
     rt = Runtime.from_loaded(store, load_model(model_dir, "cpu"), encoder)

@@ -1,4 +1,4 @@
-"""Bad input raises the specific typed error from recall.errors and leaves the store unchanged."""
+"""Bad input raises the specific typed error from recall.core.errors and leaves the store unchanged."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import FACT_PROMPT, FACT_SUBJECT
 
-from recall.errors import (
+from recall.core.errors import (
     EditNotFoundError,
     EmptyTextError,
     ImportFormatError,
@@ -22,7 +22,7 @@ from recall.errors import (
     UnknownKindError,
     UnsafeRegexError,
 )
-from recall.limits import LIMITS
+from recall.core.limits import LIMITS
 
 
 @pytest.fixture
@@ -257,7 +257,7 @@ def test_add_edit_rejects_bad_edit_id(populated, edit_id):
 
 
 def test_missing_gate_parameters_are_a_config_error(tmp_path):
-    from recall.errors import ConfigError
+    from recall.core.errors import ConfigError
     from recall.gate import Gate, GateParams, PairFeatures
 
     with pytest.raises(ConfigError, match="nope.json"):
@@ -268,7 +268,7 @@ def test_missing_gate_parameters_are_a_config_error(tmp_path):
 
 
 def test_export_and_import_io_errors_are_typed(populated, tmp_path):
-    from recall.errors import RecallIOError
+    from recall.core.errors import RecallIOError
 
     before = snapshot(populated)
     with pytest.raises(RecallIOError, match="cannot write"):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from recall.methods.gate_training import _best_threshold, fit_logistic
 
+from recall.core.text import focus, relation_text, split_sentences
 from recall.gate import Gate, GateParams, PairFeatures
-from recall.text import focus, relation_text, split_sentences
+from recall.training.gate_training import _best_threshold, fit_logistic
 
 
 def test_logistic_regression_separates_separable_data():

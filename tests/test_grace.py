@@ -19,7 +19,7 @@ from recall.methods.grace import (
 )
 from recall.methods.hparams import HPARAMS_DIR
 
-from recall.lm import join_continuation
+from recall.core.lm import join_continuation
 
 TEMPLATES = {"llama": "model.layers.{}.mlp.down_proj", "gpt2": "transformer.h.{}.mlp.c_fc"}
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import FACT_PARAPHRASE, FACT_PROMPT, FACT_SUBJECT, UNRELATED
 
-from recall.errors import ConfigError, MissingFieldError, UnknownKindError
+from recall.core.errors import ConfigError, MissingFieldError, UnknownKindError
 
 OTHER = "My favourite colour is"
 
@@ -25,10 +25,10 @@ def test_prompt_edits_change_their_answers_and_leave_unrelated_logits(make_runti
     under-trained (see README), so the test asks what it does deliver: each edit prompt
     retrieves its own edit over the sentinel, the answer changes, and the new target's mean
     log-prob rises; unrelated prompts keep bit-identical logits."""
-    from recall.demo import load_sample
+    from recall.core.resources import counterfact_sample
 
     rt = make_runtime(store_dir)
-    records = load_sample()[:12]
+    records = counterfact_sample()[:12]
     edits = [rt.add_edit("prompt", prompt=r["prompt"], target=r["target_new"], subject=r["subject"])
              for r in records]
     assert edits[0].kind == "prompt" and edits[0].keys == []
@@ -78,7 +78,7 @@ def test_prompt_edit_bad_input_leaves_store_unchanged(make_runtime, store_dir):
 def test_prompt_checkpoint_for_another_hidden_size_is_refused(tmp_path, loaded_model, encoder):
     from conftest import tiny_model_dir
 
-    from recall.models import load_model
+    from recall.core.models import load_model
     from recall.runtime import Runtime
 
     path = tiny_model_dir(tmp_path / "tiny", "llama", loaded_model[1])

@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import FACT_PROMPT, FACT_SUBJECT, tiny_model
 
-from recall.errors import ModelLoadError
-from recall.lm import RowPlan, score_tokens_rows, teacher_forced_batch
-from recall.models import ModelSpec, load_model
+from recall.core.errors import ModelLoadError
+from recall.core.lm import RowPlan, score_tokens_rows, teacher_forced_batch
+from recall.core.models import ModelSpec, load_model
 from recall.runtime import Runtime
 
 EXPECTED = {

@@ -13,7 +13,7 @@ import time
 
 from conftest import FACT_PROMPT, FACT_SUBJECT, active_key_count, child_env, expected_faiss_ids, faiss_ids
 
-from recall.edits import build_edit
+from recall.core.edits import build_edit
 from recall.gate import Gate
 from recall.memory import INDEX_FILE, SLOTS, EditMemory
 
@@ -43,7 +43,7 @@ def prompt_for(i: int) -> tuple[str, str]:
 WRITER = f"""
 import sys
 import torch; torch.set_num_threads(1)
-from recall.edits import build_edit
+from recall.core.edits import build_edit
 from recall.gate import Gate
 from recall.index import TextEncoder
 from recall.memory import EditMemory

@@ -13,10 +13,10 @@ from conftest import open_cached_runtime
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from recall.edits import KINDS, LEARNED_KINDS, REGEX_SCOPES, Edit, build_edit, split_patch, validate_record
-from recall.errors import InvalidEditError
-from recall.limits import LIMITS
-from recall.regex_patch import compile_pattern
+from recall.core.edits import KINDS, LEARNED_KINDS, REGEX_SCOPES, Edit, build_edit, split_patch, validate_record
+from recall.core.errors import InvalidEditError
+from recall.core.limits import LIMITS
+from recall.core.regex_patch import compile_pattern
 
 FIELD_NAMES = [
     "prompt",

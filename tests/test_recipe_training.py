@@ -8,7 +8,8 @@ import json
 
 import torch
 from recall.methods import recipe
-from recall.methods.recipe_training import _hinge_ce, train
+
+from recall.training.recipe_training import _hinge_ce, train
 
 
 def test_hinge_ce_drops_rows_already_past_the_margin():
@@ -38,9 +39,9 @@ def _tiny_data(root, sample):
 
 
 def test_two_step_training_writes_a_checkpoint_that_loads_back(tmp_path, loaded_model):
-    from recall.demo import load_sample
+    from recall.core.resources import counterfact_sample
 
-    _tiny_data(tmp_path / "data", load_sample())
+    _tiny_data(tmp_path / "data", counterfact_sample())
     out = tmp_path / "ckpt"
     report = train(tmp_path / "data", out, loaded_model, retrieval_steps=2, retrieval_batch=4, prompt_steps=1,
                    prompt_batch=2, n_holdout=2, progress=False)

@@ -20,7 +20,7 @@ from conftest import (
 )
 from recall.index import EditStore, VectorIndex
 
-from recall.errors import EditConflictError, SchemaVersionError, StoreCorruptError
+from recall.core.errors import EditConflictError, SchemaVersionError, StoreCorruptError
 from recall.memory import INDEX_FILE
 
 FACTS = [
@@ -263,7 +263,7 @@ def test_stale_index_old_copy_is_brought_up_to_date(make_runtime, store_dir):
 ADD_IN_CHILD = """
 import json, os, sys
 import torch; torch.set_num_threads(1)
-from recall.edits import build_edit
+from recall.core.edits import build_edit
 from recall.gate import Gate
 from recall.index import TextEncoder
 from recall.memory import EditMemory
@@ -311,7 +311,7 @@ def test_corrupt_store_raises_store_corrupt_error(make_runtime, tmp_path, conten
 
 TRUNCATED_OPEN = """
 import sys
-from recall.errors import StoreCorruptError
+from recall.core.errors import StoreCorruptError
 from recall.index.store import EditStore
 try:
     s = EditStore(sys.argv[1])

@@ -8,7 +8,7 @@ share), ``schemas`` (request bodies), ``responses`` (OpenAI response and SSE sha
 size), ``errors`` (OpenAI error shape), ``background`` (uvicorn in a thread, for tests and
 the benchmark), ``ray_serve`` (Ray Serve deployments), ``static/index.html`` (the page at /)."""
 
-from .app import create_app, serve
-from .config import ServerConfig
+from recall.server.app import create_app, serve
+from recall.server.config import ServerConfig
 
 __all__ = ["ServerConfig", "create_app", "serve"]

@@ -19,15 +19,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 
 from recall.runtime import Runtime
-
-from .batching import BatchWorker
-from .config import ServerConfig
-from .edit_routes import edit_router
-from .errors import install_handlers
-from .limits import BodyLimit
-from .openai_routes import openai_router
-from .state import ServerState
-from .writers import EditWriter, LocalWriter
+from recall.server.batching import BatchWorker
+from recall.server.config import ServerConfig
+from recall.server.edit_routes import edit_router
+from recall.server.errors import install_handlers
+from recall.server.limits import BodyLimit
+from recall.server.openai_routes import openai_router
+from recall.server.state import ServerState
+from recall.server.writers import EditWriter, LocalWriter
 
 log = logging.getLogger("recall.server")
 

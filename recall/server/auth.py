@@ -11,9 +11,8 @@ from pathlib import Path
 
 from fastapi import Request
 
-from recall.errors import ConfigError
-
-from .errors import APIError
+from recall.core.errors import ConfigError
+from recall.server.errors import APIError
 
 TOKEN_ENV = "RECALL_API_TOKEN"
 MIN_TOKEN_CHARS = 16

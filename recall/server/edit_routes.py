@@ -14,11 +14,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from recall.edits import Edit
-
-from .errors import APIError
-from .schemas import ExplainRequest
-from .state import ServerState
+from recall.core.edits import Edit
+from recall.server.errors import APIError
+from recall.server.schemas import ExplainRequest
+from recall.server.state import ServerState
 
 STATUSES = ("active", "retired", "consolidated", "all")
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines", "text/plain")

@@ -1,6 +1,6 @@
 """Errors as OpenAI's API shapes them: ``{"error": {"message", "type", "param", "code"}}``.
 
-recall's typed errors (``recall.errors``) map to 4xx by what they mean; anything else is a
+recall's typed errors (``recall.core.errors``) map to 4xx by what they mean; anything else is a
 500 that names the exception class but not its traceback."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from recall import errors as rerr
+from recall.core import errors as rerr
 
 
 class APIError(Exception):

@@ -11,10 +11,10 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from . import responses as R
-from .errors import APIError
-from .schemas import ChatCompletionRequest, CompletionRequest
-from .state import ServerState
+from recall.server import responses as R
+from recall.server.errors import APIError
+from recall.server.schemas import ChatCompletionRequest, CompletionRequest
+from recall.server.state import ServerState
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -20,21 +20,20 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from recall import errors as rerr
-from recall.edits import Edit
+from recall.core import errors as rerr
+from recall.core.edits import Edit
 from recall.index import EditStore
 from recall.runtime import Runtime
-
-from . import writers
-from .app import create_app
-from .config import ServerConfig
+from recall.server import writers
+from recall.server.app import create_app
+from recall.server.config import ServerConfig
 
 
 def _open(store: str, model: str | None, device: str, threads: int, readonly: bool) -> Runtime:
-    import torch
 
     torch.set_num_threads(threads)
     return Runtime.open(store, model=model, device=device, readonly=readonly)

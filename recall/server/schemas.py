@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import APIError
+from recall.server.errors import APIError
 
 
 class _Request(BaseModel):

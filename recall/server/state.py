@@ -8,15 +8,14 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from recall.errors import InvalidQueryError
+from recall.core.errors import InvalidQueryError
 from recall.memory import check_queries
 from recall.runtime import Runtime
-
-from . import auth
-from .batching import BatchWorker, Closed, Expired, GenerationKey, Overloaded, Row
-from .config import ServerConfig
-from .errors import APIError
-from .writers import EditWriter
+from recall.server import auth
+from recall.server.batching import BatchWorker, Closed, Expired, GenerationKey, Overloaded, Row
+from recall.server.config import ServerConfig
+from recall.server.errors import APIError
+from recall.server.writers import EditWriter
 
 
 @dataclass

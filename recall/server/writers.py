@@ -11,12 +11,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from recall.edits import Edit
-from recall.errors import EditConflictError, EditNotFoundError, RecallError
+from recall.core.edits import Edit
+from recall.core.errors import EditConflictError, EditNotFoundError, RecallError
 from recall.runtime import Runtime
-
-from .batching import BatchWorker
-from .errors import from_recall_error
+from recall.server.batching import BatchWorker
+from recall.server.errors import from_recall_error
 
 
 class EditWriter(Protocol):

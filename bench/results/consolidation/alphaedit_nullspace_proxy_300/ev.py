@@ -19,7 +19,6 @@ from recall.methods.layer_stats import N_PROBE_TEXTS, StatsCache, _corpus_file, 
 from recall.methods.memit import spread
 from recall.methods.nethook import TraceDict
 from recall.methods.weights import restore, snapshot
-
 from recall.models import load_model
 
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))

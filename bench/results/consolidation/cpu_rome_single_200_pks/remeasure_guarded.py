@@ -15,7 +15,6 @@ from recall.methods import rome
 from recall.methods.consolidation import Consolidator
 from recall.methods.edit_targets import lookup_keys
 from recall.methods.weights import restore, snapshot
-
 from recall.models import load_model
 
 torch.set_num_threads(1)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recall.errors import RecallError
+from recall.core.errors import RecallError
 
 FORMATS = ("counterfact", "zsre", "knowedit", "mquake")
 

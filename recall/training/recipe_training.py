@@ -32,7 +32,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .recipe import KnowledgeModel, RecipeConfig, base_encoder, save, statement, target_embedding
+from recall.core.datasets import load_cases
+from recall.core.lm import RowPlan, teacher_forced_batch
+from recall.methods.layer_stats import model_fingerprint
+from recall.methods.recipe import KnowledgeModel, RecipeConfig, base_encoder, load, save, statement, target_embedding
 
 HINGE = 1.2
 
@@ -47,7 +50,6 @@ class Record:
 
 
 def load_records(data_dir: str | Path, seed: int = 0) -> list[Record]:
-    from recall.bench.loaders import load_cases
 
     data_dir = Path(data_dir)
     files = [
@@ -79,9 +81,8 @@ def _hinge_ce(logits: torch.Tensor, labels: torch.Tensor, hinge: bool) -> torch.
 
 
 def _llm_rows(llm, tokenizer, prefixes: torch.Tensor | None, prompts: list[str], conts: list[str]):
-    """The runtime's teacher-forced layout (:func:`recall.lm.teacher_forced_batch`), with row i's
+    """The runtime's teacher-forced layout (:func:`recall.core.lm.teacher_forced_batch`), with row i's
     prefix ``prefixes[i]`` (kept in the autograd graph). Returns (input kwargs, mask, spans)."""
-    from recall.lm import RowPlan, teacher_forced_batch
 
     plans = [RowPlan(p, prefix=None if prefixes is None else prefixes[i]) for i, p in enumerate(prompts)]
     return teacher_forced_batch(llm, tokenizer, plans, conts)
@@ -228,7 +229,6 @@ def train(
     costs an LLM backward pass per retrieval step), and write the checkpoint plus
     ``train_log.jsonl`` and ``report.json`` to ``out_dir``. ``resume``: continue from a
     checkpoint (its report's step counts are carried over, and its log is appended to)."""
-    from recall.methods.layer_stats import model_fingerprint
 
     llm, tokenizer, spec = llm_loaded
     for p in llm.parameters():
@@ -245,7 +245,6 @@ def train(
     records = load_records(data_dir, split_seed)
     train_set, holdout = records[:-n_holdout], records[-n_holdout:]
     if resume is not None:
-        from .recipe import load
 
         model = load(resume, device=llm.device)
     else:

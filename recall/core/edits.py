@@ -12,9 +12,16 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import regex_patch
-from .errors import EmptyTextError, InvalidEditError, MissingFieldError, TextTooLongError, UnknownKindError
-from .limits import LIMITS
+from recall.core import regex_patch
+from recall.core.errors import (
+    EmptyTextError,
+    ImportFormatError,
+    InvalidEditError,
+    MissingFieldError,
+    TextTooLongError,
+    UnknownKindError,
+)
+from recall.core.limits import LIMITS
 
 SCHEMA_VERSION = 1
 KINDS = ("fact", "patch", "regex", "prompt", "codebook")
@@ -184,7 +191,6 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
 
 def validate_record(data: Any, where: str) -> Edit:
     """Turn an exported record back into an Edit, re-validating every field."""
-    from .errors import ImportFormatError
 
     if not isinstance(data, dict):
         raise ImportFormatError(f"{where}: expected a JSON object, got {type(data).__name__}")

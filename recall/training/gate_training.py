@@ -29,11 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from recall.edits import build_edit
+from recall.core.edits import build_edit
+from recall.core.text import normalize, relation_text
 from recall.gate import FEATURES, Gate, GateParams, PairFeatures
+from recall.index import TextEncoder
 from recall.inject import fact_sentence
 from recall.memory import pair_features, query_relation_text
-from recall.text import normalize
+from recall.methods.recipe import load, statement
 
 
 @dataclass
@@ -126,7 +128,6 @@ def featurize(pairs: list[Pair], encoder, batch: int = 256, cache: dict | None =
             texts.append(t)
         return index[t]
 
-    from recall.text import relation_text
 
     plan = []
     for p, e in zip(pairs, edits):
@@ -208,7 +209,6 @@ def _rates(pairs: list[Pair], fired: np.ndarray) -> dict[str, float]:
 def sentinel_fired(pairs: list[Pair], model, batch: int = 128) -> np.ndarray:
     """The knowledge sentinel as a gate, per pair: fires when the query's representation is
     closer to the edit's knowledge statement than to the sentinel (as ``gate="sentinel"``)."""
-    from .recipe import statement
 
     model.eval()
     queries = sorted({p.query for p in pairs})
@@ -232,9 +232,6 @@ def compare_with_sentinel(data_dir: str | Path, out_report: str | Path | None = 
                           seed: int = 0, encoder=None, recipe_dir: str | Path | None = None) -> dict:
     """The shipped gates (``gate.json``) and the knowledge sentinel (the shipped continuous-prompt
     checkpoint) on the same dev pairs as :func:`train`'s report."""
-    from recall.index import TextEncoder
-
-    from .recipe import load
 
     t0 = time.time()
     data_dir = Path(data_dir)
@@ -272,7 +269,6 @@ def report_markdown(table: dict[str, dict[str, float]], pairs: list[Pair], recip
 
 def train(data_dir: str | Path, out_params: str | Path, out_report: str | Path | None = None,
           n_train: int = 3000, n_dev: int = 600, seed: int = 0, encoder=None) -> dict:
-    from recall.index import TextEncoder
 
     t0 = time.time()
     data_dir = Path(data_dir)

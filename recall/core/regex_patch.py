@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import regex
 
-from .errors import InvalidRegexError, UnsafeRegexError
-from .limits import LIMITS
+from recall.core.errors import InvalidRegexError, UnsafeRegexError
+from recall.core.limits import LIMITS
 
 _PROBE_LEN = 40
 _LONG_PROBE_LEN = 400

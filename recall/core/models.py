@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .errors import ModelLoadError
+from recall.core.errors import ModelLoadError
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -60,8 +62,6 @@ def materialize_embedded_model() -> Path:
     target = _embedded_cache_dir(gguf)
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
@@ -148,7 +148,6 @@ _FAMILIES = {
 def load_model(model: str | os.PathLike | None = None, device: str = "auto"):
     """Return (model, tokenizer, spec). ``model=None`` loads the embedded SmolLM2 default."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = materialize_embedded_model() if model is None else Path(model)
     if not (path / "config.json").exists():
