@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from recall.methods.edit_targets import TargetParams, check_prompt_weight
 
-HPARAMS_DIR = Path(__file__).parent / "hparams"
+# package data of recall.methods, read through importlib.resources (works from the wheel too)
+HPARAMS_DIR: Traversable = resources.files("recall.methods").joinpath("hparams")
 
 H = TypeVar("H", bound="HyperParams")
 
@@ -49,9 +52,10 @@ class HyperParams:
     method = "base"  # class attribute: the folder under methods/hparams/
 
     @classmethod
-    def from_json(cls: type[H], path: str | Path) -> H:
+    def from_json(cls: type[H], path: str | Path | Traversable) -> H:
+        source = Path(path) if isinstance(path, str) else path
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = json.loads(source.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot read {cls.method} hyper-parameters from {path}: {exc}") from exc
         known = {f.name for f in fields(cls)}
@@ -62,12 +66,12 @@ class HyperParams:
         return cls(**data)
 
     @classmethod
-    def family_file(cls, spec: Any) -> Path:
-        folder = HPARAMS_DIR / cls.method
-        own = folder / f"{spec.model_type}.json"
-        if own.exists():
+    def family_file(cls, spec: Any) -> Traversable:
+        folder = HPARAMS_DIR.joinpath(cls.method)
+        own = folder.joinpath(f"{spec.model_type}.json")
+        if own.is_file():
             return own
-        return folder / ("gpt2.json" if spec.conv1d else "llama.json")
+        return folder.joinpath("gpt2.json" if spec.conv1d else "llama.json")
 
     @classmethod
     def for_spec(cls: type[H], spec: Any, path: str | Path | None = None) -> H:

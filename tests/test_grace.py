@@ -103,8 +103,8 @@ def test_lookup_boundary_nearest_only_and_empty():
 
 
 def test_hparams_files_and_layer_scaling():
-    llama = GraceHyperParams.from_json(HPARAMS_DIR / "grace" / "llama.json")
-    gpt2 = GraceHyperParams.from_json(HPARAMS_DIR / "grace" / "gpt2.json")
+    llama = GraceHyperParams.from_json(HPARAMS_DIR.joinpath("grace", "llama.json"))
+    gpt2 = GraceHyperParams.from_json(HPARAMS_DIR.joinpath("grace", "gpt2.json"))
     assert llama.module_name(30) == "model.layers.25.mlp.down_proj"
     assert llama.module_name(2) == "model.layers.1.mlp.down_proj"
     assert gpt2.module_name(12) == "transformer.h.8.mlp.c_fc"
