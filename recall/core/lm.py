@@ -127,11 +127,13 @@ def _boosted(targets: list[list[int]], produced: list[int]) -> list[int]:
 
 @dataclass
 class TokenScore:
-    """One continuation token under teacher forcing: its log-prob and whether it was the argmax."""
+    """One continuation token under teacher forcing: its log-prob, whether it was the argmax,
+    and the argmax itself (EasyEdit's locality compares argmaxes before and after an edit)."""
 
     token: int
     logprob: float
     argmax_hit: bool
+    argmax: int = -1
 
 
 def final_hidden(model, **inputs) -> torch.Tensor:
@@ -172,7 +174,8 @@ def score_tokens_rows(
                 lp = logp[j]
                 if not plan.plain:
                     lp = _mix(lp, _boosted(plan.bias_targets, c_ids[:j]), plan.bias_weight)
-                row.append(TokenScore(tok, float(lp[tok]), int(torch.argmax(lp)) == tok))
+                top = int(torch.argmax(lp))
+                row.append(TokenScore(tok, float(lp[tok]), top == tok, top))
             out.append(row)
     return out
 

