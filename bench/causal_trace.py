@@ -29,21 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from recall.methods.edit_requests import EditRequest
 from recall.methods.nethook import Trace, TraceDict
 from tqdm import tqdm
 
 from recall.core.datasets import load_cases
 from recall.core.lm import answer_tokens
 from recall.core.models import load_model
-from recall.core.reporting import md_table
+from recall.core.reporting import md_table, pyplot
+from recall.core.requests import EditRequest
 
 
 def subject_span(tok, prompt: str, subject: str) -> range | None:
     """Token positions of ``subject`` in ``prompt`` (by tokenizing prefixes, located as the
     editors locate it), None if absent."""
 
-    req = EditRequest(prompt, "", subject)
+    req = EditRequest(prompt, subject, "")
     at = req.subject_start()
     if at is None:
         return None
@@ -163,7 +163,7 @@ def run(
             continue
         considered += 1
         true_id = answer_tokens(tok, req.prompt, req.target_true)[0]
-        new_id = answer_tokens(tok, req.prompt, req.target_new)[0]
+        new_id = answer_tokens(tok, req.prompt, req.target)[0]
         row = trace_fact(lm, tok, spec, req.prompt, req.subject, true_id, sigma, samples, window, seed, new_id)
         if row is not None:
             traced.append(row)
@@ -220,10 +220,7 @@ def write_report(result: dict[str, Any], out: str | Path) -> str:
 
 
 def _plot(rows: list[dict], window: int, total: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     x = [r["layer"] for r in rows]

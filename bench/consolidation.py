@@ -7,10 +7,10 @@
   plus token agreement and perplexity ratio against the unedited weights on the held-out
   generic probe texts the consolidation job uses for acceptance.
 
-Edits go through :class:`recall.methods.consolidation.Consolidator` (the code
-``Runtime.consolidate`` runs). Scores are mean token log-probs from
-``recall.methods.consolidation.mean_logprob`` (``recall.core.lm.score_tokens_rows`` on bare
-prompts): exactly what ``Runtime.score(..., use_memory=False)`` computes. The weight
+Edits go through :func:`recall.methods.editor.make_editor` (the code
+``Runtime.consolidate`` runs). ES/PS/NS come from :func:`recall.evaluation.metrics.evaluate_cases`
+through :class:`recall.evaluation.metrics.ModelScorer` (``recall.core.lm.score_tokens_rows``
+on bare prompts): exactly what ``Runtime.score(..., use_memory=False)`` computes. The weight
 editors never consult the memory, so this benchmark needs no encoder, store or FAISS and
 runs on a GPU box that has only the model.
 
@@ -21,7 +21,6 @@ Run as ``recall bench consolidation --data PATH --protocol sequential --methods 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import os
@@ -31,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from recall.bench.editors import _requests
-from recall.methods.alphaedit import AlphaEditState
-from recall.methods.consolidation import METHODS, Consolidator, mean_logprob, probe
+from recall.bench.editors import requests_of
+from recall.methods.consolidation import probe
+from recall.methods.editor import hparams_for, make_editor
 from recall.methods.layer_stats import generic_texts, model_fingerprint
 from recall.methods.weights import restore, snapshot
 from safetensors.torch import load_file
@@ -42,45 +41,25 @@ from tqdm.auto import tqdm
 from recall.checkpoints import fsync_dir, save_tensors, write_json
 from recall.core.datasets import EditCase, load_cases
 from recall.core.models import load_model
-from recall.core.reporting import md_table
+from recall.core.reporting import md_table, pyplot
+from recall.evaluation.metrics import ModelScorer, evaluate_cases
 
 METRICS = ("es", "ps", "ns")
 
 
+_CF_NAMES = {"es": "efficacy_success", "ps": "paraphrase_success", "ns": "neighborhood_success"}
+
+
 def counterfact_success(model, tok, cases: list[EditCase]) -> list[dict[str, float]]:
     """Per case: ES = P(new) > P(true) on the edit prompt, PS on the paraphrases, NS =
-    P(true) > P(new) on the neighborhood prompts (methods.md §11), averaged within the case."""
-    new, true, where = [], [], []
-    for i, c in enumerate(cases):
-        e = c.edits[0]
-        for key, prompts in (("es", [e.prompt]), ("ps", c.rephrase), ("ns", [p for p, _ in c.locality])):
-            for p in prompts:
-                new.append((p, e.target_new))
-                true.append((p, e.target_true))
-                where.append((i, key))
-    rows: list[dict[str, list[float]]] = [{} for _ in cases]
-    prompts = [p for p, _ in new]
-    p_new = mean_logprob(model, tok, prompts, [c for _, c in new])
-    p_true = mean_logprob(model, tok, prompts, [c for _, c in true])
-    for (i, key), a, b in zip(where, p_new, p_true):
-        rows[i].setdefault(key, []).append(float(b > a if key == "ns" else a > b))
-    return [{k: sum(v) / len(v) for k, v in r.items()} for r in rows]
+    P(true) > P(new) on the neighborhood prompts (methods.md §11), averaged within the case;
+    computed by :func:`recall.evaluation.metrics.evaluate_cases` on the bare weights."""
+    rows = evaluate_cases(ModelScorer(model, tok), cases, generation=False)
+    return [{k: r[name] for k, name in _CF_NAMES.items() if name in r} for r in rows]
 
 
 def _aggregate(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(sum(r[k] for r in rows if k in r) / max(1, sum(k in r for r in rows)), 4) for k in METRICS}
-
-
-def _hparams(method: str, spec, overrides: dict[str, Any]):
-
-    hp = METHODS[method][0].for_spec(spec)
-    top = {k: v for k, v in overrides.items() if not k.startswith("target.")}
-    target = {k.removeprefix("target."): v for k, v in overrides.items() if k.startswith("target.")}
-    # dataclasses.replace re-runs the range checks of __post_init__ and rejects unknown fields
-    try:
-        return dataclasses.replace(hp, **top, target=dataclasses.replace(hp.target, **target))
-    except TypeError as exc:
-        raise ValueError(f"{method} hyper-parameter override {overrides}: {exc}") from None
 
 
 class BatchCheckpoint:
@@ -178,7 +157,7 @@ def run(
     base, tok, spec = load_model(model, device)
     fingerprint = model_fingerprint(base, spec) if checkpoint_dir is not None else ""
     # overrides are checked before any work
-    hparams = {method: _hparams(method, spec, (overrides or {}).get(method, {})) for method in methods}
+    hparams = {method: hparams_for(method, spec, overrides=(overrides or {}).get(method)) for method in methods}
     probe_texts = generic_texts("probe")
     base_probe = probe(base, tok, probe_texts)
     results: dict[str, Any] = {
@@ -198,39 +177,38 @@ def run(
     results["unedited"] = _aggregate(unedited_rows)
     for method in methods:
         edited = copy.deepcopy(base)
-        cons = Consolidator(edited, tok, spec, method, hparams[method])
-        cons.prepare()
+        editor = make_editor(method, edited, tok, spec, hparams[method])
+        editor.prepare()
         started = time.perf_counter()
         probe_s = 0.0  # seconds spent on per-batch probes, left out of the pace
         if protocol == "single":
-            original = snapshot(edited, cons.modules)
+            original = snapshot(edited, editor.modules)
             rows = []
             for case in tqdm(cases, desc=f"{method} single", disable=not progress):
                 if budget_s and rows and time.perf_counter() - started > budget_s:
                     break
-                cons.apply(_requests([case]))
+                editor.apply(requests_of([case]))
                 rows += counterfact_success(edited, tok, [case])
                 restore(edited, original)
             agg = _aggregate(rows) | {"n": len(rows), "unedited_on_written": _aggregate(unedited_rows[: len(rows)])}
         else:
-            reqs = _requests(cases)
+            reqs = requests_of(cases)
             written, drift, resumed_s = 0, {}, 0.0
             ckpt = None
             if checkpoint_dir is not None:
-                key = _checkpoint_key(data, results["config"], method, cons.hparams.to_dict(), fingerprint)
+                key = _checkpoint_key(data, results["config"], method, editor.hparams.to_dict(), fingerprint)
                 ckpt = BatchCheckpoint(checkpoint_dir, key)
                 if saved := ckpt.load():
                     meta, tensors = saved
                     restore(edited, _with_prefix(tensors, "weight:"))
-                    if method == "alphaedit":
-                        cons.state = AlphaEditState.from_tensors(_with_prefix(tensors, "state:"))
+                    editor.load_state(_with_prefix(tensors, "state:"))
                     written, drift, resumed_s = meta["written"], meta["drift"], meta["seconds"]
             started -= resumed_s  # the pace counts the editing time before a resume too
             first = written  # the first batch of this invocation always runs
             for i in tqdm(range(written, len(reqs), batch_size), desc=f"{method} batches", disable=not progress):
                 if budget_s and written > first and time.perf_counter() - started - resumed_s - probe_s > budget_s:
                     break
-                cons.apply(reqs[i : i + batch_size])
+                editor.apply(reqs[i : i + batch_size])
                 written = min(len(reqs), i + batch_size)
                 t_probe = time.perf_counter()
                 new_probe = probe(edited, tok, probe_texts)
@@ -242,16 +220,15 @@ def run(
                 editing_s = time.perf_counter() - started - probe_s
                 _log_progress(out, method, written, editing_s, drift)
                 if ckpt is not None:
-                    tensors = {f"weight:{k}": v for k, v in snapshot(edited, cons.modules).items()}
-                    if method == "alphaedit":
-                        tensors |= {f"state:{k}": v for k, v in cons.state.to_tensors().items()}
+                    tensors = {f"weight:{k}": v for k, v in snapshot(edited, editor.modules).items()}
+                    tensors |= {f"state:{k}": v for k, v in editor.state_tensors().items()}
                     ckpt.save({"written": written, "drift": drift, "seconds": editing_s}, tensors)
             rows = counterfact_success(edited, tok, cases[:written])
             agg = _aggregate(rows) | {"n": written, "unedited_on_written": _aggregate(unedited_rows[:written])}
             agg |= drift  # the probe after the last batch
         agg["seconds_per_edit"] = round((time.perf_counter() - started - probe_s) / max(1, agg["n"]), 3)
         agg["cases"] = rows  # per case, in the order measured (the seeded shuffle of the file)
-        agg["hparams"] = cons.hparams.to_dict()
+        agg["hparams"] = editor.hparams.to_dict()
         results["methods"][method] = agg
         del edited
         if torch.cuda.is_available():
@@ -332,10 +309,7 @@ def summary(results: dict[str, Any]) -> str:
 
 
 def plot_by_batch(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [n for n in results["methods"] if results["methods"][n].get("cases")]
     if not names:

@@ -12,12 +12,12 @@ the flag they pass to it. All share one loaded model and encoder (``Runtime.from
   generated prefix); ``recall-codebook``: every edit a GRACE codebook entry;
 - ``ike``: in-context editing: every stored fact prepended, no gate (gate="always",
   injection="context");
-- ``ft-l``: constrained fine-tuning of one MLP output layer (methods/ft_l.py), on a private
-  deep copy of the model, queried with ``use_memory=False``;
-- ``rome``, ``memit``, ``alphaedit``: the consolidation backends used as sequential parameter
-  editors (as in their papers) on a private copy of the model, ``use_memory=False``; ROME
-  writes one edit at a time, MEMIT/AlphaEdit buffer cases and write batches of
-  ``batch_size`` (default 100), flushing what is left before evaluation;
+- the weight editors of :data:`recall.methods.editor.EDITORS` (``rome``, ``memit``,
+  ``alphaedit``, ``ft-l``: a registry name with ``-`` for ``_``) used as sequential parameter
+  editors (as in their papers) on a private deep copy of the model, ``use_memory=False``;
+  sequential editors (ROME, FT-L) write each ``apply`` call's edits at once, batch editors
+  (MEMIT, AlphaEdit) buffer cases and write batches of ``batch_size`` (default 100),
+  flushing what is left before evaluation;
 - ``recall-consolidated``: the runtime after a stream of edits followed by one
   ``rt.consolidate(method="alphaedit")`` over all of them (consolidated edits answered from
   the weights, edits that failed verification still from memory).
@@ -30,10 +30,8 @@ import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from recall.methods import ft_l
-from recall.methods.consolidation import Consolidator
-from recall.methods.edit_requests import EditRequest as Request
-from recall.methods.ft_l import FTLHyperParams
+from recall.methods import editor as weight_editors
+from recall.methods.editor import DEFAULT_EDITOR, EditRequest
 from recall.methods.weights import restore, snapshot
 
 from recall.core.datasets import EditCase
@@ -50,8 +48,9 @@ RUNTIME_VARIANTS = {
     "recall-codebook": ("learned", "decode", "codebook"),
     "ike": ("always", "context", "fact"),
 }
-WEIGHT_EDITORS = ("rome", "memit", "alphaedit")
-EDITORS = ("unedited", *RUNTIME_VARIANTS, "ft-l", *WEIGHT_EDITORS, "recall-consolidated")
+# benchmark name -> registry name (the papers write FT-L with a hyphen)
+WEIGHT_EDITORS = {name.replace("_", "-"): name for name in weight_editors.EDITORS}
+EDITORS = ("unedited", *RUNTIME_VARIANTS, *WEIGHT_EDITORS, "recall-consolidated")
 
 
 class Editor(ABC):
@@ -118,92 +117,65 @@ class RuntimeEditor(_StoreEditor):
     def apply(self, cases: list[EditCase]) -> None:
         rt = self.runtime()
         for case in cases:
-            for e in case.edits:
-                subject = e.subject if e.subject.strip().casefold() in e.prompt.casefold() else None
-                rt.add_edit(self.kind, prompt=e.prompt, target=e.target_new, subject=subject, provenance=case.case_id)
+            for r in requests_of([case]):
+                rt.add_edit(self.kind, prompt=r.prompt, target=r.target, subject=r.subject, provenance=case.case_id)
 
 
-class FTLEditor(_StoreEditor):
-    """FT-L on a deep copy of the shared model; ``reset`` restores the copied weights."""
-
-    use_memory = False
-
-    def __init__(self, loaded, encoder, workdir, hparams_path: str | Path | None = None) -> None:
-
-        model, tok, spec = loaded
-        self.hparams = FTLHyperParams.for_spec(spec, hparams_path)
-        edited = copy.deepcopy(model)
-        super().__init__("ft-l", (edited, tok, spec), encoder, workdir)
-        self.weights_copy: dict = {}
-
-    def reset(self) -> None:
-
-        if self.weights_copy:
-            restore(self.loaded[0], self.weights_copy)
-            self.weights_copy = {}
-        super().reset()
-
-    def apply(self, cases: list[EditCase]) -> None:
-
-        model, tok, spec = self.loaded
-        requests = [{"prompt": e.prompt, "target_new": e.target_new} for c in cases for e in c.edits]
-        _, copy_ = ft_l.apply(model, tok, spec, requests, self.hparams)
-        for k, v in copy_.items():
-            self.weights_copy.setdefault(k, v)  # keep the weights from before the first edit
-
-
-def _requests(cases: list[EditCase]):
-
-    return [
-        Request(
-            e.prompt,
-            e.target_new,
-            e.subject if e.subject.strip().casefold() in e.prompt.casefold() else None,
-            c.case_id,
-        )
-        for c in cases
-        for e in c.edits
-    ]
+def requests_of(cases: list[EditCase]) -> list[EditRequest]:
+    """The cases' edits as the weight editors write them (subject kept only when the prompt
+    contains it; ``edit_id`` the case id)."""
+    return [e.for_editing(str(c.case_id)) for c in cases for e in c.edits]
 
 
 class WeightEditor(_StoreEditor):
-    """ROME / MEMIT / AlphaEdit on a private copy of the weights (``methods/consolidation.py``,
-    the code ``rt.consolidate`` runs). ``reset`` restores the copy's original weights and
-    AlphaEdit's accumulated keys; statistics and projectors are computed once."""
+    """A registered :class:`recall.methods.editor.ParameterEditor` (the code ``rt.consolidate``
+    runs) on a private copy of the weights. ``reset`` restores the copy's original weights and
+    forgets the editor's carried state (AlphaEdit's accumulated keys); statistics and
+    projectors are computed once."""
 
     use_memory = False
 
-    def __init__(self, method: str, loaded, encoder, workdir, batch_size: int = 100, hparams=None) -> None:
+    def __init__(
+        self, method: str, loaded, encoder, workdir, batch_size: int = 100, hparams=None, overrides=None
+    ) -> None:
 
         model, tok, spec = loaded
         edited = copy.deepcopy(model)
-        super().__init__(method, (edited, tok, spec), encoder, workdir)
-        self.batch_size = 1 if method == "rome" else batch_size
-        self.consolidator = Consolidator(edited, tok, spec, method, hparams)
-        self.consolidator.prepare()  # statistics of the unedited weights
-        self.original = snapshot(edited, self.consolidator.modules)
-        self.pending: list = []
+        self.editor = weight_editors.make_editor(method, edited, tok, spec, hparams, overrides=overrides)
+        super().__init__(method.replace("_", "-"), (edited, tok, spec), encoder, workdir)
+        self.batch_size = batch_size
+        self.editor.prepare()  # statistics of the unedited weights
+        self.original = snapshot(edited, self.editor.modules)
+        self.pending: list[EditRequest] = []
+
+    @property
+    def hparams(self):
+        return self.editor.hparams
 
     def reset(self) -> None:
 
         restore(self.loaded[0], self.original)
-        state = self.consolidator.state
-        state.preserved.clear()
-        state.batches = 0
+        self.editor.reset_state()
         self.pending = []
         super().reset()
-        self.consolidator.prepare()
+        self.editor.prepare()
 
     def apply(self, cases: list[EditCase]) -> None:
-        self.pending += _requests(cases)
+        self.pending += requests_of(cases)
+        if self.editor.sequential:  # one edit after another anyway: nothing to buffer
+            self.flush()
         while len(self.pending) >= self.batch_size:
-            self.consolidator.apply(self.pending[: self.batch_size])
+            self.editor.apply(self.pending[: self.batch_size])
             self.pending = self.pending[self.batch_size :]
 
-    def runtime(self) -> Runtime:
+    def flush(self) -> None:
+        """Write what is buffered."""
         if self.pending:
-            self.consolidator.apply(self.pending)
+            self.editor.apply(self.pending)
             self.pending = []
+
+    def runtime(self) -> Runtime:
+        self.flush()
         return super().runtime()
 
 
@@ -231,20 +203,18 @@ class ConsolidatedRuntimeEditor(RuntimeEditor):
     def runtime(self) -> Runtime:
         rt = super().runtime()
         if not self._writing and self.report is None and rt.edits("active"):
-            self.report = rt.consolidate("alphaedit", batch_size=self.batch_size, progress=False)
+            self.report = rt.consolidate(DEFAULT_EDITOR, batch_size=self.batch_size, progress=False)
         return rt
 
 
 def make_editor(name: str, loaded: tuple, encoder, workdir: str | Path, batch_size: int = 100) -> Editor:
     workdir = Path(workdir)
     if name in WEIGHT_EDITORS:
-        return WeightEditor(name, loaded, encoder, workdir, batch_size)
+        return WeightEditor(WEIGHT_EDITORS[name], loaded, encoder, workdir, batch_size)
     if name == "recall-consolidated":
         return ConsolidatedRuntimeEditor(loaded, encoder, workdir, batch_size)
     if name == "unedited":
         return UneditedEditor(loaded, encoder, workdir)
-    if name == "ft-l":
-        return FTLEditor(loaded, encoder, workdir)
     if name in RUNTIME_VARIANTS:
         return RuntimeEditor(name, loaded, encoder, workdir, *RUNTIME_VARIANTS[name])
     raise ValueError(f"unknown editor {name!r}; known: {', '.join(EDITORS)}")

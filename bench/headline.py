@@ -19,7 +19,7 @@ from typing import Any
 
 from recall.bench.lifelong import TABLES, draw_metric
 
-from recall.core.reporting import md_table
+from recall.core.reporting import md_table, pyplot
 
 # (column label, aggregate key): teacher-forced / probability, then greedy generation
 COLUMNS = [
@@ -146,10 +146,7 @@ def table(merged: dict[str, Any], ts: list[int] | None = None) -> str:
 def plot(merged: dict[str, Any], path: str | Path, ts: list[int] | None = None) -> Path:
     """One figure: a panel column per dataset, a panel row per metric of PLOTTED that any run
     has; each panel is metric vs T with one line per editor."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     datasets = sorted(merged)
     keep = {

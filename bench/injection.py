@@ -11,34 +11,29 @@ from pathlib import Path
 from tqdm import tqdm
 
 import recall
-from recall.evaluation.metrics import starts_with_target
+from recall.evaluation.metrics import RuntimeScorer, aggregate, counterfact_case, evaluate_cases
 from recall.inject import INJECTION_MODES
 
 
 def evaluate(rt: recall.Runtime, recs: list[dict], use_memory: bool = True) -> dict[str, float]:
-    """Rel/Gen/Loc by probability comparison and by greedy generation."""
-    P = [r["prompt"] for r in recs]
-    R = [r["rephrase_prompt"] for r in recs]
-    L = [r["locality_prompt"] for r in recs]
-    new = [r["target_new"] for r in recs]
-    old = [r["ground_truth"] for r in recs]
-    lgt = [r["locality_ground_truth"] for r in recs]
-
-    def prefers(prompts, a, b, mem):
-        sa, sb = rt.score(prompts, a, use_memory=mem), rt.score(prompts, b, use_memory=mem)
-        return [x > y for x, y in zip(sa, sb)]
-
-    n = len(recs)
-    base_loc = prefers(L, lgt, new, False)
-    loc = prefers(L, lgt, new, use_memory)
-    gen_p = rt.generate(P, max_new_tokens=6, use_memory=use_memory)
-    gen_r = rt.generate(R, max_new_tokens=6, use_memory=use_memory)
+    """Rel/Gen/Loc by probability comparison (CounterFact ES/PS/NS), teacher-forced locality
+    (argmax agreement with the unedited model) and Rel/Gen by greedy generation, all from
+    :mod:`recall.evaluation.metrics` (methods.md §11)."""
+    rows = evaluate_cases(
+        RuntimeScorer(rt, use_memory),
+        [counterfact_case(r) for r in recs],
+        base=RuntimeScorer(rt, use_memory=False),
+        generate_for=("rel", "gen"),
+        max_new_tokens=6,
+    )
+    agg = aggregate(rows)
     return {
-        "rel": sum(prefers(P, new, old, use_memory)) / n,
-        "gen": sum(prefers(R, new, old, use_memory)) / n,
-        "loc": sum(a == b for a, b in zip(base_loc, loc)) / n,
-        "rel_generation": sum(starts_with_target(t, x) for t, x in zip(gen_p, new)) / n,
-        "gen_generation": sum(starts_with_target(t, x) for t, x in zip(gen_r, new)) / n,
+        "rel": agg["efficacy_success"],
+        "gen": agg["paraphrase_success"],
+        "loc": agg["neighborhood_success"],
+        "loc_tf": agg["loc_tf"],
+        "rel_generation": agg["rel_gen"],
+        "gen_generation": agg["gen_gen"],
     }
 
 
@@ -58,10 +53,11 @@ def main() -> None:
         results[mode] = evaluate(rt, recs)
     rt.close()
     lines = [f"CounterFact, {len(recs)} edits in one store, learned gate", "",
-             "| injection | Rel (prob) | Gen (prob) | Loc (prob) | Rel (generation) | Gen (generation) |",
-             "|---|---|---|---|---|---|"]
+             "| injection | Rel (prob) | Gen (prob) | Loc (prob, NS) | Loc (teacher-forced) | Rel (generation) "
+             "| Gen (generation) |",
+             "|---|---|---|---|---|---|---|"]
     for name, m in results.items():
-        lines.append(f"| {name} | {m['rel']:.3f} | {m['gen']:.3f} | {m['loc']:.3f} | "
+        lines.append(f"| {name} | {m['rel']:.3f} | {m['gen']:.3f} | {m['loc']:.3f} | {m['loc_tf']:.3f} | "
                      f"{m['rel_generation']:.3f} | {m['gen_generation']:.3f} |")
     print("\n".join(lines))
     if args.out:

@@ -18,15 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recall.bench import metrics
 from recall.bench.editors import WeightEditor, make_editor
 from recall.index import TextEncoder
-from recall.methods.rome import ROMEHyperParams
 from tqdm import tqdm
 
 from recall.core.datasets import load_cases
 from recall.core.models import load_model
 from recall.core.reporting import md_table
+from recall.evaluation import metrics
+from recall.evaluation.metrics import RuntimeScorer
 
 
 def run(
@@ -54,16 +54,18 @@ def run(
         base = make_editor("unedited", loaded, encoder, work)
         cache: dict = {}
         for layer in layers:
-            hp = ROMEHyperParams.for_spec(loaded[2])
-            hp.layers = [layer]
-            editor = WeightEditor("rome", loaded, encoder, Path(work) / f"l{layer}", hparams=hp)
+            editor = WeightEditor("rome", loaded, encoder, Path(work) / f"l{layer}", overrides={"layers": [layer]})
             t0 = time.perf_counter()
             per_case = []
             for case in tqdm(cases, desc=f"ROME layer {layer}", disable=not progress):
                 editor.reset()
                 editor.apply([case])
                 per_case += metrics.evaluate_cases(
-                    editor.runtime(), base.runtime(), [case], False, generation=False, base_cache=cache
+                    RuntimeScorer(editor.runtime(), use_memory=False),
+                    [case],
+                    base=RuntimeScorer(base.runtime(), use_memory=False),
+                    generation=False,
+                    base_cache=cache,
                 )
             agg = metrics.aggregate(per_case)
             es, ps, ns = (agg.get(k, 0.0) for k in ("efficacy_success", "paraphrase_success", "neighborhood_success"))

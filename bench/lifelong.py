@@ -30,14 +30,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recall.bench import metrics
 from recall.bench.editors import EDITORS, make_editor
 from recall.index import TextEncoder
 from tqdm import tqdm
 
 from recall.core.datasets import LAST_SKIPPED, load_cases, load_texts
 from recall.core.models import load_model
-from recall.core.reporting import machine_info, md_table, pick_threads, torch_threads
+from recall.core.reporting import machine_info, md_table, pick_threads, pyplot, torch_threads
+from recall.evaluation import metrics
+from recall.evaluation.metrics import RuntimeScorer
 
 WIKIBIO = Path("../shared/data/knowedit/WikiBio/wikibio-test-all.json")
 
@@ -143,7 +144,7 @@ def run(
     started = time.perf_counter()
     with torch_threads(n_threads), tempfile.TemporaryDirectory(prefix="recall-lifelong-") as work:
         base = make_editor("unedited", loaded, encoder, work)
-        base_rt = base.runtime()
+        base_scorer = RuntimeScorer(base.runtime(), use_memory=False)
         cache: dict = {}
         for name in editors:
             editor = base if name == "unedited" else make_editor(name, loaded, encoder, work, edit_batch)
@@ -164,7 +165,11 @@ def run(
                     edit_s = time.perf_counter() - e0
                     for i in tqdm(range(0, t, 16), desc=f"{name} T={t} eval", disable=not progress, leave=False):
                         rows += metrics.evaluate_cases(
-                            rt, base_rt, chosen[i : i + 16], editor.use_memory, generation=generation, base_cache=cache
+                            RuntimeScorer(rt, editor.use_memory),
+                            chosen[i : i + 16],
+                            base=base_scorer,
+                            generation=generation,
+                            base_cache=cache,
                         )
                 else:
                     for case in tqdm(chosen, desc=f"{name} T={t} single", disable=not progress, leave=False):
@@ -174,19 +179,21 @@ def run(
                         rt = editor.runtime()
                         edit_s += time.perf_counter() - e0
                         rows += metrics.evaluate_cases(
-                            rt, base_rt, [case], editor.use_memory, generation=generation, base_cache=cache
+                            RuntimeScorer(rt, editor.use_memory),
+                            [case],
+                            base=base_scorer,
+                            generation=generation,
+                            base_cache=cache,
                         )
-                rt = editor.runtime()
+                scorer = RuntimeScorer(editor.runtime(), editor.use_memory)
                 agg = metrics.aggregate(rows)
                 if "efficacy_success" in agg:
-                    agg["score"] = metrics.hmean(
-                        [agg.get(k, 0.0) for k in ("efficacy_success", "paraphrase_success", "neighborhood_success")]
-                    )
+                    agg["score"] = metrics.counterfact_score(agg)
                 if fluency_n and generation:
                     prompts = [c.edits[0].prompt for c in chosen[:fluency_n]]
-                    agg["fluency"] = metrics.fluency_of(rt, prompts, editor.use_memory)
+                    agg["fluency"] = metrics.fluency_of(scorer, prompts)
                 if texts:
-                    agg["perplexity"] = metrics.perplexity(rt, texts, editor.use_memory)
+                    agg["perplexity"] = metrics.perplexity(scorer, texts)
                 agg["edit_seconds"] = edit_s
                 agg["eval_seconds"] = time.perf_counter() - t0 - edit_s
                 results["cases"].setdefault(name, {})[str(t)] = rows
@@ -261,10 +268,7 @@ def draw_metric(
 
 def plot(results: dict[str, Any], out: Path) -> list[Path]:
     """One PNG per metric of PLOTTED that any editor has: metric vs T, one line per editor."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     written = []
     for key in PLOTTED:

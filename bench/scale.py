@@ -34,7 +34,7 @@ from recall.bench.latency import peak_rss_bytes, write_report
 from tqdm import tqdm
 
 from recall.core.edits import build_edit
-from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, store_dir, torch_threads
+from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, pyplot, store_dir, torch_threads
 from recall.core.text import relation_text
 from recall.evaluation.timing import summarize_pairs, time_queries
 from recall.runtime import Runtime
@@ -417,10 +417,7 @@ def report(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: str | Path) -> None:
     """Latency vs store size (log x, log y): per-query, per-edit and lifecycle costs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     pts = result["points"]
     x = [p["size"] for p in pts]

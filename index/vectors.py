@@ -8,14 +8,13 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import torch
 
 _PARALLEL_MIN_QUERIES = 16
 
 
 def _gpu_available() -> bool:
     try:
-        import torch
-
         return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0 and torch.cuda.is_available()
     except Exception:
         return False

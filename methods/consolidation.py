@@ -3,12 +3,12 @@ retrieval off, and measure what the new weights did to everything else.
 
 This module knows nothing about the store; :meth:`recall.Runtime.consolidate` wraps it with
 the bookkeeping (which edits are active, checkpoints, statuses), and the consolidation
-benchmark calls the same :class:`Consolidator`, so both measure one code path.
+benchmark uses the same pieces, so both measure one code path.
 
-- :class:`Consolidator` applies one method (``rome``, ``memit``, ``alphaedit``) batch by
-  batch (the job in :mod:`recall.consolidate` decides how many batches to keep);
-  AlphaEdit's state (projectors, accumulated keys) lives on the consolidator and travels
-  with checkpoints.
+- The edits themselves are written by a :class:`recall.methods.editor.ParameterEditor`
+  (``make_editor(name, ...)``), batch by batch (the job in :mod:`recall.consolidate` decides
+  how many batches to keep); an editor's carried state (AlphaEdit's projectors and
+  accumulated keys) travels with checkpoints.
 - :func:`verify`: an edit passes when, on the new weights and with retrieval off, its
   target is more probable than the answer the weights gave before the job (the CounterFact
   probability comparison, with the previous answer in place of the true one).
@@ -19,23 +19,12 @@ benchmark calls the same :class:`Consolidator`, so both measure one code path.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from recall.methods import alphaedit, memit, rome
-from recall.methods.edit_requests import EditRequest, context_templates
-from recall.methods.hparams import HyperParams
-from recall.methods.layer_stats import StatsCache
 
 from recall.core.lm import RowPlan, SamplingOptions, answer_tokens, generate_rows, score_tokens_rows
-
-METHODS: dict[str, tuple[type[HyperParams], Callable]] = {
-    "rome": (rome.ROMEHyperParams, rome.apply),
-    "memit": (memit.MEMITHyperParams, memit.apply),
-    "alphaedit": (alphaedit.AlphaEditHyperParams, alphaedit.apply),
-}
+from recall.core.requests import EditRequest
 
 
 @dataclass
@@ -113,56 +102,3 @@ def probe(model, tok, texts: list[str], max_tokens: int = 128) -> ProbeResult:
         count += ids.shape[1] - 1
         argmax.append(logits.argmax(-1).tolist())
     return ProbeResult(total / max(count, 1), argmax)
-
-
-class Consolidator:
-    """Applies one method's edits batch after batch to ``model`` (in place)."""
-
-    def __init__(
-        self,
-        model,
-        tok,
-        spec,
-        method: str = "alphaedit",
-        hparams: HyperParams | str | None = None,
-        stats: StatsCache | None = None,
-        state: alphaedit.AlphaEditState | None = None,
-    ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown consolidation method {method!r}; known: {', '.join(METHODS)}")
-        self.model, self.tok, self.spec, self.method = model, tok, spec, method
-        hp_cls, self._apply = METHODS[method]
-        self.hparams = hparams if isinstance(hparams, HyperParams) else hp_cls.for_spec(spec, hparams)
-        self.stats = stats or StatsCache(model, tok, spec)
-        self.state = state if state is not None else alphaedit.AlphaEditState()
-        self._contexts: list[str] | None = None
-
-    @property
-    def modules(self) -> list[str]:
-        return [self.spec.mlp_out_template.format(layer) for layer in self.hparams.layers]
-
-    def contexts(self) -> list[str]:
-        if self._contexts is None:
-            h = self.hparams
-            self._contexts = context_templates(
-                self.model, self.tok, h.context_templates_per_seed, h.context_length, h.seed
-            )
-        return self._contexts
-
-    def prepare(self) -> None:
-        """Compute (or load) what the method needs before weights change: statistics from
-        the weights as they are now, projectors, context templates."""
-        needs_stats = self.method != "rome" or getattr(self.hparams, "mom2_adjustment", False)
-        if needs_stats:
-            self.stats.get(self.hparams.layers)
-        if self.method == "alphaedit":
-            self.state.ensure(self.stats, self.hparams.layers, self.hparams)
-        self.contexts()
-
-    def apply(self, requests: list[EditRequest]) -> dict[str, torch.Tensor]:
-        """Write one batch; returns the weights from before it."""
-        extra: dict[str, Any] = {"contexts": self.contexts()}
-        if self.method == "alphaedit":
-            extra["state"] = self.state
-        _, weights_copy = self._apply(self.model, self.tok, self.spec, requests, self.hparams, self.stats, **extra)
-        return weights_copy

@@ -1,8 +1,9 @@
-"""What the parameter editors write, and how they find its tokens.
+"""How the parameter editors find the tokens of what they write.
 
-An :class:`EditRequest` is a fact as the store keeps it: the full prompt (subject inside),
-the new target, and the subject when known. Token positions are found by tokenizing
-prefixes, never by string formatting, so prompts containing ``{}`` are safe:
+An :class:`EditRequest` (:mod:`recall.core.requests`, the one request type) is a fact as the
+store keeps it: the full prompt (subject inside), the new target, and the subject when known.
+Token positions are found by tokenizing prefixes, never by string formatting, so prompts
+containing ``{}`` are safe:
 
 - the *lookup* token is the subject's last token (ROME's ``subject_last``), or the prompt's
   last token when the edit has no subject;
@@ -17,34 +18,11 @@ from dataclasses import dataclass
 import torch
 
 from recall.core.lm import RowPlan, SamplingOptions, answer_tokens, generate_rows
+from recall.core.requests import EditRequest
+
+__all__ = ["EditRequest", "Row", "context_templates", "kl_row", "pad_rows", "prompt_row"]
 
 CONTEXT_SEEDS = ("The", "Therefore", "Because", "I", "You")
-
-
-@dataclass(frozen=True)
-class EditRequest:
-    prompt: str
-    target: str
-    subject: str | None = None
-    id: str = ""
-
-    @classmethod
-    def from_edit(cls, edit) -> EditRequest:
-        """From a stored fact :class:`recall.core.edits.Edit`."""
-        return cls(edit.payload["prompt"], edit.payload["target"], edit.subject, edit.id)
-
-    def subject_start(self) -> int | None:
-        """Character offset of the subject in the prompt (case-insensitive), None if absent."""
-        if self.subject:
-            at = self.prompt.casefold().find(self.subject.casefold())
-            if at >= 0:
-                return at
-        return None
-
-    def subject_end(self) -> int:
-        """Character offset just past the subject in the prompt (the prompt's end if none)."""
-        at = self.subject_start()
-        return len(self.prompt) if at is None else at + len(self.subject)
 
 
 @dataclass

@@ -3,8 +3,8 @@ EasyEdit), as a pure function in the ROME style::
 
     model, weights_copy = apply(model, requests, hparams)
 
-Each request ``{"prompt", "target_new"}`` is written in turn (sequentially): a few Adam steps
-on the NLL of " target_new" after the prompt, updating only the weight of
+Each :class:`EditRequest` is written in turn (sequentially): a few Adam steps on the NLL of
+" target" after the prompt, updating only the weight of
 ``spec.mlp_out_template.format(layer)`` (``down_proj`` for Llama-style models, GPT-2's
 ``c_proj`` Conv1D, whose (d_in, d_out) orientation needs no special handling because the
 update is elementwise), with each step followed by a projection onto the L-infinity ball
@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 from recall.methods.hparams import HyperParams
+
+from recall.core.requests import EditRequest
 
 
 @dataclass
@@ -43,7 +45,7 @@ def _target_batch(tok, prompt: str, target: str, device) -> tuple[torch.Tensor, 
     return ids, labels
 
 
-def apply(model, tok, spec, requests: list[dict[str, str]], hparams: FTLHyperParams):
+def apply(model, tok, spec, requests: list[EditRequest], hparams: FTLHyperParams):
     """Write ``requests`` into ``model`` in place (sequentially); returns ``(model, weights_copy)``
     with the original weights of every touched module."""
     names = [spec.mlp_out_template.format(layer) + ".weight" for layer in hparams.layers]
@@ -59,7 +61,7 @@ def apply(model, tok, spec, requests: list[dict[str, str]], hparams: FTLHyperPar
         w.requires_grad_(True)
     try:
         for req in requests:
-            ids, labels = _target_batch(tok, req["prompt"], req["target_new"], weights[0].device)
+            ids, labels = _target_batch(tok, req.prompt, req.target, weights[0].device)
             opt = torch.optim.Adam(weights, lr=hparams.lr, weight_decay=hparams.weight_decay)
             for _ in range(hparams.num_steps):
                 opt.zero_grad()

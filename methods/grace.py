@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from recall.methods.hparams import HyperParams, scale_layers
-from recall.methods.nethook import Trace, get_module, run_until
+from recall.methods.nethook import BatchShape, Trace, get_module, run_until
 from torch import nn
 
 from recall.core.lm import cache_keyword, join_continuation, output_cache
@@ -66,6 +67,18 @@ class GraceHyperParams(HyperParams):
     def fit(self, spec: Any) -> None:
         self.layer = self.scaled_layer(spec.n_layers)
         self.reference_n_layers = spec.n_layers
+
+    @classmethod
+    def for_spec(cls, spec: Any, path: str | Path | None = None) -> GraceHyperParams:
+        """As :meth:`HyperParams.for_spec`; when the model's family has no file of its own, the
+        fallback file's ``module_template`` names a module of another family's tree (Llama's
+        ``down_proj``), so it is replaced by this model's MLP output projection from the spec
+        (what the Llama file wraps). A model whose projection could not be located raises
+        :class:`recall.core.errors.UnsupportedModelError` here."""
+        hp = super().for_spec(spec, path)
+        if path is None and cls.family_file(spec).name != f"{spec.model_type}.json":
+            hp.module_template = spec.mlp_out_template
+        return hp
 
 
 # --------------------------------------------------------------------------- codebook math
@@ -182,7 +195,7 @@ def _pad_id(tokenizer) -> int:
 def query_keys(model: nn.Module, tokenizer, prompts: list[str], hp: GraceHyperParams) -> torch.Tensor:
     """[B, d_in] float32: the L2-normalized input of the wrapped module at each prompt's last
     token (prompts tokenized with special tokens, right-padded; the pass stops at the module)."""
-    name = hp.module_name(model.config.num_hidden_layers)
+    name = hp.module_name(_n_layers(model))
     rows = [tokenizer(p).input_ids for p in prompts]
     if not rows:
         d_in = _module_in_features(get_module(model, name))
@@ -196,6 +209,12 @@ def query_keys(model: nn.Module, tokenizer, prompts: list[str], hp: GraceHyperPa
         run_until(model, input_ids=ids, attention_mask=mask)
     last = torch.tensor([len(r) - 1 for r in rows], device=device)
     return _normalize(t.input[torch.arange(len(rows), device=device), last]).cpu()
+
+
+def _n_layers(model: nn.Module) -> int:
+    """The model's depth from its (text) config, which multimodal configs nest."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return config.num_hidden_layers
 
 
 def _module_in_features(module: nn.Module) -> int | None:
@@ -224,7 +243,7 @@ def train_value(
     ``requires_grad`` flags restored after), so no weight gradient is computed or accumulated.
 
     Returns (V detached float32 on CPU, {"steps": optimizer steps taken, "loss": final loss})."""
-    name = hp.module_name(model.config.num_hidden_layers)
+    name = hp.module_name(_n_layers(model))
     module = get_module(model, name)
     device = _device(model)
     prompt_ids = tokenizer(prompt).input_ids
@@ -322,6 +341,7 @@ class CodebookHook:
             raise ValueError(f"codebook sizes differ: {sizes}")
         self.module = get_module(model, module_name)
         self.module_name = module_name
+        self._batch = BatchShape(model)  # OPT's MLP runs on [batch·seq, d]
         device = _device(model)
         self.keys = keys.float().to(device)
         self.radii = radii.float().to(device)
@@ -341,8 +361,9 @@ class CodebookHook:
         if not self.armed:
             return None
         self.armed = False
-        x = args[0] if args else next(iter(kwargs.values()))
-        hidden = output[0] if isinstance(output, tuple) else output
+        x = self._batch.unflatten(args[0] if args else next(iter(kwargs.values())))
+        flat = output[0] if isinstance(output, tuple) else output
+        hidden = self._batch.unflatten(flat)
         b, width = x.shape[0], x.shape[1]
         pos = torch.full((b,), -1) if self.positions is None else torch.as_tensor(self.positions).reshape(-1)
         if pos.shape[0] != b:
@@ -353,10 +374,11 @@ class CodebookHook:
         self.hits = [int(i) if h else None for i, h in zip(idx.tolist(), hit.tolist())]
         if not bool(hit.any()):
             return None
-        new = _replace_at(hidden, rows[hit], pos[hit], self.values[idx[hit]])
+        new = _replace_at(hidden, rows[hit], pos[hit], self.values[idx[hit]]).reshape(flat.shape)
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     def __enter__(self) -> CodebookHook:
+        self._batch.attach()
         self._handle = self.module.register_forward_hook(self._hook, with_kwargs=True)
         return self
 
@@ -364,3 +386,4 @@ class CodebookHook:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        self._batch.detach()

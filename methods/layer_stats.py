@@ -49,9 +49,16 @@ def model_fingerprint(model, spec) -> str:
     cfg.pop("quantization_config", None)
     cfg.pop("_name_or_path", None)
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-    for name in (spec.unembed, spec.final_norm):
-        w = model.get_submodule(name).weight.detach().float().cpu().contiguous()
-        h.update(w.numpy().tobytes())
+    # tolerant of what a spec could not locate (such a model still has checkpoints to key):
+    # the unembedding falls back to get_output_embeddings(), a weightless norm adds nothing
+    unembed = spec.path("unembed")
+    modules = [model.get_submodule(unembed) if unembed else model.get_output_embeddings()]
+    if spec.path("final_norm"):
+        modules.append(model.get_submodule(spec.path("final_norm")))
+    for module in modules:
+        weight = getattr(module, "weight", None)
+        if weight is not None:
+            h.update(weight.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 

@@ -35,6 +35,42 @@ def _first(x: Any) -> torch.Tensor:
     return x[0] if isinstance(x, tuple) else x
 
 
+class BatchShape:
+    """[batch, seq] of the forward pass in progress, read from its ``input_ids`` /
+    ``inputs_embeds`` by pre-hooks on the model and on its base model (callers run either:
+    :func:`recall.core.lm.final_hidden` calls the base model). Some families flatten tokens
+    inside a layer (OPT runs its MLP on [batch·seq, d]); :meth:`unflatten` views such a 2-D
+    tensor of batch·seq rows as [batch, seq, d], so hooks can index it by (row, position)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._roots = list({id(m): m for m in (model, getattr(model, "base_model", model))}.values())
+        self.shape: tuple[int, int] | None = None
+        self._handles: list = []
+
+    def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = kwargs.get("input_ids")
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        if x is None and args and isinstance(args[0], torch.Tensor):
+            x = args[0]
+        if x is not None and x.dim() >= 2:
+            self.shape = (int(x.shape[0]), int(x.shape[1]))
+
+    def unflatten(self, x: torch.Tensor) -> torch.Tensor:
+        shape = self.shape
+        if x.dim() == 2 and shape is not None and x.shape[0] == shape[0] * shape[1]:
+            return x.reshape(*shape, x.shape[-1])
+        return x
+
+    def attach(self) -> None:
+        self._handles = [root.register_forward_pre_hook(self._record, with_kwargs=True) for root in self._roots]
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
 class Trace:
     """Hook one module for the duration of a ``with`` block.
 
@@ -43,6 +79,9 @@ class Trace:
     - ``edit_output(output) -> output``: replace the module's output (the function gets the
       hidden-state tensor even when the module returns a tuple);
     - ``stop``: raise :class:`StopForward` after the module ran (use :func:`run_until`).
+
+    Inputs, outputs and the tensor ``edit_output`` sees are [batch, seq, d] even in families
+    that flatten tokens inside a layer (:class:`BatchShape`).
     """
 
     def __init__(
@@ -58,6 +97,7 @@ class Trace:
     ) -> None:
         self.module = get_module(model, name)
         self.name = name
+        self._batch = BatchShape(model)
         self.input: torch.Tensor | None = None
         self.output: torch.Tensor | None = None
         self._opts = (retain_input, retain_output, edit_output, keep_grad, stop)
@@ -66,19 +106,21 @@ class Trace:
     def _hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         retain_input, retain_output, edit_output, keep_grad, stop = self._opts
         if retain_input:
-            x = args[0]
+            x = self._batch.unflatten(args[0])
             self.input = x if keep_grad else x.detach()
         if edit_output is not None:
-            hidden = edit_output(_first(output))
+            flat = _first(output)
+            hidden = edit_output(self._batch.unflatten(flat)).reshape(flat.shape)
             output = (hidden, *output[1:]) if isinstance(output, tuple) else hidden
         if retain_output:
-            y = _first(output)
+            y = self._batch.unflatten(_first(output))
             self.output = y if keep_grad else y.detach()
         if stop:
             raise StopForward
         return output
 
     def __enter__(self) -> Trace:
+        self._batch.attach()
         self._handle = self.module.register_forward_hook(self._hook)
         return self
 
@@ -86,6 +128,7 @@ class Trace:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        self._batch.detach()
 
 
 class TraceDict(dict):

@@ -23,7 +23,8 @@ from recall.bench import causal_trace, consolidation, headline, latency, layer_s
 from recall.core.errors import RecallError
 from recall.core.models import load_model
 from recall.core.reporting import pick_threads, torch_threads
-from recall.methods.consolidation import METHODS, ConsolidationParams
+from recall.methods.consolidation import ConsolidationParams
+from recall.methods.editor import DEFAULT_EDITOR, EDITORS
 from recall.runtime import Runtime
 from recall.server import ServerConfig
 from recall.server import serve as run_server
@@ -659,7 +660,7 @@ def bench_consolidation(
     data: Annotated[Path, typer.Option(help="CounterFact JSON (ROME or MEND schema).")],
     out: Annotated[Path, typer.Option(help="Write results.json and summary.md here.")],
     protocol: Annotated[str, typer.Option(help="single (each edit alone) or sequential (batches).")] = "sequential",
-    methods: Annotated[str, typer.Option(help="Comma-separated: rome, memit, alphaedit.")] = "alphaedit,memit",
+    methods: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(EDITORS)}.")] = "alphaedit,memit",
     n: Annotated[int, typer.Option(min=1, help="Cases (seeded shuffle of the file).")] = 1000,
     batch_size: Annotated[int, typer.Option(min=1, help="Edits per batch (sequential protocol).")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the case shuffle.")] = 0,
@@ -678,12 +679,13 @@ def bench_consolidation(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """ROME/MEMIT/AlphaEdit on CounterFact: ES/PS/NS, probe agreement and perplexity ratio."""
+    """The weight editors (ROME, MEMIT, AlphaEdit, FT-L) on CounterFact: ES/PS/NS, probe
+    agreement and perplexity ratio."""
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in EDITORS]
     if unknown or protocol not in ("single", "sequential"):
-        raise typer.BadParameter(f"methods must be among {', '.join(METHODS)} and protocol single or sequential")
+        raise typer.BadParameter(f"methods must be among {', '.join(EDITORS)} and protocol single or sequential")
     overrides: dict[str, dict[str, Any]] = {}
     for item in set_ or []:
         key, eq, value = item.partition("=")
@@ -756,7 +758,7 @@ def bench_causal_trace(
 @handle_errors
 def consolidate_cmd(
     store: StoreArg,
-    method: Annotated[str, typer.Option(help="alphaedit, memit or rome.")] = "alphaedit",
+    method: Annotated[str, typer.Option(help=f"One of {', '.join(EDITORS)}.")] = DEFAULT_EDITOR,
     batch_size: Annotated[int, typer.Option(min=1, help="Edits written per batch.")] = 100,
     limit: Annotated[int | None, typer.Option(min=1, help="Consolidate at most N (oldest first).")] = None,
     hparams: Annotated[str | None, typer.Option(help="Hyper-parameter JSON (default: the model family's).")] = None,

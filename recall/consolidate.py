@@ -3,10 +3,11 @@
 1. Take the active fact edits, oldest first (at most ``limit``).
 2. With the base weights in place, measure the probe set and compute what the method needs
    (second moments, AlphaEdit projectors): statistics always describe the base model.
-3. Write the edits batch by batch into the served weights (:class:`recall.methods.
-   consolidation.Consolidator`); after each batch, probe: token agreement with the base model
-   and the perplexity ratio on held-out generic text must stay within bounds. The batch that
-   would break them is undone and the job stops there (its edits and the rest stay active).
+3. Write the edits batch by batch into the served weights (the
+   :class:`recall.methods.editor.ParameterEditor` named by ``method``); after each batch,
+   probe: token agreement with the base model and the perplexity ratio on held-out generic
+   text must stay within bounds. The batch that would break them is undone and the job stops
+   there (its edits and the rest stay active).
 4. Verify every written edit with retrieval off.
 5. Accepted (at least one edit passed): write a checkpoint (changed tensors only), then in one
    LMDB transaction make it the head and mark the passing edits consolidated (they are no
@@ -24,9 +25,8 @@ from tqdm.auto import tqdm
 
 from recall.checkpoints import new_checkpoint_id
 from recall.core.errors import ConsolidationError
-from recall.methods.alphaedit import AlphaEditState
-from recall.methods.consolidation import METHODS, ConsolidationParams, Consolidator, previous_answers, probe, verify
-from recall.methods.edit_requests import EditRequest
+from recall.methods.consolidation import ConsolidationParams, previous_answers, probe, verify
+from recall.methods.editor import DEFAULT_EDITOR, EditRequest, ParameterEditor, editor_class, make_editor
 from recall.methods.layer_stats import generic_texts
 from recall.methods.weights import restore
 
@@ -50,7 +50,7 @@ class ConsolidationReport:
 
 def run_job(
     rt: Runtime,
-    method: str = "alphaedit",
+    method: str = DEFAULT_EDITOR,
     batch_size: int = 100,
     limit: int | None = None,
     hparams: str | None = None,
@@ -58,8 +58,7 @@ def run_job(
     progress: bool = True,
 ) -> ConsolidationReport:
 
-    if method not in METHODS:
-        raise ConsolidationError(f"unknown consolidation method {method!r}; known: {', '.join(METHODS)}")
+    editor_class(method)  # UnknownEditorError (a ConsolidationError) before anything is touched
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConsolidationError(f"batch_size must be a positive int, got {batch_size!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
@@ -75,29 +74,26 @@ def run_job(
     served, store = rt.served, rt.memory.store
     known = set(store.get_meta("checkpoints", []))
     served.dir.remove_unreferenced(known)
-    state = None
-    if method == "alphaedit" and served.head:
-
-        head = served.dir.manifest(served.head)
-        if head.get("method") == "alphaedit":
-            state = AlphaEditState.from_tensors(served.dir.state(served.head))
     try:
-        cons = Consolidator(rt.model, rt.tokenizer, rt.spec, method, hparams, state=state)
-    except ValueError as exc:
+        editor = make_editor(method, rt.model, rt.tokenizer, rt.spec, hparams)
+    except ValueError as exc:  # unreadable or invalid hyper-parameters
         raise ConsolidationError(str(exc)) from exc
+    # the state a stateful editor carried out of the served checkpoint (same method only)
+    if editor.stateful and served.head and served.dir.manifest(served.head).get("method") == editor.name:
+        editor.load_state(served.dir.state(served.head))
     probe_texts = generic_texts("probe")
-    touched = [f"{m}.weight" for m in cons.modules]
+    touched = editor.parameter_names
     served.remember_base(touched)
     before = {
         n: p.detach().clone() for n, p in rt.model.named_parameters() if n in set(touched) | set(served.changed())
     }
     with served.base_weights():
         base_probe = probe(rt.model, rt.tokenizer, probe_texts, params.probe_tokens)
-        cons.prepare()
+        editor.prepare()
     requests = [EditRequest.from_edit(e) for e in edits]
     try:
         applied, previous, new_probe, stop = _write_within_bounds(
-            rt, cons, requests, params, probe_texts, base_probe, progress
+            rt, editor, requests, params, probe_texts, base_probe, progress
         )
         passed = verify(rt.model, rt.tokenizer, requests[:applied], previous)
     except BaseException:
@@ -118,8 +114,7 @@ def run_job(
         "probe_ppl_ratio": round(ratio, 4),
         "seconds": round(time.time() - started, 1),
     }
-    if method == "alphaedit":
-        metrics["null_space_dims"] = cons.state.null_dims()
+    metrics |= editor.state_metrics()
     if not ok_ids:
         restore(rt.model, before)
         reason = stop or "no edit passed verification"
@@ -132,13 +127,13 @@ def run_job(
         "parent": served.head,
         "created_at": time.time(),
         "method": method,
-        "hparams": cons.hparams.to_dict(),
+        "hparams": editor.hparams.to_dict(),
         "edit_ids": ok_ids,
         "failed_ids": failed_ids,
         "metrics": metrics,
         "base_fingerprint": rt.base_fingerprint(),
     }
-    carried = cons.state.to_tensors() if method == "alphaedit" else None
+    carried = editor.state_tensors() or None
     served.dir.write(ckpt_id, weights, manifest, carried)
     store.commit_statuses(
         {i: "consolidated" for i in ok_ids},
@@ -161,27 +156,25 @@ def _bounds_broken(params, base_probe, new_probe) -> str:
     return "; ".join(reasons)
 
 
-def _write_within_bounds(rt: Runtime, cons, requests, params, probe_texts, base_probe, progress: bool):
-    """Write batch after batch; after each, probe, and undo the batch (weights and AlphaEdit's
-    accumulated keys) that would break the bounds, stopping there. Returns (edits written,
-    the weights' answers before each written edit, the probe of the kept weights, why it
-    stopped early or "")."""
-
-
+def _write_within_bounds(
+    rt: Runtime, editor: ParameterEditor, requests, params, probe_texts, base_probe, progress: bool
+):
+    """Write batch after batch; after each, probe, and undo the batch (weights and the
+    editor's carried state, e.g. AlphaEdit's accumulated keys) that would break the bounds,
+    stopping there. Returns (edits written, the weights' answers before each written edit,
+    the probe of the kept weights, why it stopped early or "")."""
     previous: list[str] = []
     current = None
     applied, stop = 0, ""
-    bar = tqdm(total=len(requests), desc=f"consolidate ({cons.method})", unit="edit", disable=not progress)
+    bar = tqdm(total=len(requests), desc=f"consolidate ({editor.name})", unit="edit", disable=not progress)
     for start in range(0, len(requests), params.batch_size):
         batch = requests[start : start + params.batch_size]
         answers = previous_answers(rt.model, rt.tokenizer, batch)
-        kept_state = {k: v.clone() for k, v in cons.state.preserved.items()}
-        weights_copy = cons.apply(batch)
+        result = editor.apply(batch)
         trial = probe(rt.model, rt.tokenizer, probe_texts, params.probe_tokens)
         broken = _bounds_broken(params, base_probe, trial)
         if broken:
-            restore(rt.model, weights_copy)
-            cons.state.preserved = kept_state
+            editor.undo(result)
             stop = f"stopped before edit {start + 1} of {len(requests)}: {broken}"
             break
         previous += answers

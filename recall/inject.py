@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import torch
+
 from recall.core.edits import Edit
-from recall.core.lm import RowPlan, answer_tokens, join_continuation
+from recall.core.lm import RowPlan, answer_tokens, join_continuation, word_glue_mask
 
 INJECTION_MODES = ("context", "decode", "both")
 
@@ -35,6 +37,13 @@ class Injector:
         self.mode = mode
         self.bias_weight = bias_weight
         self.context_template = context_template
+        self._word_glue: torch.Tensor | None = None  # built on first use (one decode per vocabulary entry)
+
+    @property
+    def word_glue(self) -> torch.Tensor:
+        if self._word_glue is None:
+            self._word_glue = word_glue_mask(self.tokenizer)
+        return self._word_glue
 
     def plan(self, query: str, fired: list[Edit]) -> RowPlan:
         if not fired:
@@ -48,4 +57,5 @@ class Injector:
         targets = []
         if self.mode in ("decode", "both"):
             targets = [answer_tokens(self.tokenizer, query, e.payload["target"]) for e in facts]
-        return RowPlan(prompt, [t for t in targets if t], self.bias_weight)
+        targets = [t for t in targets if t]
+        return RowPlan(prompt, targets, self.bias_weight, word_glue=self.word_glue if targets else None)

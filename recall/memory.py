@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,14 @@ class EditMemory:
             elif edit is not None and op == "update" and edit.status == "active" and not index_only:
                 self._add_lookup(edit)  # its tensors changed (a codebook radius)
             self.generation = gen
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[EditMemory]:
+        """Hold the memory's write lock for a multi-step job (consolidation, rollback) that
+        reads edits, changes statuses and re-syncs, so no add/remove interleaves with it.
+        Re-entrant: the memory's own methods can be called inside."""
+        with self._lock:
+            yield self
 
     def sync(self) -> None:
         """Bring derived state up to the store's latest generation (cheap when nothing changed)."""

@@ -11,6 +11,7 @@ from typing import Any
 from recall.checkpoints import CheckpointDir, ServedWeights
 from recall.consolidate import run_job
 from recall.core import regex_patch
+from recall.core.chat import check_messages, scope_query
 from recall.core.edits import Edit, build_edit, validate_record
 from recall.core.errors import (
     CheckpointError,
@@ -210,13 +211,17 @@ class Runtime:
                 applied.append(edit.id)
         return prompt, applied
 
-    def _plans(self, prompts: list[str]) -> tuple[list[RowPlan], list[list], list[list[str]], list]:
+    def _plans(
+        self, prompts: list[str], scopes: list[str] | None = None
+    ) -> tuple[list[RowPlan], list[list], list[list[str]], list]:
         """Per row: the plan, the retrieved candidates, the input regexes applied, and the
-        continuous-prompt edit matched (or None)."""
+        continuous-prompt edit matched (or None). ``scopes``: per row, the text retrieval and
+        the gate judge when it is not the prompt itself (a chat turn inside a rendered template)."""
         rewritten = [self._rewrite_input(p) for p in prompts]
         queries = [q for q, _ in rewritten]
-        knowledge_q = self.memory.query_knowledge(queries)
-        cands = self.memory.retrieve(queries, self.top_k, knowledge_q)
+        judged = queries if scopes is None else [self._rewrite_input(s)[0] for s in scopes]
+        knowledge_q = self.memory.query_knowledge(judged)
+        cands = self.memory.retrieve(judged, self.top_k, knowledge_q)
         matches = self.memory.prompt_matches(len(queries), knowledge_q)
         plans = []
         for q, row, match in zip(queries, cands, matches):
@@ -308,12 +313,16 @@ class Runtime:
         top_k: int = 0,
         seed: int | None = None,
         use_memory: bool = True,
+        scopes: list[str] | None = None,
     ) -> list[tuple[str, list[str]]]:
         """``generate`` that also returns, per row, the ids of the edits applied to that row:
         input regexes that matched, facts and patches that fired, output regexes that changed
         the text. One retrieval serves both (a second ``explain`` could see a newer store), so
-        a server can report exactly the edits a request received."""
+        a server can report exactly the edits a request received. ``scopes``: per row, the text
+        that decides which edits are in scope, when it is not the prompt (see :meth:`chat`)."""
         prompts = check_queries(prompts)
+        if scopes is not None and len(check_queries(scopes, "scopes")) != len(prompts):
+            raise InvalidQueryError(f"{len(prompts)} prompts but {len(scopes)} scopes")
         if not isinstance(max_new_tokens, int) or not 0 < max_new_tokens <= 4096:
             raise InvalidQueryError(f"max_new_tokens must be an int in 1..4096, got {max_new_tokens!r}")
         if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
@@ -322,7 +331,7 @@ class Runtime:
         if not use_memory:
             bare = generate_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], max_new_tokens, sampling)
             return [(text, []) for text in bare]
-        plans, cands, regex_ids, matches = self._plans(prompts)
+        plans, cands, regex_ids, matches = self._plans(prompts, scopes)
         texts = self._run_partitioned(generate_rows, plans, prompts, max_new_tokens, sampling)
         outputs = self.memory.regex_edits("output")
         rows = []
@@ -335,6 +344,56 @@ class Runtime:
                     ids.append(edit.id)
             rows.append((text, ids))
         return rows
+
+    def render_chat(self, messages: list[dict[str, str]], max_new_tokens: int = 0) -> tuple[str, str]:
+        """Validate a conversation and return (the prompt rendered with the model's chat template,
+        ready for the reply; the text that decides scope: see :func:`recall.core.chat.scope_query`).
+        The rendered prompt plus ``max_new_tokens`` must fit the model's context."""
+        messages = check_messages(messages)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidQueryError("this model has no chat template; use generate() with a plain prompt")
+        try:
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # jinja raises TemplateError for roles or orders a template refuses
+            raise InvalidQueryError(f"the model's chat template refused this conversation: {exc}") from exc
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        n_tokens = len(self.tokenizer(prompt)["input_ids"])
+        if limit is not None and n_tokens + max_new_tokens > limit:
+            raise InvalidQueryError(
+                f"the conversation ({n_tokens} tokens) and max_new_tokens={max_new_tokens} do not fit the "
+                f"model's context of {limit} tokens"
+            )
+        return prompt, scope_query(messages)
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        max_new_tokens: int = 64,
+        *,
+        use_memory: bool = True,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+    ) -> str:
+        """The reply to a conversation (a list of ``{"role", "content"}`` messages ending with a
+        user turn), rendered with the model's chat template; greedy by default. Retrieval and
+        the gate judge the current user turn (with the previous one when it refers back with a
+        pronoun), never the system prompt or template tokens. ``use_memory=False``: unedited."""
+        prompt, scope = self.render_chat(messages, max_new_tokens if isinstance(max_new_tokens, int) else 0)
+        ((text, _),) = self.generate_with_edits(
+            [prompt],
+            max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            use_memory=use_memory,
+            scopes=[scope],
+        )
+        return text
 
     def explain(self, prompt: str) -> dict[str, Any]:
         """Which edits were retrieved for ``prompt``, their scores, and which fired."""
@@ -424,7 +483,7 @@ class Runtime:
 
         if self.memory.store.readonly:
             raise StoreLockedError("cannot consolidate a store opened read-only")
-        with self.memory._lock:
+        with self.memory.exclusive():
             return run_job(self, method, batch_size, limit, hparams, params, progress)
 
     def checkpoints(self) -> list[dict[str, Any]]:
@@ -457,7 +516,7 @@ class Runtime:
         known = store.get_meta("checkpoints", [])
         if checkpoint_id is not None and checkpoint_id not in known:
             raise CheckpointError(f"unknown checkpoint {checkpoint_id!r}; known: {known}")
-        with self.memory._lock:
+        with self.memory.exclusive():
             tensors = self.served.dir.weights(checkpoint_id) if checkpoint_id else None
             keep = self.served.dir.lineage(checkpoint_id)
             owner = {e: c for c in reversed(keep) for e in self.served.dir.manifest(c).get("edit_ids", [])}

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from recall.methods import alphaedit, memit, rome
 from recall.methods.alphaedit import AlphaEditHyperParams, AlphaEditState, alphaedit_solver, null_space_projector
-from recall.methods.edit_requests import EditRequest
 from recall.methods.edit_targets import (
     TargetParams,
     average_keys,
@@ -20,6 +19,7 @@ from recall.methods.edit_targets import (
     lookup_keys,
     optimize_deltas,
 )
+from recall.methods.editor import EditRequest
 from recall.methods.hparams import scale_layers
 from recall.methods.layer_stats import StatsCache, StatsConfig
 from recall.methods.memit import memit_solver
@@ -200,7 +200,7 @@ def test_editors_change_only_their_modules_on_tiny_models(loaded_model, family):
     model.requires_grad_(False)
     spec = ModelSpec.from_config(model.config)
     stats = StatsCache(model, tok, spec, cfg=StatsConfig(max_length=64, max_texts=40))
-    reqs = [EditRequest(FACT_PROMPT, "English", FACT_SUBJECT), EditRequest("The capital of Peru is", "Oslo")]
+    reqs = [EditRequest(FACT_PROMPT, FACT_SUBJECT, "English"), EditRequest("The capital of Peru is", None, "Oslo")]
     target = dict(steps=3, chunk=4)
     for mod, hp in (
         (rome, rome.ROMEHyperParams(layers=[1], context_templates_per_seed=0, target=target)),
@@ -248,9 +248,9 @@ def test_target_deltas_do_not_depend_on_which_requests_share_a_batch(loaded_mode
     model.requires_grad_(False)
     spec = ModelSpec.from_config(model.config)
     reqs = [
-        EditRequest(FACT_PROMPT, "English", FACT_SUBJECT),
-        EditRequest("The capital of Peru is", "Oslo"),
-        EditRequest("Ada Lovelace worked as a", "professional footballer", "Ada Lovelace"),
+        EditRequest(FACT_PROMPT, FACT_SUBJECT, "English"),
+        EditRequest("The capital of Peru is", None, "Oslo"),
+        EditRequest("Ada Lovelace worked as a", "Ada Lovelace", "professional footballer"),
     ]
     contexts = ["", "Because of this, the long story ended. "]
     module = spec.layer_template.format(0)
@@ -270,7 +270,7 @@ def test_key_prompt_weight_moves_the_written_key_between_the_prompt_and_the_cont
     model = tiny_model("llama", len(tok)).eval()
     spec = ModelSpec.from_config(model.config)
     module = spec.mlp_out_template.format(1)
-    reqs = [EditRequest(FACT_PROMPT, "English", FACT_SUBJECT), EditRequest("The capital of Peru is", "Oslo")]
+    reqs = [EditRequest(FACT_PROMPT, FACT_SUBJECT, "English"), EditRequest("The capital of Peru is", None, "Oslo")]
     contexts = ["", "Because of this, the long story ended. ", "I think. "]
     per_context = context_keys(model, tok, module, reqs, contexts)
     assert per_context.shape[:2] == (2, 3)
@@ -291,7 +291,7 @@ def test_delta_scale_writes_that_fraction_of_the_optimized_delta(loaded_model):
     model = tiny_model("llama", len(tok)).eval()
     model.requires_grad_(False)
     spec = ModelSpec.from_config(model.config)
-    reqs = [EditRequest(FACT_PROMPT, "English", FACT_SUBJECT)]
+    reqs = [EditRequest(FACT_PROMPT, FACT_SUBJECT, "English")]
     module = spec.layer_template.format(0)
     full, _, nll = optimize_deltas(model, tok, module, reqs, [""], TargetParams(steps=3))
     part, _, nll_part = optimize_deltas(model, tok, module, reqs, [""], TargetParams(steps=3, delta_scale=0.8))

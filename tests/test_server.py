@@ -119,6 +119,12 @@ def test_edit_via_api_changes_the_next_answer(client):
     streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1])
     assert streamed == reply["choices"][0]["message"]["content"]
     assert all(e["recall_edits"] == [edit["id"]] for e in events[:-1])
+    # scope is the user's turn: a system prompt naming the subject does not fire the edit
+    aside = {"model": MODEL, "max_tokens": 4, "messages": [
+        {"role": "system", "content": f"The user admires {FACT_SUBJECT}."},
+        {"role": "user", "content": UNRELATED}]}
+    r = client.post("/v1/chat/completions", json=aside)
+    assert r.status_code == 200 and r.json()["recall_edits"] == [], r.text
 
     # retired through the API: the next request is the unedited model again
     r = client.delete(f"/v1/edits/{edit['id']}")
@@ -257,6 +263,10 @@ def test_bad_requests_get_openai_shaped_errors(client):
     assert error(post("/v1/chat/completions", {"model": MODEL, "messages": []}), 400)
     bad_role = {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}
     assert error(post("/v1/chat/completions", bad_role), 400)
+    no_user_turn = {"model": MODEL, "messages": [{"role": "system", "content": "Be brief."}]}
+    assert error(post("/v1/chat/completions", no_user_turn), 400)["param"] == "messages"
+    too_long = {"model": MODEL, "messages": [{"role": "user", "content": "語" * 7000}], "max_tokens": 4}
+    assert error(post("/v1/chat/completions", too_long), 400)
     r = client.post("/v1/completions", content=b'{"model": "' + b"x" * (2 << 20) + b'"}')
     assert error(r, 413)
     r = client.post("/v1/completions", content=b"{not json", headers={"Content-Type": "application/json"})

@@ -7,6 +7,7 @@
 - ``lm``: batched scoring and decoding over any causal LM (``RowPlan``, ``generate_rows``);
 - ``models``: loading a model (the embedded default or any local Hugging Face directory) and
   the architecture facts the weight editors need (``ModelSpec``);
+- ``chat``: conversation validation and the text that decides a chat turn's scope;
 - ``datasets``: CounterFact, zsRE, KnowEdit and MQuAKE records as one ``EditCase``;
 - ``resources``: package data through ``importlib.resources``;
 - ``reporting``: tables, latency percentiles, torch threads.

@@ -25,22 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from recall.core.errors import RecallError
+from recall.core.requests import EditRequest  # the one request type; cases hold it
 
 FORMATS = ("counterfact", "zsre", "knowedit", "mquake")
 
 
 class DatasetFormatError(RecallError, ValueError):
     """A dataset file or record does not match the expected schema."""
-
-
-@dataclass(frozen=True)
-class EditRequest:
-    """One fact to write: ``prompt`` (subject filled in) should continue with ``target_new``."""
-
-    prompt: str
-    subject: str
-    target_new: str
-    target_true: str | None = None
 
 
 @dataclass

@@ -82,12 +82,21 @@ class ModelLoadError(RecallError):
     """A model or encoder could not be loaded from local files."""
 
 
+class UnsupportedModelError(ModelLoadError):
+    """The model loads and answers queries, but a fact weight editing needs (its decoder layer
+    list, MLP output projections or unembedding) could not be located in its module tree."""
+
+
 class CheckpointError(StoreError):
     """A weight checkpoint is unknown, or does not belong to the loaded model."""
 
 
 class ConsolidationError(RecallError):
     """A consolidation job could not run (unknown method, bad parameters, no model ownership)."""
+
+
+class UnknownEditorError(ConsolidationError, ValueError):
+    """No weight editor is registered under this name (the message lists the registered ones)."""
 
 __all__ = [
     "RecallError",
@@ -109,6 +118,8 @@ __all__ = [
     "ConfigError",
     "RecallIOError",
     "ModelLoadError",
+    "UnsupportedModelError",
     "CheckpointError",
     "ConsolidationError",
+    "UnknownEditorError",
 ]

@@ -32,6 +32,10 @@ class RowPlan:
     bias_weight: float = 0.0
     prefix: torch.Tensor | None = None  # [P, hidden] continuous prompt placed before the tokens
     codebook_hit: int | None = None  # set by the run: the codebook entry that fired on this row
+    # bool [vocab]: tokens that would glue onto the word before them (no leading space or
+    # punctuation). Masked for the one step after a biased answer is complete, so the answer
+    # stays a whole word ("Babur", not "Baburan") and the model goes on in its own words.
+    word_glue: torch.Tensor | None = None
 
     @property
     def plain(self) -> bool:
@@ -111,6 +115,13 @@ def answer_tokens(tokenizer, prompt: str, answer: str) -> list[int]:
     return tokenizer(join_continuation(prompt, answer), add_special_tokens=False).input_ids
 
 
+def word_glue_mask(tokenizer) -> torch.Tensor:
+    """Bool [vocab]: the tokens whose text starts with a letter or digit, i.e. that continue the
+    word before them instead of starting a new one (see ``RowPlan.word_glue``)."""
+    texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    return torch.tensor([t[:1].isalnum() for t in texts], dtype=torch.bool)
+
+
 def _mix(logp: torch.Tensor, boosted: list[int], lam: float) -> torch.Tensor:
     """log((1-lam) p + lam q) for one position's log-probs (1-D), q uniform over ``boosted``."""
     if not boosted or lam <= 0:
@@ -144,8 +155,22 @@ def final_hidden(model, **inputs) -> torch.Tensor:
 
 
 def unembed(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Float logits of final hidden states (see :func:`final_hidden`)."""
-    return model.get_output_embeddings()(hidden).float()
+    """Float logits of final hidden states (see :func:`final_hidden`): the output embedding,
+    then the transforms some causal-LM heads apply after it, read from the config (Gemma-2/3
+    soft-cap logits, Cohere multiplies by ``logit_scale``, Granite divides by
+    ``logits_scaling``), so these logits are the model's own."""
+    logits = model.get_output_embeddings()(hidden).float()
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    scale = getattr(config, "logit_scale", None)
+    if isinstance(scale, (int, float)) and scale != 1:
+        logits = logits * scale
+    divisor = getattr(config, "logits_scaling", None)
+    if isinstance(divisor, (int, float)) and divisor != 1:
+        logits = logits / divisor
+    return logits
 
 
 @torch.inference_mode()
@@ -230,6 +255,8 @@ def generate_rows(
         next_tokens = []
         for r, plan in enumerate(plans):
             lp = logp[r] if plan.plain else _mix(logp[r], _boosted(plan.bias_targets, produced[r]), plan.bias_weight)
+            if plan.word_glue is not None and produced[r] in plan.bias_targets:
+                lp = lp.masked_fill(plan.word_glue.to(lp.device), float("-inf"))
             next_tokens.append(_choose(lp, sampling, gen))
         for r, tok in enumerate(next_tokens):
             if done[r]:

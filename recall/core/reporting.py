@@ -88,3 +88,16 @@ def store_dir(store: str | Path | None, prefix: str = "recall-demo-") -> Iterato
         return
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         yield Path(tmp) / "store"
+
+
+def pyplot():
+    """matplotlib's ``pyplot`` on the non-interactive Agg backend, for plots written to files.
+
+    Imported on first use, not at module import: choosing a backend is process-wide, and a
+    library that users import into their notebooks must not switch theirs just by loading."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

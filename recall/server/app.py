@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 
@@ -105,8 +106,6 @@ def serve(
     readonly: bool = False,
 ) -> None:
     """Open ``store`` and serve it until interrupted (``recall serve``)."""
-    import uvicorn
-
     runtime = Runtime.open(store, model=model, device=device, readonly=readonly)
     app = create_app(runtime, config, owns_runtime=True)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)

@@ -60,6 +60,7 @@ class Job:
     key: GenerationKey
     deadline: float  # time.monotonic() seconds
     future: Future = field(default_factory=Future)
+    scopes: list[str] | None = None  # per prompt, the text that decides scope (chat turns); None: the prompt
 
 
 _STOP = object()
@@ -120,11 +121,14 @@ class BatchWorker:
         solo = next(self._solo) if seed is not None else 0
         return GenerationKey(max_tokens, True, float(temperature), float(top_p or 1.0), seed, solo)
 
-    def submit(self, prompts: list[str], key: GenerationKey, timeout_s: float) -> Future:
-        """Queue a job; its future resolves to one :data:`Row` per prompt."""
+    def submit(
+        self, prompts: list[str], key: GenerationKey, timeout_s: float, scopes: list[str] | None = None
+    ) -> Future:
+        """Queue a job; its future resolves to one :data:`Row` per prompt. ``scopes``: per prompt,
+        the text retrieval and the gate judge when it is not the prompt (a rendered chat)."""
         if self._closing.is_set():
             raise Closed("the server is shutting down")
-        job = Job(list(prompts), key, time.monotonic() + timeout_s)
+        job = Job(list(prompts), key, time.monotonic() + timeout_s, scopes=list(scopes) if scopes else None)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -206,6 +210,7 @@ class BatchWorker:
 
     def _call(self, key: GenerationKey, jobs: list[Job]) -> None:
         prompts = [p for job in jobs for p in job.prompts]
+        scopes = [s for job in jobs for s in (job.scopes or job.prompts)]
         try:
             with self.lock:
                 out = self.runtime.generate_with_edits(
@@ -216,6 +221,7 @@ class BatchWorker:
                     top_p=key.top_p,
                     seed=key.seed,
                     use_memory=self.use_memory,
+                    scopes=scopes,
                 )
         except Exception as exc:  # the error belongs to these requests, not to the worker
             for job in jobs:

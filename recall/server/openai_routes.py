@@ -11,6 +11,8 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from recall.core.errors import InvalidQueryError
+from recall.runtime import Runtime
 from recall.server import responses as R
 from recall.server.errors import APIError
 from recall.server.schemas import ChatCompletionRequest, CompletionRequest
@@ -19,13 +21,17 @@ from recall.server.state import ServerState
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def chat_prompt(tokenizer, body: ChatCompletionRequest) -> str:
-    """The conversation rendered with the tokenizer's chat template, ready for the reply."""
-    if not getattr(tokenizer, "chat_template", None):
+def chat_prompt(runtime: Runtime, body: ChatCompletionRequest, max_tokens: int) -> tuple[str, str]:
+    """(The conversation rendered with the model's chat template, ready for the reply; the text
+    that decides which edits are in scope: the current user turn), as ``Runtime.chat`` does."""
+    if not getattr(runtime.tokenizer, "chat_template", None):
         raise APIError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
     roles = {"developer": "system"}
     messages = [{"role": roles.get(m.role, m.role), "content": m.text()} for m in body.messages]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        return runtime.render_chat(messages, max_tokens)
+    except InvalidQueryError as exc:
+        raise APIError(400, str(exc), param="messages") from None
 
 
 def openai_router(state: ServerState) -> APIRouter:
@@ -66,11 +72,12 @@ def openai_router(state: ServerState) -> APIRouter:
         state.authorize(request, write=False)
         state.check_model(body.model)
         body.refuse_unsupported()
-        (prompt,) = state.check_prompts([chat_prompt(tok, body)], "messages")
         stops = body.stops()
         max_tokens = state.max_tokens(body.max_completion_tokens or body.max_tokens)
+        rendered, scope = chat_prompt(state.runtime, body, max_tokens)
+        (prompt,) = state.check_prompts([rendered], "messages")
         ((text, ids),) = await state.generate(
-            [prompt], state.worker.key(max_tokens, body.temperature, body.top_p, body.seed)
+            [prompt], state.worker.key(max_tokens, body.temperature, body.top_p, body.seed), [scope]
         )
         choice = R.finish(tok, text, ids, stops, max_tokens)
         prompt_tokens = R.count_tokens(tok, prompt)

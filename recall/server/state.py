@@ -58,11 +58,12 @@ class ServerState:
                            param="max_tokens")
         return n
 
-    async def generate(self, prompts: list[str], key: GenerationKey) -> list[Row]:
-        """Queue the prompts for the batching worker and wait for their rows (or an error)."""
+    async def generate(self, prompts: list[str], key: GenerationKey, scopes: list[str] | None = None) -> list[Row]:
+        """Queue the prompts for the batching worker and wait for their rows (or an error).
+        ``scopes``: per prompt, the text that decides which edits are in scope (chat turns)."""
         timeout = self.config.request_timeout_s
         try:
-            future = self.worker.submit(prompts, key, timeout)
+            future = self.worker.submit(prompts, key, timeout, scopes)
         except Overloaded as exc:
             raise APIError(429, str(exc), "rate_limit_error", "queue_full", headers={"Retry-After": "1"}) from None
         except Closed as exc:

@@ -6,7 +6,7 @@ import torch
 from recall.bench.editors import _requests
 from recall.bench.loaders import load_cases
 from recall.methods.edit_targets import hidden_at_lookup
-from recall.models import load_model
+from recall.core.models import load_model
 
 torch.set_num_threads(2)
 cases = load_cases(

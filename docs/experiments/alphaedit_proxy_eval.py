@@ -19,7 +19,7 @@ from recall.methods.layer_stats import N_PROBE_TEXTS, StatsCache, _corpus_file, 
 from recall.methods.memit import spread
 from recall.methods.nethook import TraceDict
 from recall.methods.weights import restore, snapshot
-from recall.models import load_model
+from recall.core.models import load_model
 
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 nb = int(sys.argv[1])
@@ -122,7 +122,7 @@ for cfg in configs:
     lay = cfg.get("layers", layers)
     h0 = unedited_hidden(lay[-1])
     mods = [spec.mlp_out_template.format(layer) for layer in lay]
-    # "z": targets from `z.py TAG ...`; "ds": write h0 + ds·(z − h0) instead of z
+    # "z": targets from `alphaedit_proxy_targets.py TAG ...` (was z.py); "ds": write h0 + ds·(z − h0) instead of z
     # "ctx": keys (written and accumulated) at the bare prompt only ("bare"), or with the bare
     # prompt weighted 6/11 instead of 1/6 of the average ("half"; ctx[0] is the bare prompt);
     # "kw": the bare prompt's weight with the shipped key_prompt_weight code

@@ -9,7 +9,7 @@ from recall.bench.editors import _requests
 from recall.bench.loaders import load_cases
 from recall.methods.consolidation import Consolidator
 from recall.methods.memit import compute_z
-from recall.models import load_model
+from recall.core.models import load_model
 
 torch.set_num_threads(2)
 cases = load_cases(

@@ -3,7 +3,7 @@ import sys
 
 import torch
 from recall.methods.layer_stats import StatsConfig, compute_second_moments, generic_texts
-from recall.models import load_model
+from recall.core.models import load_model
 
 torch.set_num_threads(2)
 m, tok, spec = load_model(device="cpu")

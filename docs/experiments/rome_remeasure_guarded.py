@@ -1,7 +1,8 @@
 """Re-measure, with the committed ROME code, the cases of this run whose prompt key falls under
 rome.MIN_KEY_RATIO (the guard was added after the run): same seeded shuffle, same
 Consolidator and scoring as `recall bench consolidation --protocol single`. Writes
-guarded_cases.json beside this file. Run from the repository root."""
+guarded_cases.json into bench/results/consolidation/cpu_rome_single_200_pks/. Run from the repository root:
+python docs/experiments/rome_remeasure_guarded.py (moved from that folder, where it was remeasure_guarded.py)."""
 
 import json
 import random
@@ -15,7 +16,7 @@ from recall.methods import rome
 from recall.methods.consolidation import Consolidator
 from recall.methods.edit_targets import lookup_keys
 from recall.methods.weights import restore, snapshot
-from recall.models import load_model
+from recall.core.models import load_model
 
 torch.set_num_threads(1)
 cases = load_cases(
@@ -43,4 +44,4 @@ for i, case in enumerate(cases):
     restore(model, original)
     out.append({"index": i, "case_id": case.case_id, "ratio": round(ratio, 4), **row})
     print(out[-1], flush=True)
-Path(__file__).with_name("guarded_cases.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
+Path("bench/results/consolidation/cpu_rome_single_200_pks/guarded_cases.json").write_text(json.dumps(out, indent=1), encoding="utf-8")

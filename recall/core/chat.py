@@ -1,0 +1,65 @@
+"""Conversations (OpenAI-style message lists): validation, and the text that decides scope.
+
+A chat request is rendered with the model's chat template for the model, but retrieval and
+the gate look at what the user is asking now: the last user turn. The system prompt and the
+template's tokens never decide scope. A follow-up that refers back with a pronoun ("Where
+was he born?") is resolved against the previous user turn, which is put before it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from recall.core.edits import check_utf8
+from recall.core.errors import InvalidQueryError
+from recall.core.limits import LIMITS
+
+ROLES = ("system", "user", "assistant")
+# third-person references that need an earlier turn to say whom or what they mean
+_PRONOUN = re.compile(r"\b(he|she|it|they|him|her|them|his|hers|its|their|theirs|this|that)\b", re.IGNORECASE)
+
+
+def check_messages(messages: object) -> list[dict[str, str]]:
+    """Validate a conversation; raise :class:`InvalidQueryError` naming the bad message.
+
+    Each message is a mapping with ``role`` (system, user or assistant) and non-empty string
+    ``content``; the conversation has at least one user turn and ends with one (the reply is
+    to the last user turn)."""
+    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
+        raise InvalidQueryError(f"messages must be a list of {{role, content}} objects, got {type(messages).__name__}")
+    if not messages:
+        raise InvalidQueryError("messages is empty")
+    if len(messages) > LIMITS.max_batch:
+        raise InvalidQueryError(f"messages has {len(messages)} turns; the limit is {LIMITS.max_batch}")
+    out = []
+    total = 0
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise InvalidQueryError(f"messages[{i}] must be an object with role and content")
+        role, content = msg.get("role"), msg.get("content")
+        if role not in ROLES:
+            raise InvalidQueryError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise InvalidQueryError(f"messages[{i}].content must be a string, got {type(content).__name__}")
+        if not content.strip():
+            raise InvalidQueryError(f"messages[{i}].content is empty or whitespace only")
+        check_utf8(content, f"messages[{i}].content", InvalidQueryError)
+        total += len(content)
+        if total > LIMITS.max_query_chars:
+            raise InvalidQueryError(f"the conversation exceeds {LIMITS.max_query_chars} characters")
+        out.append({"role": role, "content": content})
+    if out[-1]["role"] != "user":
+        raise InvalidQueryError("the conversation must end with a user turn (the reply answers it)")
+    return out
+
+
+def scope_query(messages: Sequence[dict[str, Any]]) -> str:
+    """The text retrieval and the gate judge: the last user turn, preceded by the previous user
+    turn when the last one refers back with a pronoun."""
+    users = [m["content"].strip() for m in messages if m["role"] == "user"]
+    current = users[-1]
+    if len(users) > 1 and _PRONOUN.search(current):
+        return f"{users[-2]} {current}"
+    return current
