@@ -20,6 +20,7 @@ import typer
 
 from recall import demo as demo_mod
 from recall.bench import causal_trace, consolidation, headline, latency, layer_sweep, lifelong, scale, serving
+from recall.bench import chat as chat_bench
 from recall.core.errors import RecallError
 from recall.core.models import load_model
 from recall.core.reporting import pick_threads, torch_threads
@@ -546,6 +547,43 @@ def bench_lifelong(
         device=device,
         threads=threads,
         edit_batch=edit_batch,
+    )
+    typer.echo((out / "summary.md").read_text(encoding="utf-8"))
+
+
+@bench_app.command("chat")
+@handle_errors
+def bench_chat(
+    data: Annotated[
+        Path, typer.Option(help="bench/data/conversations_dev.jsonl (hand-written) or a zsRE/CounterFact file.")
+    ],
+    out: Annotated[Path, typer.Option(help="Write results.json, summary.md and chat.png here.")],
+    editors: Annotated[
+        str, typer.Option(help="Comma-separated: unedited, recall, recall-subject, recall-cosine, recall-sentinel, "
+                          "recall-context, ike.")
+    ] = "unedited,recall,ike",
+    t: Annotated[str, typer.Option("--T", help="Comma-separated stream lengths T.")] = "1,100",
+    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N cases.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the case shuffle (same cases for every editor).")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=512, help="Greedy tokens per reply.")] = 24,
+    model: ModelOpt = None,
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Edits asked through the chat template: per T and editor, write T edits, then ask each as a user
+    turn, a paraphrase, a second turn and a pronoun follow-up, and check unrelated, same-subject and
+    same-relation replies stay byte-identical. Writes results.json, summary.md and chat.png."""
+    chat_bench.run(
+        data,
+        out,
+        editors=[e.strip() for e in editors.split(",") if e.strip()],
+        ts=[int(x) for x in t.split(",") if x.strip()],
+        limit=limit,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        model=model,
+        device=device,
+        threads=threads,
     )
     typer.echo((out / "summary.md").read_text(encoding="utf-8"))
 

@@ -113,11 +113,12 @@ _FACTS = {
 _EDITING_FACTS = ("layer_template", "mlp_out_template", "unembed")
 
 # Located by path instead of discovered, per model_type, where the module tree is ambiguous:
-# {"mlp_out": path relative to one decoder layer}. No family tested here (Llama, Qwen2/3,
-# Mistral, Gemma-2/3, Phi-3, GPT-2, GPT-NeoX, OPT, Falcon, OLMo, and Gemma-3n, Bloom, GPT-J,
-# Mixtral checked on meta-device builds) needs an entry; add one with the reason when a family
-# has two candidate projections that neither the intermediate size nor an MLP-named parent
-# tells apart.
+# {"mlp_out": path relative to one decoder layer}. Empty: discovery finds the right projection
+# in every family tried (Llama, Qwen2/3, Mistral, Gemma/2/3/3n, Phi/Phi-3, OLMo/2, GPT-2,
+# GPT-NeoX, GPT-J, OPT, Falcon, Bloom, MPT, StarCoder2, Cohere, Granite; tiny or meta-device
+# builds), and mixtures of experts whose experts are fused parameters (Mixtral, Qwen3-MoE) have
+# no Linear projection to name. Add an entry, with its reason, for a family with two candidate
+# projections that neither the intermediate size nor an MLP-named parent tells apart.
 _OVERRIDES: dict[str, dict[str, str]] = {}
 
 _MLP_PARENT = re.compile(r"mlp|ffn|feed_?forward|fc\d", re.IGNORECASE)
@@ -258,9 +259,21 @@ def _config_int(config, *names: str) -> int | None:
     return None
 
 
+def _embeddings(model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
+    """(input, output) embedding modules; None for one the model does not expose."""
+    found = []
+    for getter in (model.get_input_embeddings, model.get_output_embeddings):
+        try:
+            found.append(getter())
+        except (AttributeError, NotImplementedError):
+            found.append(None)
+    return found[0], found[1]
+
+
 def _embedding_width(model: nn.Module) -> int:
-    emb = model.get_input_embeddings()
-    return int(emb.weight.shape[1]) if emb is not None and hasattr(emb, "weight") else 0
+    emb = _embeddings(model)[0]
+    weight = getattr(emb, "weight", None)
+    return int(weight.shape[1]) if weight is not None and weight.dim() == 2 else 0
 
 
 def _linear_dims(module: nn.Module) -> tuple[int, int] | None:
@@ -355,7 +368,7 @@ def _find_final_norm(model: nn.Module, layers_path: str, hidden: int) -> str | N
 
 def _find_unembed(model: nn.Module) -> tuple[str | None, str]:
     """Path of the output embedding, or of the input embedding when the two share weights."""
-    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    inp, out = _embeddings(model)
     if out is None:
         return None, "get_output_embeddings() returned None"
     names: dict[int, str] = {}

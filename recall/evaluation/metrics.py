@@ -124,6 +124,18 @@ def starts_with_target(text: str, target: str) -> bool:
     return i == len(text) or not (text[i].isalnum() and want[-1].isalnum())
 
 
+def _words(text: str) -> str:
+    return " ".join("".join(c if c.isalnum() else " " for c in text.casefold()).split())
+
+
+def contains_answer(reply: str, answer: str) -> bool:
+    """Does a free-form reply state ``answer``: its words appear as consecutive whole words,
+    ignoring case and punctuation ("It is Babur." states "Babur"; "Baburan" does not). The
+    chat metric of issue 19 (a chat reply states the answer inside a sentence)."""
+    words = _words(answer)
+    return bool(words) and f" {words} " in f" {_words(reply)} "
+
+
 def generation_unchanged(post_text: str, pre_text: str) -> bool:
     """Generation locality: the edited greedy continuation equals the unedited one (outer
     whitespace ignored)."""

@@ -1,0 +1,279 @@
+"""``recall bench chat``: edits asked the way people ask a chat model.
+
+Per stream length T and editor: reset, write T edits one after another (lifelong protocol),
+then ask every edited fact through the model's chat template, with real greedy generation,
+and judge the replies:
+
+- ``question``: the edit's own question as one user turn; ``paraphrase``: each paraphrase;
+  ``second_turn``: the question after an unrelated exchange; ``follow_up`` (hand-written set):
+  a pronoun follow-up ("What was her native language?") after a turn naming the subject.
+  Success: the reply contains the new answer as whole words, ignoring case and punctuation
+  (:func:`recall.evaluation.metrics.contains_answer`).
+- ``unrelated``, ``same_subject`` (same subject, other relation) and ``same_relation`` (same
+  relation, other subject): the reply must be byte-identical to the unedited model's.
+- ``fluency_ppl``: the unedited model's perplexity of the edited replies to the edit questions
+  (geometric mean over replies; the unedited model's own replies give the reference
+  ``fluency_ppl_unedited``).
+
+Data: a zsRE/CounterFact/KnowEdit file (questions from its prompts, paraphrases and locality
+prompts) or the hand-written ``bench/data/conversations_dev.jsonl`` (detected by its schema).
+Everything goes through ``Runtime.render_chat`` and ``Runtime.generate_with_edits`` with the
+chat turn as scope, the path ``Runtime.chat`` and the server's ``/v1/chat/completions`` take.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recall.bench.editors import EDITORS, Editor, make_editor
+from recall.index import TextEncoder
+from tqdm import tqdm
+
+from recall.core.datasets import EditCase, load_cases
+from recall.core.models import load_model
+from recall.core.reporting import machine_info, md_table, pick_threads, pyplot, torch_threads
+from recall.core.requests import EditRequest
+from recall.evaluation.metrics import contains_answer, mean
+
+Conversation = list[dict[str, str]]
+ASK_GROUPS = ("question", "paraphrase", "second_turn", "follow_up")
+KEEP_GROUPS = ("unrelated", "same_subject", "same_relation")
+# the unrelated exchange a second-turn question follows (as in ../shared/tools/chat-check.py)
+ASIDE = [
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "The capital of France is Paris."},
+]
+BATCH = 16
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+@dataclass
+class ChatCase:
+    """One edit and the conversations that judge it."""
+
+    case_id: str
+    prompt: str
+    target: str
+    subject: str | None
+    asks: list[tuple[str, Conversation]] = field(default_factory=list)  # (group, conversation): reply has target
+    keeps: list[tuple[str, Conversation]] = field(default_factory=list)  # (group, conversation): reply unchanged
+
+
+def _as_question(prompt: str) -> str:
+    """zsRE locality prompts are NQ questions without their question mark ("nq question: who ...")."""
+    text = prompt.split(":", 1)[1] if prompt.startswith("nq question:") else prompt
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith("?") else "?")
+
+
+def _from_edit_cases(path: Path, limit: int | None) -> list[ChatCase]:
+    out = []
+    for case in load_cases(path, None, limit=limit, skip_invalid=True):
+        if len(case.edits) != 1:
+            continue
+        req = case.edits[0]
+        asks = [("question", [user(req.prompt)]), ("second_turn", [*ASIDE, user(req.prompt)])]
+        asks += [("paraphrase", [user(p)]) for p in case.rephrase[:1]]
+        keeps = [("unrelated", [user(_as_question(p))]) for p, _ in case.locality[:1]]
+        out.append(ChatCase(case.case_id, req.prompt, req.target, req.subject, asks, keeps))
+    return out
+
+
+def _from_dev_set(path: Path, limit: int | None) -> list[ChatCase]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        prompt, target = r["edit"]["prompt"], r["edit"]["target"]
+        asks = [("question", [user(prompt)]), ("second_turn", [*ASIDE, user(prompt)])]
+        asks += [("paraphrase", [user(p["text"])]) for p in r["paraphrases"]]
+        f = r["follow_up"]
+        asks.append(
+            ("follow_up", [user(f["setup"]), {"role": "assistant", "content": f["reply"]}, user(f["question"])])
+        )
+        keeps = [("same_subject", [user(q["text"])]) for q in r["same_subject_other_relation"]]
+        keeps += [("same_relation", [user(q["text"])]) for q in r["same_relation_other_subject"]]
+        out.append(ChatCase(r["id"], prompt, target, r["subject"], asks, keeps))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def load_chat_cases(path: str | Path, limit: int | None = None) -> list[ChatCase]:
+    """Chat cases from the hand-written dev set (JSON lines with ``follow_up``) or any edit data set."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        first = fh.readline()
+    try:
+        hand_written = "follow_up" in json.loads(first)
+    except (json.JSONDecodeError, TypeError):
+        hand_written = False
+    return _from_dev_set(path, limit) if hand_written else _from_edit_cases(path, limit)
+
+
+def replies(editor: Editor, convs: list[Conversation], max_new_tokens: int, use_memory: bool) -> list[str]:
+    """Greedy replies through the chat path, batched by rendered length."""
+    rt = editor.runtime()
+    rendered = [rt.render_chat(c, max_new_tokens) for c in convs]
+    order = sorted(range(len(convs)), key=lambda i: len(rendered[i][0]))
+    out: list[str] = [""] * len(convs)
+    for start in range(0, len(order), BATCH):
+        idx = order[start : start + BATCH]
+        rows = rt.generate_with_edits(
+            [rendered[i][0] for i in idx],
+            max_new_tokens,
+            use_memory=use_memory,
+            scopes=[rendered[i][1] for i in idx],
+        )
+        for i, (text, _) in zip(idx, rows):
+            out[i] = text
+    return out
+
+
+def reply_perplexity(editor: Editor, convs: list[Conversation], texts: list[str]) -> float:
+    """Geometric-mean perplexity of ``texts`` as replies to ``convs`` under the unedited model."""
+    rt = editor.runtime()
+    pairs = [(rt.render_chat(c)[0], t) for c, t in zip(convs, texts) if t.strip()]
+    if not pairs:
+        return float("nan")
+    logps = []
+    for start in range(0, len(pairs), BATCH):
+        chunk = pairs[start : start + BATCH]
+        logps += rt.score([p for p, _ in chunk], [t for _, t in chunk], use_memory=False)
+    return math.exp(-sum(logps) / len(logps))
+
+
+def evaluate(
+    editor: Editor, cases: list[ChatCase], max_new_tokens: int, unedited: dict[str, str]
+) -> dict[str, float]:
+    """The metrics of one editor after its edits; ``unedited`` caches bare replies by conversation."""
+    asks = [(g, c, case.target) for case in cases for g, c in case.asks]
+    keeps = [(g, c) for case in cases for g, c in case.keeps]
+    key = lambda c: json.dumps(c, ensure_ascii=False)  # noqa: E731
+    missing = [c for c in [c for _, c, _ in asks] + [c for _, c in keeps] if key(c) not in unedited]
+    for c, text in zip(missing, replies(editor, missing, max_new_tokens, use_memory=False)):
+        unedited[key(c)] = text
+    got = replies(editor, [c for _, c, _ in asks], max_new_tokens, editor.use_memory)
+    kept = replies(editor, [c for _, c in keeps], max_new_tokens, editor.use_memory)
+    result: dict[str, float] = {}
+    for group in ASK_GROUPS:
+        hits = [contains_answer(t, target) for (g, _, target), t in zip(asks, got) if g == group]
+        if hits:
+            result[group] = mean(hits)
+    for group in KEEP_GROUPS:
+        same = [t == unedited[key(c)] for (g, c), t in zip(keeps, kept) if g == group]
+        if same:
+            result[group] = mean(same)
+    questions = [(c, t) for (g, c, _), t in zip(asks, got) if g == "question"]
+    result["fluency_ppl"] = reply_perplexity(editor, [c for c, _ in questions], [t for _, t in questions])
+    result["fluency_ppl_unedited"] = reply_perplexity(
+        editor, [c for c, _ in questions], [unedited[key(c)] for c, _ in questions]
+    )
+    return result
+
+
+def run(
+    data: str | Path,
+    out: str | Path,
+    *,
+    editors: list[str] = ("unedited", "recall"),
+    ts: list[int] = (1, 100),
+    limit: int | None = None,
+    seed: int = 0,
+    max_new_tokens: int = 24,
+    model: str | None = None,
+    encoder_path: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    loaded: tuple | None = None,
+    encoder: TextEncoder | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the chat benchmark, write ``results.json``, ``summary.md`` and ``chat.png``, return the results."""
+    unknown = [e for e in editors if e not in EDITORS]
+    if unknown:
+        raise ValueError(f"unknown editor(s) {unknown}; known: {', '.join(EDITORS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = load_chat_cases(data, limit)
+    random.Random(seed).shuffle(cases)
+    ts = sorted({int(t) for t in ts})
+    if not cases or ts[-1] > len(cases):
+        raise ValueError(f"T={ts[-1]} needs {ts[-1]} cases but {data} gives {len(cases)}")
+    if loaded is None or encoder is None:
+        loaded = load_model(model, device)
+        encoder = TextEncoder(encoder_path, device=str(loaded[0].device))
+    results: dict[str, Any] = {
+        "config": {"data": str(data), "cases": len(cases), "T": ts, "editors": list(editors), "seed": seed,
+                   "max_new_tokens": max_new_tokens, "machine": machine_info()},
+        "rows": [],
+    }
+    unedited: dict[str, str] = {}
+    workdir = out / "stores"
+    with torch_threads(pick_threads(threads)):
+        for name in editors:
+            editor = make_editor(name, loaded, encoder, workdir)
+            try:
+                for t in ts:
+                    editor.reset()
+                    t0 = time.perf_counter()
+                    if name != "unedited":
+                        editor.apply([_edit_case(c) for c in cases[:t]])
+                    write_s = time.perf_counter() - t0
+                    row = evaluate(editor, cases[:t], max_new_tokens, unedited)
+                    results["rows"].append({"editor": name, "T": t, "write_s": write_s, **row})
+                    if progress:
+                        tqdm.write(f"{name} T={t}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+            finally:
+                editor.close()
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    (out / "summary.md").write_text(summary(results), encoding="utf-8")
+    plot(results, out / "chat.png")
+    return results
+
+
+def _edit_case(case: ChatCase) -> EditCase:
+    """The bench editors' input type for one chat case (one fact edit)."""
+    return EditCase(case.case_id, [EditRequest(case.prompt, case.subject, case.target)])
+
+
+def summary(results: dict[str, Any]) -> str:
+    cols = [*ASK_GROUPS, *KEEP_GROUPS, "fluency_ppl", "fluency_ppl_unedited"]
+    present = [c for c in cols if any(c in r for r in results["rows"])]
+    rows = [[r["editor"], r["T"], *[r.get(c, "") for c in present]] for r in results["rows"]]
+    cfg = results["config"]
+    head = (
+        f"Chat benchmark on {cfg['data']} ({cfg['cases']} cases, seed {cfg['seed']}, greedy, "
+        f"{cfg['max_new_tokens']} new tokens). Ask groups: reply contains the new answer; keep groups: reply "
+        "byte-identical to the unedited model's.\n\n"
+    )
+    return head + md_table(["editor", "T", *present], rows) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    groups = [g for g in (*ASK_GROUPS, *KEEP_GROUPS) if any(g in r for r in results["rows"])]
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), sharey=True, squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        for name in dict.fromkeys(r["editor"] for r in results["rows"]):
+            pts = [(r["T"], r[group]) for r in results["rows"] if r["editor"] == name and group in r]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_title(group)
+        ax.set_xlabel("T (edits in the store)")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
