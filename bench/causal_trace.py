@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from recall.methods.nethook import Trace, TraceDict
 from tqdm import tqdm
 
 from recall.core.datasets import load_cases
@@ -37,6 +36,7 @@ from recall.core.lm import answer_tokens
 from recall.core.models import load_model
 from recall.core.reporting import md_table, pyplot
 from recall.core.requests import EditRequest
+from recall.methods.nethook import Trace, TraceDict
 
 
 def subject_span(tok, prompt: str, subject: str) -> range | None:

@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recall.bench.editors import EDITORS, Editor, make_editor
-from recall.index import TextEncoder
 from tqdm import tqdm
 
+from recall.bench.editors import EDITORS, Editor, make_editor
 from recall.core.datasets import EditCase, load_cases
 from recall.core.models import load_model
 from recall.core.reporting import machine_info, md_table, pick_threads, pyplot, torch_threads
 from recall.core.requests import EditRequest
 from recall.evaluation.metrics import contains_answer, mean
+from recall.index import TextEncoder
 
 Conversation = list[dict[str, str]]
 ASK_GROUPS = ("question", "paraphrase", "second_turn", "follow_up")

@@ -30,19 +30,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from recall.bench.editors import requests_of
-from recall.methods.consolidation import probe
-from recall.methods.editor import hparams_for, make_editor
-from recall.methods.layer_stats import generic_texts, model_fingerprint
-from recall.methods.weights import restore, snapshot
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from recall.bench.editors import requests_of
 from recall.checkpoints import fsync_dir, save_tensors, write_json
 from recall.core.datasets import EditCase, load_cases
 from recall.core.models import load_model
 from recall.core.reporting import md_table, pyplot
 from recall.evaluation.metrics import ModelScorer, evaluate_cases
+from recall.methods.consolidation import probe
+from recall.methods.editor import hparams_for, make_editor
+from recall.methods.layer_stats import generic_texts, model_fingerprint
+from recall.methods.weights import restore, snapshot
 
 METRICS = ("es", "ps", "ns")
 

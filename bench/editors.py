@@ -30,11 +30,10 @@ import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from recall.core.datasets import EditCase
 from recall.methods import editor as weight_editors
 from recall.methods.editor import DEFAULT_EDITOR, EditRequest
 from recall.methods.weights import restore, snapshot
-
-from recall.core.datasets import EditCase
 from recall.runtime import Runtime
 
 # name -> (gate, injection, edit kind)

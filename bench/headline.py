@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from recall.bench.lifelong import TABLES, draw_metric
-
 from recall.core.reporting import md_table, pyplot
 
 # (column label, aggregate key): teacher-forced / probability, then greedy generation

@@ -18,15 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recall.bench.editors import WeightEditor, make_editor
-from recall.index import TextEncoder
 from tqdm import tqdm
 
+from recall.bench.editors import WeightEditor, make_editor
 from recall.core.datasets import load_cases
 from recall.core.models import load_model
 from recall.core.reporting import md_table
 from recall.evaluation import metrics
 from recall.evaluation.metrics import RuntimeScorer
+from recall.index import TextEncoder
 
 
 def run(

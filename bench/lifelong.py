@@ -30,15 +30,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recall.bench.editors import EDITORS, make_editor
-from recall.index import TextEncoder
 from tqdm import tqdm
 
+from recall.bench.editors import EDITORS, make_editor
 from recall.core.datasets import LAST_SKIPPED, load_cases, load_texts
 from recall.core.models import load_model
 from recall.core.reporting import machine_info, md_table, pick_threads, pyplot, torch_threads
 from recall.evaluation import metrics
 from recall.evaluation.metrics import RuntimeScorer
+from recall.index import TextEncoder
 
 WIKIBIO = Path("../shared/data/knowedit/WikiBio/wikibio-test-all.json")
 

@@ -30,9 +30,9 @@ from typing import Any
 
 import faiss
 import numpy as np
-from recall.bench.latency import peak_rss_bytes, write_report
 from tqdm import tqdm
 
+from recall.bench.latency import peak_rss_bytes, write_report
 from recall.core.edits import build_edit
 from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, pyplot, store_dir, torch_threads
 from recall.core.text import relation_text

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from recall.bench.latency import expand, load_records, write_report
 
+from recall.bench.latency import expand, load_records, write_report
 from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, store_dir, torch_threads
 from recall.evaluation.timing import stream_edits
 from recall.runtime import Runtime

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
 from recall.methods.edit_requests import EditRequest, context_templates
 from recall.methods.edit_targets import lookup_keys
 from recall.methods.hparams import LocateEditHyperParams

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from recall.methods.edit_requests import EditRequest, Row, kl_row, pad_rows, prompt_row
-from recall.methods.nethook import Trace, run_until
 
 from recall.core.lm import final_hidden, unembed
+from recall.methods.edit_requests import EditRequest, Row, kl_row, pad_rows, prompt_row
+from recall.methods.nethook import Trace, run_until
 
 
 def _device(model) -> torch.device:

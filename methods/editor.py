@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
+
+from recall.core.errors import UnknownEditorError
+from recall.core.requests import EditRequest
 from recall.methods import alphaedit, ft_l, memit, rome
 from recall.methods.edit_requests import context_templates
 from recall.methods.hparams import HyperParams
 from recall.methods.layer_stats import StatsCache
 from recall.methods.weights import restore
-
-from recall.core.errors import UnknownEditorError
-from recall.core.requests import EditRequest
 
 __all__ = [
     "DEFAULT_EDITOR",

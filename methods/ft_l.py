@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from recall.methods.hparams import HyperParams
 
 from recall.core.requests import EditRequest
+from recall.methods.hparams import HyperParams
 
 
 @dataclass

@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from recall.methods.hparams import HyperParams, scale_layers
-from recall.methods.nethook import BatchShape, Trace, get_module, run_until
 from torch import nn
 
 from recall.core.lm import cache_keyword, join_continuation, output_cache
+from recall.methods.hparams import HyperParams, scale_layers
+from recall.methods.nethook import BatchShape, Trace, get_module, run_until
 
 SPLIT_MARGIN = 1e-5  # the paper's gap between two split balls
 

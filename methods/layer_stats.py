@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from recall.methods.nethook import TraceDict, run_until
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from recall.core import resources
 from recall.core.models import cache_root
+from recall.methods.nethook import TraceDict, run_until
 
 N_PROBE_TEXTS = 40  # the corpus' last texts are the consolidation probe set, not statistics
 

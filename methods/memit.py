@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
 from recall.methods.edit_requests import EditRequest, context_templates
 from recall.methods.edit_targets import TargetParams, hidden_at_lookup, lookup_keys, optimize_deltas
 from recall.methods.hparams import LocateEditHyperParams

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from recall.methods.edit_requests import EditRequest, context_templates
 from recall.methods.edit_targets import average_keys, context_keys, optimize_deltas
 from recall.methods.hparams import LocateEditHyperParams

@@ -10,6 +10,7 @@ matrices.
 from __future__ import annotations
 
 import torch
+
 from recall.methods.nethook import get_weight
 
 

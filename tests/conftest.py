@@ -27,9 +27,8 @@ import torch  # noqa: E402
 # than two (OpenMP spin-waits when a core is busy). Override with RECALL_TEST_THREADS.
 torch.set_num_threads(int(os.environ.get("RECALL_TEST_THREADS", "1")))
 
-from recall.index import TextEncoder  # noqa: E402
-
 from recall.core.models import load_model  # noqa: E402
+from recall.index import TextEncoder  # noqa: E402
 from recall.runtime import Runtime  # noqa: E402
 
 FACT_PROMPT = "The mother tongue of Danielle Darrieux is"

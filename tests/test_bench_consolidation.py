@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_model_dir
+
 from recall.bench import consolidation
 
 SAMPLE_PATH = Path(__file__).resolve().parent.parent / "recall" / "data" / "counterfact_sample.json"

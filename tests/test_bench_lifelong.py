@@ -6,11 +6,11 @@ import json
 
 import pytest
 from conftest import CF_MEND
+
 from recall.bench import lifelong
 from recall.bench.editors import make_editor
-from recall.methods import ft_l
-
 from recall.core.datasets import EditCase, EditRequest
+from recall.methods import ft_l
 
 CF2 = {
     "case_id": 2,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FACT_PROMPT, FACT_SUBJECT, tiny_model
-from recall.bench import causal_trace
 
+from recall.bench import causal_trace
 from recall.core.models import ModelSpec
 
 SAMPLE_PATH = Path(__file__).resolve().parent.parent / "recall" / "data" / "counterfact_sample.json"

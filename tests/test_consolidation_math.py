@@ -9,6 +9,8 @@ import torch
 from conftest import FACT_PROMPT, FACT_SUBJECT, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from recall.core.models import ModelSpec
 from recall.methods import alphaedit, memit, rome
 from recall.methods.alphaedit import AlphaEditHyperParams, AlphaEditState, alphaedit_solver, null_space_projector
 from recall.methods.edit_targets import (
@@ -25,8 +27,6 @@ from recall.methods.layer_stats import StatsCache, StatsConfig
 from recall.methods.memit import memit_solver
 from recall.methods.rome import rank_one_update
 from recall.methods.weights import add_update, as_key_value
-
-from recall.core.models import ModelSpec
 
 D_IN, D_OUT = 12, 5
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,14 +19,9 @@ from conftest import FACT_PROMPT, FACT_SUBJECT, child_env, tiny_model_dir, weigh
 from recall.checkpoints import CheckpointDir
 from recall.core.errors import CheckpointError, ConsolidationError, StoreLockedError
 
-# small job settings so the suite stays fast on a CPU (few steps, bare-prompt contexts)
-FAST_MEMIT = {
-    "layers": [3, 4, 5, 6, 7],
-    "reference_n_layers": 30,
-    "mom2_update_weight": 2000.0,
-    "context_templates_per_seed": 0,
-    "target": {"steps": 15, "lr": 0.5, "weight_decay": 0.001, "clamp_norm_factor": 4.0, "chunk": 8},
-}
+# small job settings so the suite stays fast on a CPU (few steps, bare-prompt contexts); the wheel
+# smoke test (tests/packaging/wheel_smoke.py) uses the same file
+FAST_MEMIT = json.loads((Path(__file__).parent / "data" / "memit_fast.json").read_text(encoding="utf-8"))
 FACTS = [
     (FACT_PROMPT, "English", FACT_SUBJECT),
     ("The official religion of Edwin of Northumbria is", "Islam", "Edwin of Northumbria"),

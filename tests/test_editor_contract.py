@@ -11,6 +11,9 @@ import dataclasses
 import pytest
 import torch
 from conftest import FACT_PROMPT, FACT_SUBJECT
+
+from recall.core import datasets
+from recall.core.errors import ConsolidationError, UnknownEditorError
 from recall.methods import edit_requests
 from recall.methods.consolidation import mean_logprob
 from recall.methods.editor import (
@@ -22,9 +25,6 @@ from recall.methods.editor import (
     make_editor,
     with_overrides,
 )
-
-from recall.core import datasets
-from recall.core.errors import ConsolidationError, UnknownEditorError
 
 REQUEST = EditRequest(FACT_PROMPT, FACT_SUBJECT, "English", edit_id="e1")
 

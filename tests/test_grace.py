@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CF_MEND, FACT_PROMPT, UNRELATED, tiny_model
+
+from recall.core.lm import join_continuation
 from recall.methods.grace import (
     SPLIT_MARGIN,
     CodebookHook,
@@ -18,8 +20,6 @@ from recall.methods.grace import (
     train_value,
 )
 from recall.methods.hparams import HPARAMS_DIR
-
-from recall.core.lm import join_continuation
 
 TEMPLATES = {"llama": "model.layers.{}.mlp.down_proj", "gpt2": "transformer.h.{}.mlp.c_fc"}
 

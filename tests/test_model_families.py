@@ -14,16 +14,16 @@ import dataclasses
 import pytest
 import torch
 from conftest import FACT_PROMPT, FACT_SUBJECT, UNRELATED
-from recall.methods import grace, memit, rome
-from recall.methods.editor import EditRequest
-from recall.methods.grace import GraceHyperParams
-from recall.methods.layer_stats import StatsCache, StatsConfig, model_fingerprint
-from recall.methods.rome import ROMEHyperParams
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from recall.core.errors import ModelLoadError, UnsupportedModelError
 from recall.core.lm import RowPlan, score_tokens_rows, teacher_forced_batch
 from recall.core.models import ModelSpec, load_model
+from recall.methods import grace, memit, rome
+from recall.methods.editor import EditRequest
+from recall.methods.grace import GraceHyperParams
+from recall.methods.layer_stats import StatsCache, StatsConfig, model_fingerprint
+from recall.methods.rome import ROMEHyperParams
 from recall.runtime import Runtime
 
 # 2 layers, hidden 64; intermediate 128 where the config names it (GPT-2, Falcon: 4 x hidden).

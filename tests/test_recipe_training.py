@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import torch
-from recall.methods import recipe
 
+from recall.methods import recipe
 from recall.training.recipe_training import _hinge_ce, train
 
 

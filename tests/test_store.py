@@ -18,9 +18,9 @@ from conftest import (
     faiss_ids,
     run_child,
 )
-from recall.index import EditStore, VectorIndex
 
 from recall.core.errors import EditConflictError, SchemaVersionError, StoreCorruptError
+from recall.index import EditStore, VectorIndex
 from recall.memory import INDEX_FILE
 
 FACTS = [

@@ -11,7 +11,6 @@ Usage: python wheel_smoke.py CHECKOUT_DIR
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -29,13 +28,7 @@ assert "site-packages" in installed.parts and checkout / "recall" not in install
 print(f"recall {recall.__version__} from {installed.parent}")
 
 # few target-optimisation steps and bare-prompt contexts: the point is the code path, not quality
-FAST_MEMIT = {
-    "layers": [3, 4, 5, 6, 7],
-    "reference_n_layers": 30,
-    "mom2_update_weight": 2000.0,
-    "context_templates_per_seed": 0,
-    "target": {"steps": 15, "lr": 0.5, "weight_decay": 0.001, "clamp_norm_factor": 4.0, "chunk": 8},
-}
+FAST_MEMIT = checkout / "tests" / "data" / "memit_fast.json"
 FACTS = [
     ("The mother tongue of Danielle Darrieux is", "English", "Danielle Darrieux"),
     ("The official religion of Edwin of Northumbria is", "Islam", "Edwin of Northumbria"),
@@ -65,13 +58,13 @@ with tempfile.TemporaryDirectory() as tmp:
 
     out = rt.generate([FACTS[0][0]], max_new_tokens=4)[0]
     assert out.strip().startswith("English"), out
+    reply = rt.chat([{"role": "user", "content": "What is the mother tongue of Danielle Darrieux?"}], max_new_tokens=16)
+    print(f"chat reply: {reply!r}")
     edited, bare = rt.score([FACTS[0][0]], ["English"]), rt.score([FACTS[0][0]], ["English"], use_memory=False)
     assert edited[0] > bare[0], (edited, bare)
     assert rt.explain(FACTS[0][0])["fired"], rt.explain(FACTS[0][0])
 
-    hp = Path(tmp) / "memit_fast.json"
-    hp.write_text(json.dumps(FAST_MEMIT))
-    report = rt.consolidate("memit", batch_size=5, hparams=str(hp), progress=False)
+    report = rt.consolidate("memit", batch_size=5, hparams=str(FAST_MEMIT), progress=False)
     assert report.checkpoint, report.to_dict()
     print(f"consolidated {len(report.consolidated)}/{len(FACTS)}; still active {len(report.still_active)}")
     assert any(not torch.equal(base[n], p) for n, p in weights(rt.model).items()), "the weights did not change"
