@@ -11,6 +11,9 @@ and judge the replies:
   (:func:`recall.evaluation.metrics.contains_answer`).
 - ``unrelated``, ``same_subject`` (same subject, other relation) and ``same_relation`` (same
   relation, other subject): the reply must be byte-identical to the unedited model's.
+- ``fire_<group>``: the gate alone (does the case's own edit fire on the conversation's scope
+  text; keep groups: does it stay silent), cheap enough for every case at large T;
+  ``replies_too=False`` (``--no-replies``) measures only this.
 - ``fluency_ppl``: the unedited model's perplexity of the edited replies to the edit questions
   (geometric mean over replies; the unedited model's own replies give the reference
   ``fluency_ppl_unedited``).
@@ -34,6 +37,7 @@ from typing import Any
 from tqdm import tqdm
 
 from recall.bench.editors import EDITORS, Editor, make_editor
+from recall.core.chat import scope_query
 from recall.core.datasets import EditCase, load_cases
 from recall.core.models import load_model
 from recall.core.reporting import machine_info, md_table, pick_threads, pyplot, torch_threads
@@ -153,6 +157,22 @@ def reply_perplexity(editor: Editor, convs: list[Conversation], texts: list[str]
     return math.exp(-sum(logps) / len(logps))
 
 
+def firing(editor: Editor, cases: list[ChatCase]) -> dict[str, float]:
+    """The gate alone, per group: ask groups, the share of conversations where the case's own
+    edit fires; keep groups, the share where it does not. Decided on the conversation's scope
+    text (:func:`recall.core.chat.scope_query`) through ``Runtime.explain``, as the chat path does."""
+    rt = editor.runtime()
+    ids = {e.payload.get("prompt"): e.id for e in rt.edits() if e.kind == "fact"}
+    rates: dict[str, list[bool]] = {}
+    for case in cases:
+        own = ids.get(case.prompt)
+        for group, conv in case.asks:
+            rates.setdefault(f"fire_{group}", []).append(own in rt.explain(scope_query(conv))["fired"])
+        for group, conv in case.keeps:
+            rates.setdefault(f"fire_{group}", []).append(own not in rt.explain(scope_query(conv))["fired"])
+    return {k: mean(v) for k, v in rates.items()}
+
+
 def evaluate(
     editor: Editor, cases: list[ChatCase], max_new_tokens: int, unedited: dict[str, str]
 ) -> dict[str, float]:
@@ -198,6 +218,7 @@ def run(
     loaded: tuple | None = None,
     encoder: TextEncoder | None = None,
     progress: bool = True,
+    replies_too: bool = True,
 ) -> dict[str, Any]:
     """Run the chat benchmark, write ``results.json``, ``summary.md`` and ``chat.png``, return the results."""
     unknown = [e for e in editors if e not in EDITORS]
@@ -230,7 +251,9 @@ def run(
                     if name != "unedited":
                         editor.apply([_edit_case(c) for c in cases[:t]])
                     write_s = time.perf_counter() - t0
-                    row = evaluate(editor, cases[:t], max_new_tokens, unedited)
+                    row = firing(editor, cases[:t]) if editor.use_memory else {}
+                    if replies_too:
+                        row.update(evaluate(editor, cases[:t], max_new_tokens, unedited))
                     results["rows"].append({"editor": name, "T": t, "write_s": write_s, **row})
                     if progress:
                         tqdm.write(f"{name} T={t}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
@@ -248,7 +271,8 @@ def _edit_case(case: ChatCase) -> EditCase:
 
 
 def summary(results: dict[str, Any]) -> str:
-    cols = [*ASK_GROUPS, *KEEP_GROUPS, "fluency_ppl", "fluency_ppl_unedited"]
+    groups = (*ASK_GROUPS, *KEEP_GROUPS)
+    cols = [*(f"fire_{g}" for g in groups), *groups, "fluency_ppl", "fluency_ppl_unedited"]
     present = [c for c in cols if any(c in r for r in results["rows"])]
     rows = [[r["editor"], r["T"], *[r.get(c, "") for c in present]] for r in results["rows"]]
     cfg = results["config"]
@@ -262,7 +286,9 @@ def summary(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: Path) -> None:
     plt = pyplot()
-    groups = [g for g in (*ASK_GROUPS, *KEEP_GROUPS) if any(g in r for r in results["rows"])]
+    keys = [*ASK_GROUPS, *KEEP_GROUPS]
+    keys += [f"fire_{g}" for g in keys]
+    groups = [g for g in keys if any(g in r for r in results["rows"])]
     fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), sharey=True, squeeze=False)
     for ax, group in zip(axes[0], groups):
         for name in dict.fromkeys(r["editor"] for r in results["rows"]):

@@ -566,6 +566,7 @@ def bench_chat(
     limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N cases.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the case shuffle (same cases for every editor).")] = 0,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=512, help="Greedy tokens per reply.")] = 24,
+    replies: Annotated[bool, typer.Option(help="Generate and judge replies (else: the gate's firing only).")] = True,
     model: ModelOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
@@ -584,6 +585,7 @@ def bench_chat(
         model=model,
         device=device,
         threads=threads,
+        replies_too=replies,
     )
     typer.echo((out / "summary.md").read_text(encoding="utf-8"))
 
