@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,8 +241,7 @@ def run(
         "rows": [],
     }
     unedited: dict[str, str] = {}
-    workdir = out / "stores"
-    with torch_threads(pick_threads(threads)):
+    with tempfile.TemporaryDirectory(prefix="recall-bench-chat-") as workdir, torch_threads(pick_threads(threads)):
         for name in editors:
             editor = make_editor(name, loaded, encoder, workdir)
             try:
@@ -285,21 +285,36 @@ def summary(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
+    """One panel per group: metric vs T per editor; with a single T, grouped bars instead."""
     plt = pyplot()
+    rows = results["rows"]
     keys = [*ASK_GROUPS, *KEEP_GROUPS]
     keys += [f"fire_{g}" for g in keys]
-    groups = [g for g in keys if any(g in r for r in results["rows"])]
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), sharey=True, squeeze=False)
-    for ax, group in zip(axes[0], groups):
-        for name in dict.fromkeys(r["editor"] for r in results["rows"]):
-            pts = [(r["T"], r[group]) for r in results["rows"] if r["editor"] == name and group in r]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-        ax.set_xscale("log")
-        ax.set_title(group)
-        ax.set_xlabel("T (edits in the store)")
-        ax.set_ylim(-0.02, 1.02)
-    axes[0][0].legend(fontsize=7)
+    groups = [g for g in keys if any(g in r for r in rows)]
+    names = list(dict.fromkeys(r["editor"] for r in rows))
+    if len({r["T"] for r in rows}) == 1:
+        fig, ax = plt.subplots(figsize=(1.2 * len(groups) * max(1, len(names)) / 2 + 2, 3.6))
+        width = 0.8 / len(names)
+        for j, name in enumerate(names):
+            row = next(r for r in rows if r["editor"] == name)
+            xs = [i + j * width for i, g in enumerate(groups) if g in row]
+            ax.bar(xs, [row[g] for g in groups if g in row], width, label=name)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"T = {rows[0]['T']}: ask groups want 1 (fires / states the answer), keep groups want 1 (silent)")
+        ax.legend(fontsize=7)
+    else:
+        fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), sharey=True, squeeze=False)
+        for ax, group in zip(axes[0], groups):
+            for name in names:
+                pts = [(r["T"], r[group]) for r in rows if r["editor"] == name and group in r]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+            ax.set_xscale("log")
+            ax.set_title(group)
+            ax.set_xlabel("T (edits in the store)")
+            ax.set_ylim(-0.02, 1.02)
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,40 @@
+"""``recall bench chat`` end to end on a few hand-written cases and a few zsRE records: the
+files it writes, the groups it reports, and numbers that follow from the runtime's behaviour
+(unedited never states the new answer and never changes a reply; recall fires on the edit's
+own question)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from recall.bench.chat import load_chat_cases, run
+from recall.evaluation.metrics import contains_answer
+
+DEV = Path(__file__).resolve().parent.parent / "bench" / "data" / "conversations_dev.jsonl"
+
+
+def test_the_hand_written_set_loads_with_every_group():
+    cases = load_chat_cases(DEV)
+    assert len(cases) >= 200
+    groups = {g for c in cases for g, _ in c.asks} | {g for c in cases for g, _ in c.keeps}
+    assert groups == {"question", "paraphrase", "second_turn", "follow_up", "same_subject", "same_relation"}
+    follow = next(conv for g, conv in cases[0].asks if g == "follow_up")
+    assert [m["role"] for m in follow] == ["user", "assistant", "user"]
+
+
+def test_contains_answer_is_whole_words_ignoring_case_and_punctuation():
+    assert contains_answer("It is Babur.", "Babur") and contains_answer("MEZZO-SOPRANO, surely", "mezzo soprano")
+    assert not contains_answer("Baburan, his father", "Babur") and not contains_answer("anything", "  ")
+
+
+def test_bench_chat_writes_results_and_measures(tmp_path, loaded_model, encoder):
+    out = tmp_path / "chat"
+    results = run(DEV, out, editors=["unedited", "recall"], ts=[2], limit=2, max_new_tokens=6,
+                  loaded=loaded_model, encoder=encoder, progress=False)
+    assert {p.name for p in out.iterdir()} >= {"results.json", "summary.md", "chat.png"}
+    assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
+    unedited, recall = results["rows"]
+    assert unedited["question"] == 0.0 and unedited["same_subject"] == 1.0 and unedited["same_relation"] == 1.0
+    assert recall["fire_question"] == 1.0 and recall["question"] > 0
+    assert recall["fluency_ppl"] > 1.0 and "| recall" in (out / "summary.md").read_text()
