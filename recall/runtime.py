@@ -28,6 +28,7 @@ from recall.index import TextEncoder
 from recall.inject import Injector
 from recall.learned import KnowledgeKinds
 from recall.memory import EditMemory, check_queries
+from recall.methods.editor import DEFAULT_EDITOR
 from recall.methods.layer_stats import model_fingerprint
 
 
@@ -467,7 +468,7 @@ class Runtime:
 
     def consolidate(
         self,
-        method: str = "alphaedit",
+        method: str = DEFAULT_EDITOR,
         batch_size: int = 100,
         limit: int | None = None,
         *,
