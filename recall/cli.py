@@ -30,7 +30,7 @@ from recall.runtime import Runtime
 from recall.server import ServerConfig
 from recall.server import serve as run_server
 from recall.server.auth import load_token
-from recall.training import gate_training, recipe_training
+from recall.training import gate_training, grace_tuning, recipe_training
 
 app = typer.Typer(
     name="recall",
@@ -651,6 +651,30 @@ def gate_compare(
 
     result = gate_training.compare_with_sentinel(data, report, n_dev=n_dev)
     typer.echo(result["report"])
+
+
+grace_app = typer.Typer(help="GRACE codebook edits: the layer and radius they use.", no_args_is_help=True)
+app.add_typer(grace_app, name="grace")
+
+
+@grace_app.command("tune")
+@handle_errors
+def grace_tune(
+    data: Annotated[Path, typer.Option(help="The shared data folder (CounterFact train and eval).")] = Path(
+        "../shared/data"
+    ),
+    out: Annotated[Path, typer.Option(help="Where to write grace_tuning.json and grace_tuning.md.")] = Path(
+        "bench/results/grace_tuning"
+    ),
+    n: Annotated[int, typer.Option(min=10, help="Records of each split.")] = 500,
+    model: ModelOpt = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Choose GRACE's layer and radius on CounterFact TRAIN by key distances, then report the choice
+    on the eval split (recall/training/grace_tuning.py). Does not change the shipped file."""
+    lm, tok, spec = load_model(model, device)
+    grace_tuning.run(data, out, lm, tok, spec, n=n)
+    typer.echo((out / "grace_tuning.md").read_text(encoding="utf-8"))
 
 
 recipe_app = typer.Typer(help="The continuous-prompt model (RECIPE) behind prompt edits.", no_args_is_help=True)
