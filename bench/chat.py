@@ -38,7 +38,6 @@ from typing import Any
 from tqdm import tqdm
 
 from recall.bench.editors import EDITORS, Editor, make_editor
-from recall.core.chat import scope_query
 from recall.core.datasets import EditCase, load_cases
 from recall.core.models import load_model
 from recall.core.reporting import machine_info, md_table, pick_threads, pyplot, torch_threads
@@ -71,6 +70,7 @@ class ChatCase:
     subject: str | None
     asks: list[tuple[str, Conversation]] = field(default_factory=list)  # (group, conversation): reply has target
     keeps: list[tuple[str, Conversation]] = field(default_factory=list)  # (group, conversation): reply unchanged
+    aliases: tuple[str, ...] = ()  # other names of the subject, given with the edit
 
 
 def _as_question(prompt: str) -> str:
@@ -93,7 +93,7 @@ def _from_edit_cases(path: Path, limit: int | None) -> list[ChatCase]:
     return out
 
 
-def _from_dev_set(path: Path, limit: int | None) -> list[ChatCase]:
+def _from_dev_set(path: Path, limit: int | None, use_aliases: bool = True) -> list[ChatCase]:
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -108,14 +108,16 @@ def _from_dev_set(path: Path, limit: int | None) -> list[ChatCase]:
         )
         keeps = [("same_subject", [user(q["text"])]) for q in r["same_subject_other_relation"]]
         keeps += [("same_relation", [user(q["text"])]) for q in r["same_relation_other_subject"]]
-        out.append(ChatCase(r["id"], prompt, target, r["subject"], asks, keeps))
+        aliases = tuple(r.get("aliases", ())) if use_aliases else ()
+        out.append(ChatCase(r["id"], prompt, target, r["subject"], asks, keeps, aliases))
         if limit is not None and len(out) >= limit:
             break
     return out
 
 
-def load_chat_cases(path: str | Path, limit: int | None = None) -> list[ChatCase]:
-    """Chat cases from the hand-written dev set (JSON lines with ``follow_up``) or any edit data set."""
+def load_chat_cases(path: str | Path, limit: int | None = None, use_aliases: bool = True) -> list[ChatCase]:
+    """Chat cases from the hand-written dev set (JSON lines with ``follow_up``; ``use_aliases``:
+    edits carry the record's subject aliases, as a user who knows them would give) or any edit data set."""
     path = Path(path)
     with path.open(encoding="utf-8") as fh:
         first = fh.readline()
@@ -123,7 +125,7 @@ def load_chat_cases(path: str | Path, limit: int | None = None) -> list[ChatCase
         hand_written = "follow_up" in json.loads(first)
     except (json.JSONDecodeError, TypeError):
         hand_written = False
-    return _from_dev_set(path, limit) if hand_written else _from_edit_cases(path, limit)
+    return _from_dev_set(path, limit, use_aliases) if hand_written else _from_edit_cases(path, limit)
 
 
 def replies(editor: Editor, convs: list[Conversation], max_new_tokens: int, use_memory: bool) -> list[str]:
@@ -161,16 +163,17 @@ def reply_perplexity(editor: Editor, convs: list[Conversation], texts: list[str]
 def firing(editor: Editor, cases: list[ChatCase]) -> dict[str, float]:
     """The gate alone, per group: ask groups, the share of conversations where the case's own
     edit fires; keep groups, the share where it does not. Decided on the conversation's scope
-    text (:func:`recall.core.chat.scope_query`) through ``Runtime.explain``, as the chat path does."""
+    text (``Runtime.render_chat``: the current turn, pronouns resolved against the previous one)
+    through ``Runtime.explain``, as the chat path does."""
     rt = editor.runtime()
     ids = {e.payload.get("prompt"): e.id for e in rt.edits() if e.kind == "fact"}
     rates: dict[str, list[bool]] = {}
     for case in cases:
         own = ids.get(case.prompt)
         for group, conv in case.asks:
-            rates.setdefault(f"fire_{group}", []).append(own in rt.explain(scope_query(conv))["fired"])
+            rates.setdefault(f"fire_{group}", []).append(own in rt.explain(rt.render_chat(conv)[1])["fired"])
         for group, conv in case.keeps:
-            rates.setdefault(f"fire_{group}", []).append(own not in rt.explain(scope_query(conv))["fired"])
+            rates.setdefault(f"fire_{group}", []).append(own not in rt.explain(rt.render_chat(conv)[1])["fired"])
     return {k: mean(v) for k, v in rates.items()}
 
 
@@ -220,6 +223,7 @@ def run(
     encoder: TextEncoder | None = None,
     progress: bool = True,
     replies_too: bool = True,
+    use_aliases: bool = True,
 ) -> dict[str, Any]:
     """Run the chat benchmark, write ``results.json``, ``summary.md`` and ``chat.png``, return the results."""
     unknown = [e for e in editors if e not in EDITORS]
@@ -227,7 +231,7 @@ def run(
         raise ValueError(f"unknown editor(s) {unknown}; known: {', '.join(EDITORS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cases = load_chat_cases(data, limit)
+    cases = load_chat_cases(data, limit, use_aliases)
     random.Random(seed).shuffle(cases)
     ts = sorted({int(t) for t in ts})
     if not cases or ts[-1] > len(cases):
@@ -236,8 +240,8 @@ def run(
         loaded = load_model(model, device)
         encoder = TextEncoder(encoder_path, device=str(loaded[0].device))
     results: dict[str, Any] = {
-        "config": {"data": str(data), "cases": len(cases), "T": ts, "editors": list(editors), "seed": seed,
-                   "max_new_tokens": max_new_tokens, "machine": machine_info()},
+        "config": {"data": str(data), "cases": len(cases), "T": ts, "aliases": use_aliases, "editors": list(editors),
+                   "seed": seed, "max_new_tokens": max_new_tokens, "machine": machine_info()},
         "rows": [],
     }
     unedited: dict[str, str] = {}
@@ -267,7 +271,7 @@ def run(
 
 def _edit_case(case: ChatCase) -> EditCase:
     """The bench editors' input type for one chat case (one fact edit)."""
-    return EditCase(case.case_id, [EditRequest(case.prompt, case.subject, case.target)])
+    return EditCase(case.case_id, [EditRequest(case.prompt, case.subject, case.target, aliases=case.aliases)])
 
 
 def summary(results: dict[str, Any]) -> str:

@@ -117,7 +117,10 @@ class RuntimeEditor(_StoreEditor):
         rt = self.runtime()
         for case in cases:
             for r in requests_of([case]):
-                rt.add_edit(self.kind, prompt=r.prompt, target=r.target, subject=r.subject, provenance=case.case_id)
+                names = {"aliases": list(r.aliases)} if r.aliases and self.kind == "fact" else {}
+                rt.add_edit(
+                    self.kind, prompt=r.prompt, target=r.target, subject=r.subject, provenance=case.case_id, **names
+                )
 
 
 def requests_of(cases: list[EditCase]) -> list[EditRequest]:

@@ -219,6 +219,9 @@ def edit_add(
     target: Annotated[str | None, typer.Option(help="fact: the new answer.")] = None,
     subject: Annotated[str | None, typer.Option(help="fact: the subject, as written in the prompt.")] = None,
     relation: Annotated[str | None, typer.Option(help="fact: a relation name, e.g. P27.")] = None,
+    alias: Annotated[
+        list[str] | None, typer.Option(help="fact: another name of the subject (repeatable), e.g. --alias Obama.")
+    ] = None,
     text: Annotated[str | None, typer.Option(help="patch: 'If <condition>, then <consequence>'.")] = None,
     pattern: Annotated[str | None, typer.Option(help="regex: the pattern.")] = None,
     replacement: Annotated[str | None, typer.Option(help="regex: the replacement.")] = None,
@@ -234,6 +237,7 @@ def edit_add(
         "target": target,
         "subject": subject,
         "relation": relation,
+        "aliases": alias or None,
         "text": text,
         "pattern": pattern,
         "replacement": replacement,
@@ -567,6 +571,7 @@ def bench_chat(
     seed: Annotated[int, typer.Option(help="Seed of the case shuffle (same cases for every editor).")] = 0,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=512, help="Greedy tokens per reply.")] = 24,
     replies: Annotated[bool, typer.Option(help="Generate and judge replies (else: the gate's firing only).")] = True,
+    aliases: Annotated[bool, typer.Option(help="Give edits the hand-written set's subject aliases.")] = True,
     model: ModelOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
@@ -586,6 +591,7 @@ def bench_chat(
         device=device,
         threads=threads,
         replies_too=replies,
+        use_aliases=aliases,
     )
     typer.echo((out / "summary.md").read_text(encoding="utf-8"))
 

@@ -94,9 +94,10 @@ class EditMemory:
 
     def _add_lookup(self, edit: Edit) -> None:
         if edit.kind == "fact" and edit.subject:
-            key = normalize(edit.subject)
-            self.lexicon.setdefault(key, set()).add(edit.num)
-            self.max_subject_words = max(self.max_subject_words, len(key.split()))
+            for name in edit.names:
+                key = normalize(name)
+                self.lexicon.setdefault(key, set()).add(edit.num)
+                self.max_subject_words = max(self.max_subject_words, len(key.split()))
         elif edit.kind == "regex":
             flags = regex_patch.regex.IGNORECASE if edit.payload.get("ignore_case") else 0
             self.regexes[edit.num] = (edit, regex_patch.compile_pattern(edit.payload["pattern"], flags))
@@ -107,8 +108,8 @@ class EditMemory:
 
     def _drop_lookup(self, edit: Edit) -> None:
         if edit.kind == "fact" and edit.subject:
-            nums = self.lexicon.get(normalize(edit.subject), set())
-            nums.discard(edit.num)
+            for name in edit.names:
+                self.lexicon.get(normalize(name), set()).discard(edit.num)
         self.regexes.pop(edit.num, None)
         self.prompts.drop(edit.num)
         self.codebook.drop(edit.num)
@@ -221,8 +222,9 @@ class EditMemory:
     def _features(
         self, query: str, norm_query: str, q_vec: np.ndarray, rel_vecs: dict[str, np.ndarray], edit: Edit
     ) -> PairFeatures:
-        subj = normalize(edit.subject) if edit.subject else None
-        return pair_features(query, norm_query, q_vec, rel_vecs.get(subj), edit, self.store.vectors(edit.num))
+        # the relation text masks whichever of the edit's names the query uses (subject or alias)
+        rel_vec = next((rel_vecs[n] for n in map(normalize, edit.names) if n in rel_vecs), None)
+        return pair_features(query, norm_query, q_vec, rel_vec, edit, self.store.vectors(edit.num))
 
     def query_knowledge(self, queries: list[str]) -> tuple | None:
         """The queries' knowledge-encoder representations and sentinel similarities, when the
@@ -264,6 +266,18 @@ class EditMemory:
             sims = self.knowledge.recipe.similarity(r_q[i : i + 1], reps)[0]
             margins.append([float(x) - float(sentinel[i]) for x in sims])
         return margins
+
+    def names_in(self, text: str) -> list[str]:
+        """The names of active facts' subjects (and aliases) that ``text`` mentions, as written
+        there, longest first: what a pronoun in the next turn most likely refers to."""
+        self.sync()
+        grams = [g for g in word_ngrams(normalize(text), self.max_subject_words) if self.lexicon.get(g)]
+        found = []
+        for g in sorted(grams, key=len, reverse=True):
+            m = re.search(r"\W+".join(re.escape(w) for w in g.split()), text, re.IGNORECASE)
+            if m and not any(g in normalize(f) for f in found):
+                found.append(m.group(0))
+        return found
 
     def retrieve(self, queries: list[str], k: int = 8, knowledge_q: tuple | None = None) -> list[list[Candidate]]:
         """Top-k by key similarity plus every fact whose subject occurs in the query, each with
@@ -362,9 +376,10 @@ def pair_features(
     cos_key = float(np.max(edit_vecs[:n_keys] @ q_vec)) if n_keys else 0.0
     if edit.kind != "fact" or not edit.subject:
         return PairFeatures(cos_key=cos_key)
-    subj = normalize(edit.subject)
-    subj_any = contains_phrase(norm_query, subj)
-    subj_focus = contains_phrase(normalize(focus(query)), subj)
+    names = [normalize(n) for n in edit.names]
+    norm_focus = normalize(focus(query))
+    subj_any = any(contains_phrase(norm_query, n) for n in names)
+    subj_focus = any(contains_phrase(norm_focus, n) for n in names)
     matched = subj_any and query_rel_vec is not None
     cos_rel = float(edit_vecs[n_keys] @ query_rel_vec) if matched else 0.0
     return PairFeatures(cos_key=cos_key, subj_focus=float(subj_focus), subj_any=float(subj_any), cos_rel=cos_rel,

@@ -364,7 +364,7 @@ class Runtime:
                 f"the conversation ({n_tokens} tokens) and max_new_tokens={max_new_tokens} do not fit the "
                 f"model's context of {limit} tokens"
             )
-        return prompt, scope_query(messages)
+        return prompt, scope_query(messages, self.memory.names_in)
 
     def chat(
         self,

@@ -8,7 +8,7 @@ import pytest
 from conftest import FACT_SUBJECT
 
 from recall.core.chat import check_messages, scope_query
-from recall.core.errors import InvalidQueryError
+from recall.core.errors import InvalidEditError, InvalidQueryError
 
 QUESTION = "What is the mother tongue of Danielle Darrieux?"
 
@@ -73,3 +73,34 @@ def test_chat_refuses_what_does_not_fit_and_writes_nothing(make_runtime, store_d
     with pytest.raises(InvalidQueryError):
         rt.chat([{"role": "tool", "content": "{}"}], max_new_tokens=4)
     assert len(rt.edits()) == before
+
+
+def test_a_pronoun_follow_up_is_resolved_to_the_subject_named_before():
+    names = lambda text: ["Danielle Darrieux"] if "Darrieux" in text else []  # noqa: E731
+    convo = [user("Who was Danielle Darrieux?"), {"role": "assistant", "content": "An actress."}]
+    assert scope_query(convo + [user("Where was she born?")], names) == "Where was Danielle Darrieux born?"
+    assert scope_query(convo + [user("What was her first language?")], names) == (
+        "What was Danielle Darrieux's first language?"
+    )
+    unrelated = [user("Tell me a joke."), {"role": "assistant", "content": "No."}, user("Where was she born?")]
+    assert scope_query(unrelated, names) == "Tell me a joke. Where was she born?"
+
+
+def test_aliases_put_a_query_in_scope_and_survive_export(make_runtime, store_dir, tmp_path):
+    rt = make_runtime(store_dir)
+    edit = rt.add_edit(prompt="Where was Barack Obama born?", target="Seattle", subject="Barack Obama",
+                       aliases=["Obama", "obama", "Barack Obama"])
+    assert edit.payload["aliases"] == ["Obama"] and edit.names == ["Barack Obama", "Obama"]
+    assert edit.id in rt.explain("where was obama born again?")["fired"]
+    assert "Seattle" in rt.chat([user("where was obama born again?")], max_new_tokens=8)
+    with pytest.raises(InvalidEditError):
+        rt.add_edit(prompt="Where was Barack Obama born?", target="Seattle", aliases=["Obama"])  # no subject
+    with pytest.raises(InvalidEditError):
+        rt.add_edit(prompt="Where was Barack Obama born?", target="Seattle", subject="Barack Obama", aliases="Obama")
+    rt.export_jsonl(tmp_path / "edits.jsonl")
+    other = make_runtime(tmp_path / "other")
+    other.import_jsonl(tmp_path / "edits.jsonl")
+    assert other.get_edit(edit.id).names == ["Barack Obama", "Obama"]
+    assert edit.id in other.explain("Where was Obama born?")["fired"]
+    rt.remove_edit(edit.id)
+    assert not rt.explain("where was obama born again?")["fired"]

@@ -9,7 +9,7 @@ was he born?") is resolved against the previous user turn, which is put before i
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from recall.core.edits import check_utf8
@@ -55,11 +55,35 @@ def check_messages(messages: object) -> list[dict[str, str]]:
     return out
 
 
-def scope_query(messages: Sequence[dict[str, Any]]) -> str:
-    """The text retrieval and the gate judge: the last user turn, preceded by the previous user
-    turn when the last one refers back with a pronoun."""
+# pronouns that stand for a named subject, and how to put the name in their place
+_PERSONAL = re.compile(r"\b(he|she|it|they|him|them|his|its|their|her)\b", re.IGNORECASE)
+_POSSESSIVE = {"his", "its", "their"}
+
+
+def resolve_pronoun(text: str, name: str) -> str:
+    """``text`` with its first personal pronoun replaced by ``name`` ("Where was he born?" ->
+    "Where was Barack Obama born?"; "What was her native language?" -> "What was Barack
+    Obama's native language?"). "her" counts as possessive when a word follows it."""
+    m = _PERSONAL.search(text)
+    if m is None:
+        return text
+    word = m.group(1).casefold()
+    rest = text[m.end() :]
+    possessive = word in _POSSESSIVE or (word == "her" and re.match(r"\s+[A-Za-z]", rest) is not None and
+                                         re.match(r"\s+(?:to|in|at|on|for|from|with|by|about|as)\b", rest) is None)
+    return text[: m.start()] + name + ("'s" if possessive else "") + rest
+
+
+def scope_query(messages: Sequence[dict[str, Any]], names_in: Callable[[str], list[str]] | None = None) -> str:
+    """The text retrieval and the gate judge: the last user turn. When it refers back with a
+    pronoun, the previous user turn resolves it: ``names_in(text)`` lists the known subjects
+    named there (longest first, e.g. the memory's subject lexicon), and the first one takes the
+    pronoun's place; without one, the previous turn is put before the last."""
     users = [m["content"].strip() for m in messages if m["role"] == "user"]
     current = users[-1]
     if len(users) > 1 and _PRONOUN.search(current):
+        names = names_in(users[-2]) if names_in is not None else []
+        if names and _PERSONAL.search(current):
+            return resolve_pronoun(current, names[0])
         return f"{users[-2]} {current}"
     return current

@@ -64,6 +64,13 @@ class Edit:
     def target(self) -> str | None:
         return self.payload.get("target")
 
+    @property
+    def names(self) -> list[str]:
+        """The subject and its aliases (facts): the names that put a query about it in scope."""
+        if not self.subject:
+            return []
+        return [self.subject, *self.payload.get("aliases", [])]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -87,6 +94,34 @@ def _text(fields: dict[str, Any], name: str, limit: int, *, required: bool = Tru
         raise TextTooLongError(f"edit field {name!r} has {len(value)} characters; the limit is {limit}")
     check_utf8(value, f"edit field {name!r}", InvalidEditError)
     return value
+
+
+MAX_ALIASES = 16
+
+
+def _aliases(fields: dict[str, Any], subject: str | None) -> list[str]:
+    """Other names of a fact's subject ("Obama" for "Barack Obama"): a list of non-empty
+    strings (repeats of the subject or of each other, ignoring case, are dropped); they need a
+    subject to stand for."""
+    value = fields.get("aliases")
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or not all(isinstance(a, str) for a in value):
+        raise InvalidEditError("edit field 'aliases' must be a list of strings")
+    if subject is None:
+        raise InvalidEditError("edit field 'aliases' needs a 'subject' (they are other names of it)")
+    if len(value) > MAX_ALIASES:
+        raise TextTooLongError(f"edit field 'aliases' has {len(value)} names; the limit is {MAX_ALIASES}")
+    out: list[str] = []
+    seen = {subject.strip().casefold()}
+    for i, alias in enumerate(value):
+        text = _text({f"aliases[{i}]": alias}, f"aliases[{i}]", 200)
+        assert text is not None
+        key = text.strip().casefold()
+        if key not in seen:  # a repeat of the subject or of another alias adds nothing
+            seen.add(key)
+            out.append(text.strip())
+    return out
 
 
 def check_utf8(value: str, what: str, error: type[Exception]) -> None:
@@ -118,7 +153,7 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
     if not isinstance(kind, str) or kind not in KINDS:
         raise UnknownKindError(f"unknown edit kind {kind!r}; known kinds: {', '.join(KINDS)}")
     allowed = {
-        "fact": {"prompt", "target", "subject", "relation"},
+        "fact": {"prompt", "target", "subject", "relation", "aliases"},
         "patch": {"text", "condition", "consequence"},
         "regex": {"pattern", "replacement", "scope", "ignore_case"},
         "prompt": {"prompt", "target", "subject"},
@@ -139,6 +174,9 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
             raise InvalidEditError(f"subject {subject!r} does not occur in prompt {prompt!r}")
         payload = {"prompt": prompt.strip(), "target": target.strip(), "relation": relation}
         subject = subject.strip() if subject else None
+        aliases = _aliases(fields, subject)
+        if aliases:
+            payload["aliases"] = aliases
         keys = [payload["prompt"]]
     elif kind in LEARNED_KINDS:
         prompt = _text(fields, "prompt", LIMITS.max_prompt_chars)

@@ -27,6 +27,7 @@ class EditRequest:
     target_true: str | None = None
     paraphrases: tuple[str, ...] = ()
     edit_id: str = ""
+    aliases: tuple[str, ...] = ()  # other names of the subject (memory edits; weight editors ignore them)
 
     @property
     def target_new(self) -> str:
