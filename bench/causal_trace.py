@@ -144,7 +144,6 @@ def run(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lm, tok, spec = load_model(model, device)

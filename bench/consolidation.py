@@ -79,7 +79,6 @@ class BatchCheckpoint:
         self.meta_path = self.root / f"{key}.json"
 
     def load(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-
         if not self.meta_path.exists():
             return None
         try:
@@ -89,7 +88,6 @@ class BatchCheckpoint:
             raise ValueError(f"checkpoint {self.meta_path} is unreadable ({exc}); remove it to start over") from None
 
     def save(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"{self.key}.b{meta['written']}.safetensors"
         tmp = self.root / f"{name}.tmp"

@@ -140,7 +140,6 @@ class WeightEditor(_StoreEditor):
     def __init__(
         self, method: str, loaded, encoder, workdir, batch_size: int = 100, hparams=None, overrides=None
     ) -> None:
-
         model, tok, spec = loaded
         edited = copy.deepcopy(model)
         self.editor = weight_editors.make_editor(method, edited, tok, spec, hparams, overrides=overrides)
@@ -155,7 +154,6 @@ class WeightEditor(_StoreEditor):
         return self.editor.hparams
 
     def reset(self) -> None:
-
         restore(self.loaded[0], self.original)
         self.editor.reset_state()
         self.pending = []

@@ -16,7 +16,6 @@ class TextEncoder:
     """Encodes texts to L2-normalized float32 vectors (cosine = inner product)."""
 
     def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu") -> None:
-
         self.path = Path(path) if path is not None else default_encoder_path()
         if not self.path.exists():
             raise ModelLoadError(f"encoder path {self.path} does not exist (recall never downloads models)")

@@ -57,7 +57,6 @@ def run_job(
     params=None,
     progress: bool = True,
 ) -> ConsolidationReport:
-
     editor_class(method)  # UnknownEditorError (a ConsolidationError) before anything is touched
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConsolidationError(f"batch_size must be a positive int, got {batch_size!r}")

@@ -53,7 +53,6 @@ class KnowledgeKinds:
     def recipe(self):
         with self._lock:
             if self._recipe is None:
-
                 model = recipe.load(self.recipe_checkpoint, device=self.llm.device)
                 hidden = self.llm.get_input_embeddings().weight.shape[1]
                 if model.cfg.llm_hidden != hidden:
@@ -113,7 +112,6 @@ class KnowledgeKinds:
     @property
     def grace_hp(self):
         if self._grace_hp is None:
-
             self._grace_hp = GraceHyperParams.for_spec(self.spec)
         return self._grace_hp
 

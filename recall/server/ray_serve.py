@@ -34,7 +34,6 @@ from recall.server.config import ServerConfig
 
 
 def _open(store: str, model: str | None, device: str, threads: int, readonly: bool) -> Runtime:
-
     torch.set_num_threads(threads)
     return Runtime.open(store, model=model, device=device, readonly=readonly)
 

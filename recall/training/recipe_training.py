@@ -50,7 +50,6 @@ class Record:
 
 
 def load_records(data_dir: str | Path, seed: int = 0) -> list[Record]:
-
     data_dir = Path(data_dir)
     files = [
         data_dir / "counterfact" / "easyedit_mend_format" / "counterfact-train.json",
@@ -245,7 +244,6 @@ def train(
     records = load_records(data_dir, split_seed)
     train_set, holdout = records[:-n_holdout], records[-n_holdout:]
     if resume is not None:
-
         model = load(resume, device=llm.device)
     else:
         encoder, enc_tok = base_encoder()
