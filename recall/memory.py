@@ -5,7 +5,6 @@ store's change log so that readers in other processes see a writer's edits."""
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from recall.core import regex_patch
 from recall.core.edits import LEARNED_KINDS, Edit, check_utf8
 from recall.core.errors import ConfigError, InvalidQueryError, StoreError
 from recall.core.limits import LIMITS
-from recall.core.text import contains_phrase, focus, normalize, relation_text, word_ngrams
+from recall.core.text import contains_phrase, find_phrase, focus, normalize, relation_text, word_ngrams
 from recall.gate import Gate, PairFeatures
 from recall.index import EditStore, TextEncoder, VectorIndex
 from recall.learned import CodebookTable, KnowledgeKinds, PromptMatch, PromptTable
@@ -59,7 +58,6 @@ class EditMemory:
             self.store.set_meta("encoder", encoder.name)
             self.store.set_meta("encoder_dim", encoder.dim)
         elif stored_dim is not None and stored_dim != encoder.dim:
-
             raise StoreError(
                 f"store was built with a {stored_dim}-d encoder "
                 f"({self.store.get_meta('encoder')}); this encoder is {encoder.dim}-d"
@@ -274,9 +272,9 @@ class EditMemory:
         grams = [g for g in word_ngrams(normalize(text), self.max_subject_words) if self.lexicon.get(g)]
         found = []
         for g in sorted(grams, key=len, reverse=True):
-            m = re.search(r"\W+".join(re.escape(w) for w in g.split()), text, re.IGNORECASE)
-            if m and not any(g in normalize(f) for f in found):
-                found.append(m.group(0))
+            written = find_phrase(text, g)
+            if written and not any(contains_phrase(normalize(f), g) for f in found):
+                found.append(written)
         return found
 
     def retrieve(self, queries: list[str], k: int = 8, knowledge_q: tuple | None = None) -> list[list[Candidate]]:
@@ -361,9 +359,7 @@ class EditMemory:
 
 def query_relation_text(query: str, norm_subject: str) -> str:
     """The query's focus sentence with the subject (as written in the query) masked."""
-    words = norm_subject.split()
-    m = re.search(r"\W+".join(re.escape(w) for w in words), query, re.IGNORECASE)
-    return relation_text(focus(query), m.group(0) if m else norm_subject)
+    return relation_text(focus(query), find_phrase(query, norm_subject) or norm_subject)
 
 
 def pair_features(

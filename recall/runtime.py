@@ -32,6 +32,12 @@ from recall.methods.editor import DEFAULT_EDITOR
 from recall.methods.layer_stats import model_fingerprint
 
 
+def _check_max_new_tokens(n: object) -> int:
+    if not isinstance(n, int) or not 0 < n <= 4096:
+        raise InvalidQueryError(f"max_new_tokens must be an int in 1..4096, got {n!r}")
+    return n
+
+
 class Runtime:
     """Open with :meth:`open`. Query path per row: input regexes -> retrieve top-k -> gate ->
     inject -> model -> output regexes."""
@@ -324,8 +330,7 @@ class Runtime:
         prompts = check_queries(prompts)
         if scopes is not None and len(check_queries(scopes, "scopes")) != len(prompts):
             raise InvalidQueryError(f"{len(prompts)} prompts but {len(scopes)} scopes")
-        if not isinstance(max_new_tokens, int) or not 0 < max_new_tokens <= 4096:
-            raise InvalidQueryError(f"max_new_tokens must be an int in 1..4096, got {max_new_tokens!r}")
+        _check_max_new_tokens(max_new_tokens)
         if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
             raise InvalidQueryError("need temperature > 0, 0 < top_p <= 1 and top_k >= 0")
         sampling = SamplingOptions(do_sample, temperature, top_p, top_k, seed)
@@ -382,7 +387,7 @@ class Runtime:
         user turn), rendered with the model's chat template; greedy by default. Retrieval and
         the gate judge the current user turn (with the previous one when it refers back with a
         pronoun), never the system prompt or template tokens. ``use_memory=False``: unedited."""
-        prompt, scope = self.render_chat(messages, max_new_tokens if isinstance(max_new_tokens, int) else 0)
+        prompt, scope = self.render_chat(messages, _check_max_new_tokens(max_new_tokens))
         ((text, _),) = self.generate_with_edits(
             [prompt],
             max_new_tokens,
@@ -449,7 +454,6 @@ class Runtime:
     def base_fingerprint(self) -> str:
         """Identity of the base model (config, embeddings, final norm: tensors no editor changes)."""
         if self._base_fingerprint is None:
-
             self._base_fingerprint = model_fingerprint(self.model, self.spec)
         return self._base_fingerprint
 

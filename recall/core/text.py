@@ -30,6 +30,14 @@ def contains_phrase(norm_text: str, norm_phrase: str) -> bool:
     return bool(norm_phrase) and f" {norm_phrase} " in f" {norm_text} "
 
 
+def find_phrase(text: str, norm_phrase: str) -> str | None:
+    """Where a normalized phrase occurs in raw ``text``, as written there (its words may be
+    joined by any punctuation or spacing, any case), or None."""
+    words = norm_phrase.split()
+    m = re.search(r"\W+".join(re.escape(w) for w in words), text, re.IGNORECASE) if words else None
+    return m.group(0) if m else None
+
+
 def split_sentences(text: str) -> list[str]:
     """Split at sentence ends, but not after abbreviations or single-letter initials."""
     parts, start = [], 0

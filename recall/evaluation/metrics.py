@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from recall.core.datasets import EditCase, EditRequest
 from recall.core.lm import RowPlan, SamplingOptions, TokenScore, generate_rows, score_tokens_rows
+from recall.core.text import contains_phrase, normalize
 from recall.runtime import Runtime
 
 BATCH = 16  # rows per scorer call
@@ -124,16 +125,11 @@ def starts_with_target(text: str, target: str) -> bool:
     return i == len(text) or not (text[i].isalnum() and want[-1].isalnum())
 
 
-def _words(text: str) -> str:
-    return " ".join("".join(c if c.isalnum() else " " for c in text.casefold()).split())
-
-
 def contains_answer(reply: str, answer: str) -> bool:
     """Does a free-form reply state ``answer``: its words appear as consecutive whole words,
     ignoring case and punctuation ("It is Babur." states "Babur"; "Baburan" does not). The
     chat metric of issue 19 (a chat reply states the answer inside a sentence)."""
-    words = _words(answer)
-    return bool(words) and f" {words} " in f" {_words(reply)} "
+    return contains_phrase(normalize(reply), normalize(answer))
 
 
 def generation_unchanged(post_text: str, pre_text: str) -> bool:
