@@ -52,7 +52,7 @@ def main() -> None:
         rt.injector.mode = mode
         results[mode] = evaluate(rt, recs)
     rt.close()
-    lines = [f"CounterFact, {len(recs)} edits in one store, learned gate", "",
+    lines = [f"CounterFact, {len(recs)} edits in one store, {rt.memory.gate.kind} gate", "",
              "| injection | Rel (prob) | Gen (prob) | Loc (prob, NS) | Loc (teacher-forced) | Rel (generation) "
              "| Gen (generation) |",
              "|---|---|---|---|---|---|---|"]

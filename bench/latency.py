@@ -28,6 +28,7 @@ from typing import Any
 from recall.core import resources
 from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, store_dir, torch_threads
 from recall.evaluation.timing import stream_edits, summarize_pairs, time_queries
+from recall.gate import DEFAULT_GATE
 from recall.runtime import Runtime
 
 DEFAULT_DATA = Path("../shared/data/counterfact/easyedit_mend_format/counterfact-edit.json")
@@ -85,7 +86,7 @@ def run(
     seed: int = 0,
     threads: int | None = None,
     kind: str = "fact",
-    gate: str = "learned",
+    gate: str = DEFAULT_GATE,
 ) -> dict[str, Any]:
     """Run the benchmark, print its table, and (with ``out``) write latency.json/latency.md.
 

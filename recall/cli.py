@@ -24,13 +24,14 @@ from recall.bench import chat as chat_bench
 from recall.core.errors import RecallError
 from recall.core.models import load_model
 from recall.core.reporting import pick_threads, torch_threads
+from recall.gate import DEFAULT_GATE, GATE_KINDS
 from recall.methods.consolidation import ConsolidationParams
 from recall.methods.editor import DEFAULT_EDITOR, EDITORS
 from recall.runtime import Runtime
 from recall.server import ServerConfig
 from recall.server import serve as run_server
 from recall.server.auth import load_token
-from recall.training import gate_training, grace_tuning, recipe_training
+from recall.training import gate_training, grace_tuning, recipe_training, relation_training
 
 app = typer.Typer(
     name="recall",
@@ -394,8 +395,9 @@ def bench() -> None:
     \b
     Editors (--editors):
       unedited             the bare model
-      recall               learned gate + decode injection (default)
-      recall-subject, recall-cosine, recall-context   variants
+      recall               relation gate + decode injection (default)
+      recall-learned, recall-subject, recall-cosine, recall-context,
+      recall-both          variants (other gate / injection)
       ike                  facts always in context, no gate
       ft-l                 constrained fine-tuning of one MLP layer
       rome, memit, alphaedit  sequential weight editors (slow on CPU)
@@ -415,7 +417,7 @@ def bench_latency(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write latency.json and latency.md here.")] = None,
     kind: Annotated[Kind, typer.Option(help="Edit kind streamed in: fact, prompt or codebook.")] = Kind.fact,
-    gate: Annotated[str, typer.Option(help="learned, subject, cosine, sentinel or always.")] = "learned",
+    gate: Annotated[str, typer.Option(help=f"One of {', '.join(GATE_KINDS)}.")] = DEFAULT_GATE,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
@@ -640,6 +642,31 @@ def gate_train(
     """Train the learned gate, tune the cosine and subject gates, and compare all three on dev."""
 
     result = gate_training.train(data, out, report, n_train=n_train, n_dev=n_dev, seed=seed)
+    typer.echo(result["report"])
+    typer.echo(f"wrote {out} and {report} in {result['seconds']:.0f} s")
+
+
+@gate_app.command("train-relation")
+@handle_errors
+def gate_train_relation(
+    data: Annotated[Path, typer.Option(help="The shared data folder (CounterFact, zsRE, KnowEdit, MQuAKE).")] = Path(
+        "../shared/data"
+    ),
+    out: Annotated[Path, typer.Option(help="Where to write the scorer checkpoint.")] = Path(
+        "recall/data/relation_scorer.pt"
+    ),
+    report: Annotated[Path, typer.Option(help="Where to write the markdown report.")] = Path(
+        "recall/data/relation_scorer_report.md"
+    ),
+    hparams: Annotated[Path | None, typer.Option(help="JSON file of RelationHParams fields.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Override the number of training steps.")] = None,
+) -> None:
+    """Train the relation gate's cross-encoder (low-rank updates of the retrieval encoder)."""
+
+    hp = relation_training.RelationHParams.load(hparams)
+    if steps is not None:
+        hp.steps = steps
+    result = relation_training.train(data, out, report, hp)
     typer.echo(result["report"])
     typer.echo(f"wrote {out} and {report} in {result['seconds']:.0f} s")
 

@@ -11,6 +11,10 @@ Three gates share one feature extractor so they can be compared on equal terms:
                 (``recall gate train``; parameters ship in ``recall/data/gate.json``).
 
 Patches and facts without a subject always use the cosine rule on their condition/prompt.
+- ``relation``: fire when one of the edit's names occurs in the query and the relation scorer
+                (:mod:`recall.relation`, a cross-encoder over both texts with the names masked)
+                says the query asks the edit's relation.
+
 ``always`` (no gate: the nearest retrieved edits always fire) exists as a baseline.
 ``sentinel`` is RECIPE's knowledge sentinel used as the gate of facts and patches: it fires
 when the query is closer to the edit's knowledge statement than to the sentinel, a margin the
@@ -29,7 +33,8 @@ import numpy as np
 from recall.core import resources
 from recall.core.errors import ConfigError
 
-GATE_KINDS = ("cosine", "subject", "learned", "always", "sentinel")
+GATE_KINDS = ("cosine", "subject", "learned", "relation", "always", "sentinel")
+DEFAULT_GATE = "relation"
 FEATURES = ("cos_key", "subj_focus", "subj_any", "cos_rel", "subj_focus*cos_rel")
 
 
@@ -70,6 +75,7 @@ class PairFeatures:
     has_subject: bool = False
     rel_product: np.ndarray | None = None  # query-relation ⊙ edit-relation vectors (subject matched)
     sentinel_margin: float | None = None  # sim(query, statement) - sim(query, sentinel); sentinel gate only
+    relation_margin: float | None = None  # P(same relation) - the scorer's threshold; relation gate only
 
     def vector(self, dim: int = 0) -> np.ndarray:
         """The base features, then ``dim`` relation-product features (zeros when unmatched)."""
@@ -101,6 +107,12 @@ class Gate:
             return f.cos_key, True
         if self.kind == "cosine" or not f.has_subject:
             return f.cos_key, f.cos_key >= p.cosine_threshold
+        if self.kind == "relation":
+            if not f.subj_any:
+                return 0.0, False
+            if f.relation_margin is None:
+                raise ConfigError("the relation gate needs the relation scorer's margin (computed by EditMemory)")
+            return f.relation_margin, f.relation_margin >= 0
         if self.kind == "subject":
             s = f.cos_rel if f.subj_focus else 0.0
             return s, bool(f.subj_focus) and f.cos_rel >= p.subject_rel_threshold

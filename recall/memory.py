@@ -22,6 +22,7 @@ from recall.gate import Gate, PairFeatures
 from recall.index import EditStore, TextEncoder, VectorIndex
 from recall.learned import CodebookTable, KnowledgeKinds, PromptMatch, PromptTable
 from recall.methods import grace
+from recall.relation import RelationScorer, pair_texts
 
 SLOTS = 16  # FAISS id = num * SLOTS + key slot
 INDEX_FILE = "index.faiss"
@@ -46,8 +47,12 @@ class EditMemory:
         *,
         readonly: bool = False,
         knowledge: KnowledgeKinds | None = None,
+        relation: RelationScorer | None = None,
     ) -> None:
+        if gate.kind == "relation" and relation is None:
+            raise ConfigError("the relation gate needs a RelationScorer")
         self.store = EditStore(path, readonly=readonly)
+        self.relation = relation  # the relation gate's cross-encoder
         self.encoder = encoder
         self.gate = gate
         self.knowledge = knowledge  # the learned kinds' models (prompt edits, sentinel gate, codebook)
@@ -288,7 +293,11 @@ class EditMemory:
             subject_hits.append({g: self.lexicon[g] for g in grams if self.lexicon.get(g)})
         if self.index.ntotal == 0 and not any(subject_hits):
             return [[] for _ in queries]  # no fact or patch could be retrieved: skip the encoder
-        rel_texts = [(i, s, query_relation_text(queries[i], s)) for i, hits in enumerate(subject_hits) for s in hits]
+        # the relation cosine is a feature of the learned and subject gates; the relation gate
+        # reads the query itself through its scorer, so it skips these encodings
+        needs_rel = self.gate.kind in ("learned", "subject")
+        rel_texts = [(i, s, query_relation_text(queries[i], s)) for i, hits in enumerate(subject_hits) for s in hits
+                     if needs_rel]
         vecs = self.encoder.encode(list(queries) + [t for _, _, t in rel_texts])
         q_vecs, r_vecs = vecs[: len(queries)], vecs[len(queries) :]
         rel_by_query: list[dict[str, np.ndarray]] = [{} for _ in queries]
@@ -303,17 +312,37 @@ class EditMemory:
             edits = (self.store.get_by_num(num) for num in sorted(nums))
             retrieved.append([e for e in edits if e is not None and e.status == "active"])
         margins = self._sentinel_margins(queries, retrieved, knowledge_q) if self.gate.kind == "sentinel" else None
+        features = [[self._features(query, norms[i], q_vecs[i], rel_by_query[i], edit) for edit in retrieved[i]]
+                    for i, query in enumerate(queries)]
+        if self.gate.kind == "relation":
+            self._relation_margins(queries, retrieved, features)
         out = []
-        for i, query in enumerate(queries):
+        for i in range(len(queries)):
             cands = []
             for j, edit in enumerate(retrieved[i]):
-                f = self._features(query, norms[i], q_vecs[i], rel_by_query[i], edit)
+                f = features[i][j]
                 f.sentinel_margin = margins[i][j] if margins is not None else None
                 score, fired = self.gate.score(f, edit.kind)
                 cands.append(Candidate(edit, f, score, fired))
             cands.sort(key=lambda c: (c.fired, c.gate_score), reverse=True)
             out.append(cands)
         return out
+
+    def _relation_margins(self, queries: list[str], retrieved: list[list[Edit]],
+                          features: list[list[PairFeatures]]) -> None:
+        """Set ``relation_margin`` on every pair whose query names the edit's subject (or an
+        alias): one batched pass of the relation scorer over those pairs only."""
+        slots, texts = [], []
+        for i, row in enumerate(retrieved):
+            for j, edit in enumerate(row):
+                if features[i][j].subj_any:
+                    slots.append((i, j))
+                    texts.append(pair_texts(edit.payload["prompt"], queries[i], edit.names))
+        if not texts:
+            return
+        probs = self.relation.probabilities(texts)
+        for (i, j), p in zip(slots, probs):
+            features[i][j].relation_margin = float(p) - self.relation.threshold
 
     def codebook_hook(self):
         """Context manager yielding the installed codebook hook, or None when no codebook edit

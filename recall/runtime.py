@@ -23,13 +23,14 @@ from recall.core.errors import (
 )
 from recall.core.lm import RowPlan, SamplingOptions, TokenScore, generate_rows, score_tokens_rows
 from recall.core.models import load_model
-from recall.gate import Gate, GateParams
+from recall.gate import DEFAULT_GATE, Gate, GateParams
 from recall.index import TextEncoder
 from recall.inject import Injector
 from recall.learned import KnowledgeKinds
 from recall.memory import EditMemory, check_queries
 from recall.methods.editor import DEFAULT_EDITOR
 from recall.methods.layer_stats import model_fingerprint
+from recall.relation import RelationScorer
 
 
 def _check_max_new_tokens(n: object) -> int:
@@ -64,7 +65,7 @@ class Runtime:
         encoder: str | Path | None = None,
         device: str = "auto",
         *,
-        gate: str = "learned",
+        gate: str = DEFAULT_GATE,
         injection: str = "decode",
         bias_weight: float = 0.9,
         top_k: int = 8,
@@ -99,7 +100,7 @@ class Runtime:
         loaded: tuple,
         encoder: TextEncoder,
         *,
-        gate: str = "learned",
+        gate: str = DEFAULT_GATE,
         injection: str = "decode",
         bias_weight: float = 0.9,
         top_k: int = 8,
@@ -111,8 +112,9 @@ class Runtime:
         """Open a store over an already loaded ``(model, tokenizer, spec)`` and encoder, so
         several stores (tests, benchmarks) can share one model in memory.
 
-        ``gate``: "learned" (default), "subject", "cosine", "sentinel" (RECIPE's knowledge
-        sentinel) or "always"; ``injection``: "decode" (default), "context" or "both";
+        ``gate``: "relation" (default: a name of the subject occurs and the relation scorer says
+        the query asks the edit's relation), "learned", "subject", "cosine", "sentinel" (RECIPE's
+        knowledge sentinel) or "always"; ``injection``: "decode" (default), "context" or "both";
         ``bias_weight``: λ of memory-conditioned decoding; ``recipe``: the continuous-prompt
         checkpoint directory (default: the one shipped for the embedded model), loaded on first
         use by prompt edits or the sentinel gate.
@@ -122,7 +124,9 @@ class Runtime:
         lm, tok, spec = loaded
         params = gate_params if isinstance(gate_params, GateParams) else GateParams.load(gate_params)
         knowledge = KnowledgeKinds(lm, tok, spec, recipe)
-        memory = EditMemory(path, encoder, Gate(gate, params), readonly=readonly, knowledge=knowledge)
+        relation = RelationScorer(device=str(lm.device)) if gate == "relation" else None
+        memory = EditMemory(path, encoder, Gate(gate, params), readonly=readonly, knowledge=knowledge,
+                            relation=relation)
         rt = cls(memory, lm, tok, spec, Injector(tok, injection, bias_weight), top_k=top_k)
         rt._owns_model = _owns_model
         try:

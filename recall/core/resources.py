@@ -19,6 +19,7 @@ COUNTERFACT_SAMPLE = "counterfact_sample.json"  # 200 CounterFact records (data/
 GENERIC_CORPUS = "wikibio_text.jsonl"  # generic text for covariance statistics
 GATE_PARAMS = "gate.json"  # the learned gate's shipped weights
 RECIPE_CHECKPOINT = "recipe"  # the continuous-prompt model's shipped checkpoint (a folder)
+RELATION_SCORER = "relation_scorer.pt"  # the relation scorer's low-rank updates and head
 
 
 def data_file(*parts: str) -> Traversable:

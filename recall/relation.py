@@ -1,0 +1,129 @@
+"""The relation scorer: does a query ask the relation an edit changes?
+
+A fact edit is in scope of a query when the query names the edit's subject *and* asks for the
+edit's relation. Subject matching is exact (the memory's lexicon); the relation is the hard part:
+"Where did Obama go to law school?" names the subject of a birthplace edit but asks something
+else, while "wait where was obama born again?" asks the same thing in other words. A bi-encoder
+cosine of the two texts separates these poorly (AUC .83 on our dev set), so the gate asks a
+cross-encoder: both texts, with every name of the edit masked as ``X``, go through one
+transformer together, and a linear head gives P(same relation).
+
+The model is the retrieval encoder (all-MiniLM-L6-v2) with trained low-rank updates merged into
+its linear layers and a small head; only the updates and the head ship (``recall/data/
+relation_scorer.pt``, trained by ``recall gate train-relation`` on the train splits, see
+:mod:`recall.training.relation_training`). Masking the subject makes the decision about the
+relation alone, so it transfers to subjects never seen in training.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from recall.core import resources
+from recall.core.errors import ModelLoadError
+from recall.core.models import default_encoder_path, pick_device
+from recall.core.text import SUBJECT_MASK
+
+MAX_TOKENS = 96  # both texts together; a query's tail (what it asks) is kept when longer
+MAX_QUERY_CHARS = 400  # longer queries keep their last characters: the question is at the end
+
+
+def mask_names(text: str, names: Sequence[str]) -> str:
+    """``text`` with every whole-word occurrence of any of ``names`` (any case, any punctuation
+    between its words) replaced by the mask, longest name first."""
+    for name in sorted({n.strip() for n in names if n and n.strip()}, key=len, reverse=True):
+        words = re.findall(r"\w+", name)
+        if not words:
+            continue
+        pattern = r"(?<!\w)" + r"\W+".join(re.escape(w) for w in words) + r"(?!\w)"
+        text = re.sub(pattern, SUBJECT_MASK, text, flags=re.IGNORECASE)
+    return text
+
+
+def pair_texts(edit_prompt: str, query: str, names: Sequence[str]) -> tuple[str, str]:
+    """The two texts the scorer reads for an (edit, query) pair, names masked."""
+    query = query.strip()
+    if len(query) > MAX_QUERY_CHARS:
+        query = query[-MAX_QUERY_CHARS:]
+    return mask_names(edit_prompt.strip(), names), mask_names(query, names)
+
+
+class MeanPoolHead(torch.nn.Module):
+    """Mean of the token states (padding excluded), then one logit."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden, 1)
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        m = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.linear(pooled).squeeze(-1)
+
+
+def pair_logits(encoder: torch.nn.Module, head: MeanPoolHead, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of P(same relation) for a tokenized batch of text pairs (training and serving)."""
+    states = encoder(**batch).last_hidden_state
+    return head(states, batch["attention_mask"])
+
+
+def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]], device: torch.device) -> dict[str, torch.Tensor]:
+    first, second = zip(*pairs)
+    batch = tokenizer(list(first), list(second), padding=True, truncation="longest_first",
+                      max_length=MAX_TOKENS, return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def merge_low_rank(encoder: torch.nn.Module, deltas: dict[str, torch.Tensor], scale: float) -> None:
+    """Add ``scale * B @ A`` to each named linear layer's weight (``deltas`` holds
+    ``{name}.A`` and ``{name}.B``)."""
+    modules = dict(encoder.named_modules())
+    for key in sorted(k[:-2] for k in deltas if k.endswith(".A")):
+        module = modules.get(key)
+        if not isinstance(module, torch.nn.Linear):
+            raise ModelLoadError(f"relation scorer checkpoint names {key!r}, not a linear layer of the encoder")
+        a, b = deltas[f"{key}.A"], deltas[f"{key}.B"]
+        with torch.no_grad():
+            module.weight += (scale * b.float() @ a.float()).to(module.weight.dtype)
+
+
+class RelationScorer:
+    """P(query asks the edit's relation), batched; see the module docstring."""
+
+    def __init__(self, checkpoint: str | Path | None = None, encoder_path: str | Path | None = None,
+                 device: str = "auto") -> None:
+        self.device = pick_device(device)
+        base = Path(encoder_path) if encoder_path is not None else default_encoder_path()
+        try:
+            if checkpoint is None:
+                with resources.data_path(resources.RELATION_SCORER) as p:
+                    state = torch.load(p, map_location="cpu", weights_only=True)
+            else:
+                state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+            self.encoder = AutoModel.from_pretrained(str(base), local_files_only=True)
+        except (OSError, RuntimeError, ValueError) as exc:
+            where = checkpoint or "shipped"
+            raise ModelLoadError(f"could not load the relation scorer ({where}, base {base}): {exc}") from exc
+        merge_low_rank(self.encoder, state["deltas"], float(state["scale"]))
+        self.head = MeanPoolHead(self.encoder.config.hidden_size)
+        self.head.load_state_dict(state["head"])
+        self.threshold = float(state["threshold"])
+        self.trained_on = str(state.get("trained_on", ""))
+        self.encoder.to(self.device).eval()
+        self.head.to(self.device).eval()
+
+    @torch.inference_mode()
+    def probabilities(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+        """P(same relation) for (edit text, query text) pairs already masked (:func:`pair_texts`)."""
+        out = []
+        for i in range(0, len(pairs), batch_size):
+            batch = tokenize_pairs(self.tokenizer, pairs[i : i + batch_size], self.device)
+            out.append(torch.sigmoid(pair_logits(self.encoder, self.head, batch)).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

@@ -1,0 +1,410 @@
+"""Train the relation scorer (:mod:`recall.relation`) on the train splits and hand-written forms.
+``recall gate train-relation`` runs this.
+
+Pairs are (edit text, query text) with the subject masked as ``X``; label 1 when the query
+asks for the edit's relation about the edit's subject. Sources, train splits only:
+
+- ``relation_forms.json`` (next to this module): hand-written cloze, question, instruction and
+  chat phrasings of ~100 relations, written for this purpose and independent of every
+  evaluation set; ``rome_known_1000`` ParaRel templates and MQuAKE question/cloze templates
+  join them by Wikidata id. Positives: two phrasings of one relation. Negatives: a phrasing of
+  another relation (half of them the nearest relation by encoder cosine: birthplace vs place of
+  death); the relation asked about another name after a sentence that mentions the subject
+  ("X was born in Honolulu. Where was Joe Biden born?"); the subject inside a longer name
+  ("Where was X Hilton born?").
+- CounterFact train: prompt vs rephrase (+); prompt vs a same-subject prompt of another
+  ParaRel relation (-).
+- zsRE train: question vs rephrase (+); question vs another record's question put on this
+  subject (-).
+- KnowEdit ``wiki_counterfact`` and ``wiki_recent`` train: prompt vs its relation-specificity
+  prompts (same subject, other relation, -).
+
+A fraction of the hand-written relations is held out of training entirely; the report gives
+the scorer's accuracy on them (relations it never saw) beside the in-training ones, and the
+threshold is chosen on the held-out pairs (balanced accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import AutoModel, AutoTokenizer
+
+from recall.core.models import default_encoder_path, pick_device
+from recall.core.text import SUBJECT_MASK
+from recall.index import TextEncoder
+from recall.relation import MeanPoolHead, mask_names, pair_logits, tokenize_pairs
+
+FORMS_FILE = Path(__file__).with_name("relation_forms.json")
+# the linear layers of a BERT-style encoder that get low-rank updates (templates over layers)
+TARGETS = ("encoder.layer.{}.attention.self.query", "encoder.layer.{}.attention.self.key",
+           "encoder.layer.{}.attention.self.value", "encoder.layer.{}.attention.output.dense",
+           "encoder.layer.{}.intermediate.dense", "encoder.layer.{}.output.dense")
+
+FILLERS = ("Quick question.", "Hi!", "Hey there.", "I'm studying for an exam.", "Settle a bet for me.",
+           "Thanks for your help earlier.", "Sorry, one more thing.", "My friend and I were arguing about this.",
+           "This is for a school project.", "I was reading an article earlier today.", "Okay, next one.",
+           "Random question, but", "Help me out here.", "I need this for a quiz tomorrow.")
+MENTIONS = ("I just read a long article about X.", "X came up in class today.", "My teacher mentioned X.",
+            "I watched a documentary about X last night.", "We were talking about X at dinner.",
+            "I'm writing a report on X.", "Tell me a bit about X.", "X is fascinating.")
+OTHER_NAMES = ("Joe Biden", "Marie Curie", "Toyota", "the Danube", "Portugal", "Taylor Swift", "Lionel Messi",
+               "Microsoft", "Nairobi", "The Godfather", "Pablo Picasso", "Mount Fuji", "Real Madrid", "Python",
+               "Angela Merkel", "Samsung", "Frida Kahlo", "Lake Victoria", "Radiohead", "Stanford University")
+EXTENSIONS = ("X Hilton", "X Airport", "University of X", "X FC", "X Street", "New X", "X Jr.", "X Records",
+              "X Tower", "Saint X", "X Museum", "X County")
+PRONOUNS = {"person": ("he", "his"), "default": ("it", "its")}
+
+
+@dataclass
+class RelationHParams:
+    """Training settings (defaults are what shipped; see the experiment log)."""
+
+    rank: int = 16
+    scale: float = 2.0  # the update is scale * B @ A
+    lr: float = 5e-4
+    head_lr: float = 2e-3
+    batch_size: int = 32
+    steps: int = 3000
+    held_out_frac: float = 0.15
+    n_counterfact: int = 3000
+    n_form_pairs: int = 40000
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> RelationHParams:
+        if path is None:
+            return cls()
+        data = json.loads(Path(path).read_text())
+        return cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
+
+
+@dataclass
+class RelPair:
+    edit: str  # masked
+    query: str  # masked
+    label: int
+    group: str
+
+
+# -- the relation inventory ----------------------------------------------------------------------
+def load_inventory(data_dir: Path, forms_file: Path = FORMS_FILE) -> dict[str, dict]:
+    """relation name -> {"forms": [...with X], "type": subject type}; data-set templates are merged
+    into the hand-written relation with the same Wikidata id (else their own entry)."""
+    raw = json.loads(forms_file.read_text(encoding="utf-8"))["relations"]
+    inv = {name: {"forms": list(r["forms"]), "type": r.get("subject_type", "other"), "pid": r.get("wikidata") or name}
+           for name, r in raw.items()}
+    by_pid = {r["wikidata"]: name for name, r in raw.items() if r.get("wikidata")}
+
+    def add(pid: str, form: str) -> None:
+        name = by_pid.get(pid, pid)
+        entry = inv.setdefault(name, {"forms": [], "type": "other", "pid": pid})
+        if form not in entry["forms"]:
+            entry["forms"].append(form)
+
+    for r in json.loads((data_dir / "counterfact/rome_known_1000.json").read_text()):
+        add(r["relation_id"], r["template"].replace("{}", SUBJECT_MASK))
+    for name in ("question_templates.json", "cloze_templates.json"):
+        path = data_dir / "mquake/templates" / name
+        if path.exists():
+            for pid, t in json.loads(path.read_text()).items():
+                for form in [t] if isinstance(t, str) else t:
+                    add(pid, form.replace("[X]", SUBJECT_MASK).replace("{}", SUBJECT_MASK))
+    return {k: v for k, v in inv.items() if len(v["forms"]) >= 2}
+
+
+def _noisy(text: str, rng: random.Random) -> str:
+    """How people type: lowercase, no final punctuation, a filler sentence before."""
+    r = rng.random()
+    if r < 0.2:
+        text = re.sub(r"\bx\b", SUBJECT_MASK, text.lower())
+    elif r < 0.35:
+        text = text.rstrip("?.!")
+    if rng.random() < 0.25:
+        text = f"{rng.choice(FILLERS)} {text}"
+    return text
+
+
+def _pronoun_form(form: str, kind: str) -> str:
+    subj, poss = PRONOUNS.get(kind, PRONOUNS["default"])
+    form = re.sub(r"\bX's\b", poss, form, count=1)
+    return re.sub(rf"\b{SUBJECT_MASK}\b", subj, form, count=1)
+
+
+def form_pairs(inv: dict[str, dict], relations: list[str], n: int, rng: random.Random,
+               near: dict[str, list[str]], statements: dict[str, list[str]]) -> list[RelPair]:
+    """Pairs from the inventory, restricted to ``relations`` (both sides)."""
+    pairs = []
+    rel_set = set(relations)
+    for _ in range(n):
+        r = rng.choice(relations)
+        forms = inv[r]["forms"]
+        edit = rng.choice(forms)
+        u = rng.random()
+        if u < 0.40:
+            q = rng.choice([f for f in forms if f != edit] or forms)
+            pairs.append(RelPair(edit, _noisy(q, rng), 1, "forms_same_relation"))
+        elif u < 0.47:
+            q = _pronoun_form(rng.choice(forms), inv[r]["type"])
+            pairs.append(RelPair(edit, f"{rng.choice(MENTIONS)} {q}", 1, "forms_pronoun"))
+        elif u < 0.80:
+            # Same-subject questions are about a subject of one type, so the other relation is one
+            # of the same subject type ("Who leads X?" is a CEO question for a company and a head
+            # of government question for a country: across types it would be a false negative),
+            # never one with the same Wikidata property (mayor / head of government).
+            usable = [x for x in relations if _negative_for(inv, r, x)]
+            pool = [x for x in near.get(r, []) if x in rel_set and x in usable] if rng.random() < 0.5 else []
+            other = rng.choice(pool or usable or [x for x in relations if x != r])
+            pairs.append(RelPair(edit, _noisy(rng.choice(inv[other]["forms"]), rng), 0, "forms_other_relation"))
+        elif u < 0.92:
+            q = rng.choice(forms).replace(SUBJECT_MASK, rng.choice(OTHER_NAMES), 1)
+            lead = rng.choice(statements.get(r) or MENTIONS)
+            pairs.append(RelPair(edit, f"{lead} {q}", 0, "forms_distracting"))
+        else:
+            q = rng.choice(forms).replace(SUBJECT_MASK, rng.choice(EXTENSIONS), 1)
+            pairs.append(RelPair(edit, _noisy(q, rng), 0, "forms_longer_name"))
+    return pairs
+
+
+def _negative_for(inv: dict[str, dict], r: str, x: str) -> bool:
+    """Whether relation ``x`` may stand as "another relation" of ``r``'s subject."""
+    return inv[x]["pid"] != inv[r]["pid"] and inv[x]["type"] in (inv[r]["type"], "other")
+
+
+def nearest_relations(inv: dict[str, dict], encoder: TextEncoder, k: int = 5) -> dict[str, list[str]]:
+    """Each relation's k nearest other relations by the mean encoding of their forms."""
+    names = sorted(inv)
+    cents = np.stack([encoder.encode(inv[n]["forms"]).mean(0) for n in names])
+    cents /= np.linalg.norm(cents, axis=1, keepdims=True)
+    sims = cents @ cents.T
+    np.fill_diagonal(sims, -1)
+    return {n: [names[j] for j in np.argsort(-sims[i])[:k]] for i, n in enumerate(names)}
+
+
+# -- pairs from the data sets' train splits ------------------------------------------------------
+def counterfact_rel_pairs(records: list[dict], inv: dict[str, dict], t2r: dict[str, str],
+                          rng: random.Random) -> list[RelPair]:
+    pairs = []
+    rels = sorted(inv)
+    for r in records:
+        s = r["subject"]
+        if s not in r["prompt"]:
+            continue
+        edit = mask_names(r["prompt"], [s])
+        if s in r["rephrase_prompt"]:
+            pairs.append(RelPair(edit, mask_names(r["rephrase_prompt"], [s]), 1, "cf_rephrase"))
+        rel = t2r.get(r["prompt"].replace(s, "{}", 1))
+        if rel is not None and rel not in inv:
+            continue  # a relation held out of training
+        if rel is not None:
+            other = rng.choice([x for x in rels if x != rel])
+            pairs.append(RelPair(edit, rng.choice(inv[other]["forms"]), 0, "cf_other_relation"))
+    return pairs
+
+
+def zsre_rel_pairs(records: list[dict], rng: random.Random) -> list[RelPair]:
+    usable = [r for r in records if r["subject"] in r["src"]]
+    pairs = []
+    for r in usable:
+        edit = mask_names(r["src"], [r["subject"]])
+        if r["subject"] in r["rephrase"]:
+            pairs.append(RelPair(edit, mask_names(r["rephrase"], [r["subject"]]), 1, "zsre_rephrase"))
+        other = rng.choice(usable)
+        q = mask_names(other["src"], [other["subject"]])
+        if q != edit:
+            pairs.append(RelPair(edit, q, 0, "zsre_other_question"))
+    return pairs
+
+
+def knowedit_rel_pairs(records: list[dict]) -> list[RelPair]:
+    pairs = []
+    for r in records:
+        s = r["subject"]
+        if s not in r["prompt"]:
+            continue
+        for loc in (r.get("locality") or {}).get("Relation_Specificity", []):
+            if s in loc["prompt"]:
+                pairs.append(RelPair(mask_names(r["prompt"], [s]), mask_names(loc["prompt"], [s]), 0,
+                                     "knowedit_relation_specificity"))
+    return pairs
+
+
+def build_pairs(data_dir: Path, hp: RelationHParams, encoder: TextEncoder,
+                forms_file: Path = FORMS_FILE) -> tuple[list[RelPair], list[RelPair], list[str]]:
+    """(train pairs, held-out-relation validation pairs, held-out relation names)."""
+    rng = random.Random(hp.seed)
+    inv = load_inventory(data_dir, forms_file)
+    names = sorted(inv)
+    held = sorted(rng.sample(names, max(2, int(len(names) * hp.held_out_frac))))
+    train_rels = [n for n in names if n not in held]
+    near = nearest_relations(inv, encoder)
+    known = json.loads((data_dir / "counterfact/rome_known_1000.json").read_text())
+    statements: dict[str, list[str]] = defaultdict(list)
+    by_pid = {}
+    raw = json.loads(forms_file.read_text(encoding="utf-8"))["relations"]
+    for name, r in raw.items():
+        if r.get("wikidata"):
+            by_pid[r["wikidata"]] = name
+    t2r = {}
+    for r in known:
+        rel = by_pid.get(r["relation_id"], r["relation_id"])
+        t2r[r["template"]] = rel
+        statements[rel].append(mask_names(f"{r['prompt']} {r['attribute']}.", [r["subject"]]))
+    train = form_pairs(inv, train_rels, hp.n_form_pairs, rng, near, statements)
+    # validation mixes held-out relations with negatives from any relation
+    val = form_pairs(inv, held + rng.sample(train_rels, len(held)), max(2000, hp.n_form_pairs // 10),
+                     random.Random(hp.seed + 1), near, statements)
+    val = [p for p in val if _relation_of(p.edit, inv, held)]
+    cf = json.loads((data_dir / "counterfact/easyedit_mend_format/counterfact-train.json").read_text())
+    train += counterfact_rel_pairs(rng.sample(cf, min(hp.n_counterfact, len(cf))),
+                                   {n: inv[n] for n in train_rels}, t2r, rng)
+    train += zsre_rel_pairs(json.loads((data_dir / "zsre/zsre_mend_train-1k.json").read_text()), rng)
+    for name in ("wiki_counterfact/train_cf.json", "wiki_recent/recent_train.json"):
+        path = data_dir / "knowedit" / name
+        if path.exists():
+            train += knowedit_rel_pairs(json.loads(path.read_text()))
+    rng.shuffle(train)
+    return train, val, held
+
+
+def _relation_of(edit: str, inv: dict[str, dict], names: list[str]) -> bool:
+    return any(edit in inv[n]["forms"] for n in names)
+
+
+# -- training ------------------------------------------------------------------------------------
+class LowRankLinear(torch.nn.Module):
+    """A frozen linear layer plus a trainable ``scale * B @ A`` update (B starts at zero)."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int, scale: float) -> None:
+        super().__init__()
+        self.base = base
+        self.scale = scale
+        self.A = torch.nn.Parameter(torch.randn(rank, base.in_features) / base.in_features ** 0.5)
+        self.B = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scale * (x @ self.A.T) @ self.B.T
+
+
+def add_low_rank(encoder: torch.nn.Module, rank: int, scale: float) -> dict[str, LowRankLinear]:
+    """Swap every target linear layer for a :class:`LowRankLinear` around it; returns them by name."""
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    n_layers = encoder.config.num_hidden_layers
+    wrapped = {}
+    for template in TARGETS:
+        for i in range(n_layers):
+            name = template.format(i)
+            parent_name, _, attr = name.rpartition(".")
+            parent = encoder.get_submodule(parent_name)
+            wrapped[name] = LowRankLinear(getattr(parent, attr), rank, scale)
+            setattr(parent, attr, wrapped[name])
+    return wrapped
+
+
+@torch.no_grad()
+def predict(encoder, head, tokenizer, pairs: list[RelPair], device, batch: int = 128) -> np.ndarray:
+    encoder.eval()
+    out = []
+    for i in range(0, len(pairs), batch):
+        b = tokenize_pairs(tokenizer, [(p.edit, p.query) for p in pairs[i:i + batch]], device)
+        out.append(torch.sigmoid(pair_logits(encoder, head, b)).cpu().numpy())
+    return np.concatenate(out)
+
+
+def best_threshold(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(threshold, balanced accuracy) maximizing balanced accuracy."""
+    best = (0.5, -1.0)
+    for t in np.arange(0.05, 0.96, 0.01):
+        fire = probs >= t
+        bal = (fire[labels == 1].mean() + (~fire[labels == 0]).mean()) / 2
+        if bal > best[1] + 1e-9:
+            best = (float(round(t, 2)), float(bal))
+    return best
+
+
+def group_rates(pairs: list[RelPair], fired: np.ndarray) -> dict[str, float]:
+    groups = defaultdict(list)
+    for p, f in zip(pairs, fired):
+        groups[p.group].append(f)
+    return {g: float(np.mean(v)) for g, v in sorted(groups.items())}
+
+
+def train(data_dir: str | Path, out: str | Path, report: str | Path | None = None,
+          hparams: RelationHParams | None = None, device: str = "auto", forms_file: Path = FORMS_FILE) -> dict:
+    """Build pairs, train the low-rank updates and head, pick the threshold on held-out
+    relations, save the checkpoint and a markdown report."""
+    t0 = time.time()
+    hp = hparams or RelationHParams()
+    torch.manual_seed(hp.seed)
+    dev = pick_device(device)
+    base = default_encoder_path()
+    text_encoder = TextEncoder()
+    train_pairs, val_pairs, held = build_pairs(Path(data_dir), hp, text_encoder, forms_file)
+    n_relations = len(load_inventory(Path(data_dir), forms_file))
+    tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+    encoder = AutoModel.from_pretrained(str(base), local_files_only=True).to(dev)
+    wrapped = add_low_rank(encoder, hp.rank, hp.scale)
+    encoder.to(dev)
+    head = MeanPoolHead(encoder.config.hidden_size).to(dev)
+    low_rank = [p for m in wrapped.values() for p in (m.A, m.B)]
+    opt = torch.optim.AdamW([{"params": low_rank, "lr": hp.lr}, {"params": head.parameters(), "lr": hp.head_lr}],
+                            weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[hp.lr, hp.head_lr], total_steps=hp.steps,
+                                                pct_start=0.1)
+    labels = torch.tensor([p.label for p in train_pairs], dtype=torch.float32)
+    pos_weight = (labels == 0).sum() / (labels == 1).sum().clamp_min(1)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(dev))
+    rng = random.Random(hp.seed)
+    order = list(range(len(train_pairs)))
+    losses = []
+    encoder.train()
+    for step in tqdm(range(hp.steps), desc="relation scorer", unit="step"):
+        if step * hp.batch_size % len(order) < hp.batch_size:
+            rng.shuffle(order)
+        start = step * hp.batch_size % len(order)
+        idx = order[start:start + hp.batch_size]
+        batch = tokenize_pairs(tokenizer, [(train_pairs[i].edit, train_pairs[i].query) for i in idx], dev)
+        loss = loss_fn(pair_logits(encoder, head, batch), labels[idx].to(dev))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    val_probs = predict(encoder, head, tokenizer, val_pairs, dev)
+    val_labels = np.array([p.label for p in val_pairs])
+    threshold, val_bal = best_threshold(val_probs, val_labels)
+    recipe = (f"{len(train_pairs)} train pairs ({hp.n_form_pairs} from the forms of {n_relations - len(held)} "
+              f"relations, the rest from the CounterFact/zsRE/KnowEdit train splits); threshold on "
+              f"{len(val_pairs)} pairs whose edit relation was held out ({', '.join(held)})")
+    state = {
+        "deltas": {f"{n}.{k}": getattr(m, k).detach().cpu().to(torch.float16).contiguous()
+                   for n, m in wrapped.items() for k in ("A", "B")},
+        "scale": hp.scale,
+        "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "threshold": threshold,
+        "trained_on": recipe,
+        "hparams": asdict(hp),
+    }
+    torch.save(state, out)
+    rates = group_rates(val_pairs, val_probs >= threshold)
+    md = ["Relation scorer, trained by `recall gate train-relation`.", "", recipe + ".", "",
+          f"Threshold {threshold:.2f}; balanced accuracy on held-out relations {val_bal:.3f}.", "",
+          "| held-out group | label | firing rate |", "|---|---|---|"]
+    lab = {p.group: p.label for p in val_pairs}
+    md += [f"| {g} | {'+' if lab[g] else '-'} | {r:.3f} |" for g, r in rates.items()]
+    md += ["", f"Final training loss (mean of last 100 steps) {np.mean(losses[-100:]):.3f}; "
+               f"wall time {time.time() - t0:.0f} s on {dev}."]
+    if report:
+        Path(report).write_text("\n".join(md) + "\n")
+    return {"threshold": threshold, "val_balanced_accuracy": val_bal, "rates": rates, "report": "\n".join(md),
+            "seconds": time.time() - t0}
