@@ -94,6 +94,12 @@ class Gate:
         self.kind = kind
         self.params = params or GateParams.load()
 
+    @property
+    def uses_relation_cosine(self) -> bool:
+        """Whether the verdict reads ``cos_rel`` (the query's subject-masked sentence encoded by
+        the retrieval encoder), so the memory must compute it."""
+        return self.kind in ("learned", "subject")
+
     def score(self, f: PairFeatures, edit_kind: str = "fact") -> tuple[float, bool]:
         """(score, fired) for one pair."""
         p = self.params

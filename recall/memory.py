@@ -293,11 +293,9 @@ class EditMemory:
             subject_hits.append({g: self.lexicon[g] for g in grams if self.lexicon.get(g)})
         if self.index.ntotal == 0 and not any(subject_hits):
             return [[] for _ in queries]  # no fact or patch could be retrieved: skip the encoder
-        # the relation cosine is a feature of the learned and subject gates; the relation gate
-        # reads the query itself through its scorer, so it skips these encodings
-        needs_rel = self.gate.kind in ("learned", "subject")
-        rel_texts = [(i, s, query_relation_text(queries[i], s)) for i, hits in enumerate(subject_hits) for s in hits
-                     if needs_rel]
+        rel_texts = [(i, s, query_relation_text(queries[i], s)) for i, hits in enumerate(subject_hits) for s in hits]
+        if not self.gate.uses_relation_cosine:
+            rel_texts = []  # no encoder pass for a feature the gate does not read
         vecs = self.encoder.encode(list(queries) + [t for _, _, t in rel_texts])
         q_vecs, r_vecs = vecs[: len(queries)], vecs[len(queries) :]
         rel_by_query: list[dict[str, np.ndarray]] = [{} for _ in queries]

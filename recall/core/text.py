@@ -30,11 +30,18 @@ def contains_phrase(norm_text: str, norm_phrase: str) -> bool:
     return bool(norm_phrase) and f" {norm_phrase} " in f" {norm_text} "
 
 
+def phrase_pattern(phrase: str) -> str | None:
+    """A regex for ``phrase``'s words joined by any punctuation or spacing (match it with
+    IGNORECASE), or None when it has no words."""
+    words = re.findall(r"\w+", phrase)
+    return r"\W+".join(re.escape(w) for w in words) if words else None
+
+
 def find_phrase(text: str, norm_phrase: str) -> str | None:
     """Where a normalized phrase occurs in raw ``text``, as written there (its words may be
     joined by any punctuation or spacing, any case), or None."""
-    words = norm_phrase.split()
-    m = re.search(r"\W+".join(re.escape(w) for w in words), text, re.IGNORECASE) if words else None
+    pattern = phrase_pattern(norm_phrase)
+    m = re.search(pattern, text, re.IGNORECASE) if pattern else None
     return m.group(0) if m else None
 
 

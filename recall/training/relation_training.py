@@ -239,21 +239,17 @@ def knowedit_rel_pairs(records: list[dict]) -> list[RelPair]:
 
 
 def build_pairs(data_dir: Path, hp: RelationHParams, encoder: TextEncoder,
-                forms_file: Path = FORMS_FILE) -> tuple[list[RelPair], list[RelPair], list[str]]:
-    """(train pairs, held-out-relation validation pairs, held-out relation names)."""
+                inv: dict[str, dict]) -> tuple[list[RelPair], list[RelPair], list[str]]:
+    """(train pairs, held-out-relation validation pairs, held-out relation names) from the
+    relation inventory ``inv`` (:func:`load_inventory`) and the data sets' train splits."""
     rng = random.Random(hp.seed)
-    inv = load_inventory(data_dir, forms_file)
     names = sorted(inv)
     held = sorted(rng.sample(names, max(2, int(len(names) * hp.held_out_frac))))
     train_rels = [n for n in names if n not in held]
     near = nearest_relations(inv, encoder)
     known = json.loads((data_dir / "counterfact/rome_known_1000.json").read_text())
     statements: dict[str, list[str]] = defaultdict(list)
-    by_pid = {}
-    raw = json.loads(forms_file.read_text(encoding="utf-8"))["relations"]
-    for name, r in raw.items():
-        if r.get("wikidata"):
-            by_pid[r["wikidata"]] = name
+    by_pid = {entry["pid"]: name for name, entry in inv.items()}
     t2r = {}
     for r in known:
         rel = by_pid.get(r["relation_id"], r["relation_id"])
@@ -349,8 +345,9 @@ def train(data_dir: str | Path, out: str | Path, report: str | Path | None = Non
     dev = pick_device(device)
     base = default_encoder_path()
     text_encoder = TextEncoder()
-    train_pairs, val_pairs, held = build_pairs(Path(data_dir), hp, text_encoder, forms_file)
-    n_relations = len(load_inventory(Path(data_dir), forms_file))
+    inv = load_inventory(Path(data_dir), forms_file)
+    train_pairs, val_pairs, held = build_pairs(Path(data_dir), hp, text_encoder, inv)
+    n_relations = len(inv)
     tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
     encoder = AutoModel.from_pretrained(str(base), local_files_only=True).to(dev)
     wrapped = add_low_rank(encoder, hp.rank, hp.scale)
