@@ -141,6 +141,7 @@ def replies(editor: Editor, convs: list[Conversation], max_new_tokens: int, use_
             max_new_tokens,
             use_memory=use_memory,
             scopes=[rendered[i][1] for i in idx],
+            chat=[True] * len(idx),
         )
         for i, (text, _) in zip(idx, rows):
             out[i] = text
@@ -213,7 +214,7 @@ def run(
     editors: list[str] = ("unedited", "recall"),
     ts: list[int] = (1, 100),
     limit: int | None = None,
-    seed: int = 0,
+    seed: int | None = 0,
     max_new_tokens: int = 24,
     model: str | None = None,
     encoder_path: str | None = None,
@@ -225,14 +226,20 @@ def run(
     replies_too: bool = True,
     use_aliases: bool = True,
 ) -> dict[str, Any]:
-    """Run the chat benchmark, write ``results.json``, ``summary.md`` and ``chat.png``, return the results."""
+    """Run the chat benchmark, write ``results.json``, ``summary.md`` and ``chat.png``, return the results.
+
+    ``seed`` shuffles the cases; ``None`` keeps the file's order. zsRE's eval file lists the
+    records of one subject next to each other, often asking one question with different new
+    answers, so its first T records in file order test how edits about one subject coexist
+    (as ``../shared/tools/chat-check.py`` does), while a shuffle spreads them out."""
     unknown = [e for e in editors if e not in EDITORS]
     if unknown:
         raise ValueError(f"unknown editor(s) {unknown}; known: {', '.join(EDITORS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cases = load_chat_cases(data, limit, use_aliases)
-    random.Random(seed).shuffle(cases)
+    if seed is not None:
+        random.Random(seed).shuffle(cases)
     ts = sorted({int(t) for t in ts})
     if not cases or ts[-1] > len(cases):
         raise ValueError(f"T={ts[-1]} needs {ts[-1]} cases but {data} gives {len(cases)}")
@@ -281,7 +288,8 @@ def summary(results: dict[str, Any]) -> str:
     rows = [[r["editor"], r["T"], *[r.get(c, "") for c in present]] for r in results["rows"]]
     cfg = results["config"]
     head = (
-        f"Chat benchmark on {cfg['data']} ({cfg['cases']} cases, seed {cfg['seed']}, greedy, "
+        f"Chat benchmark on {cfg['data']} ({cfg['cases']} cases, "
+        f"{'in file order' if cfg['seed'] is None else 'seed ' + str(cfg['seed'])}, greedy, "
         f"{cfg['max_new_tokens']} new tokens). Ask groups: reply contains the new answer; keep groups: reply "
         "byte-identical to the unedited model's.\n\n"
     )

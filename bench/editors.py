@@ -4,11 +4,13 @@ Every editor exposes :meth:`Editor.runtime`, the Runtime metrics query, and ``us
 the flag they pass to it. All share one loaded model and encoder (``Runtime.from_loaded``).
 
 - ``unedited``: the bare model (no edits, ``use_memory=False``);
-- ``recall``: the default runtime (relation gate, decode injection); variants
+- ``recall``: the default runtime (relation gate, "auto" injection: answer-slot decoding for
+  chat replies, answer-first for text continuations); variants
   ``recall-learned`` / ``recall-relation`` / ``recall-subject`` / ``recall-cosine`` /
   ``recall-sentinel`` (each gate by name; the sentinel is RECIPE's knowledge sentinel used as
-  the gate of stored facts), ``recall-context`` and ``recall-both`` (context injection, and
-  context plus decoding);
+  the gate of stored facts), ``recall-decode`` (answer-first decoding everywhere),
+  ``recall-slot`` (decoding biased at the answer slot everywhere),
+  ``recall-context`` and ``recall-both`` (context injection, and context plus decoding);
 - ``recall-prompt``: every edit a continuous-prompt edit (RECIPE: trained encoder, sentinel,
   generated prefix); ``recall-codebook``: every edit a GRACE codebook entry;
 - ``ike``: in-context editing: every stored fact prepended, no gate (gate="always",
@@ -33,6 +35,7 @@ from pathlib import Path
 
 from recall.core.datasets import EditCase
 from recall.gate import DEFAULT_GATE
+from recall.inject import DEFAULT_INJECTION
 from recall.methods import editor as weight_editors
 from recall.methods.editor import DEFAULT_EDITOR, EditRequest
 from recall.methods.weights import restore, snapshot
@@ -40,16 +43,18 @@ from recall.runtime import Runtime
 
 # name -> (gate, injection, edit kind)
 RUNTIME_VARIANTS = {
-    "recall": (DEFAULT_GATE, "decode", "fact"),
-    "recall-learned": ("learned", "decode", "fact"),
-    "recall-relation": ("relation", "decode", "fact"),
-    "recall-subject": ("subject", "decode", "fact"),
-    "recall-cosine": ("cosine", "decode", "fact"),
-    "recall-sentinel": ("sentinel", "decode", "fact"),
+    "recall": (DEFAULT_GATE, DEFAULT_INJECTION, "fact"),
+    "recall-learned": ("learned", DEFAULT_INJECTION, "fact"),
+    "recall-relation": ("relation", DEFAULT_INJECTION, "fact"),
+    "recall-subject": ("subject", DEFAULT_INJECTION, "fact"),
+    "recall-cosine": ("cosine", DEFAULT_INJECTION, "fact"),
+    "recall-sentinel": ("sentinel", DEFAULT_INJECTION, "fact"),
+    "recall-decode": (DEFAULT_GATE, "decode", "fact"),
+    "recall-slot": (DEFAULT_GATE, "slot", "fact"),
     "recall-context": (DEFAULT_GATE, "context", "fact"),
     "recall-both": (DEFAULT_GATE, "both", "fact"),
-    "recall-prompt": (DEFAULT_GATE, "decode", "prompt"),
-    "recall-codebook": (DEFAULT_GATE, "decode", "codebook"),
+    "recall-prompt": (DEFAULT_GATE, DEFAULT_INJECTION, "prompt"),
+    "recall-codebook": (DEFAULT_GATE, DEFAULT_INJECTION, "codebook"),
     "ike": ("always", "context", "fact"),
 }
 # benchmark name -> registry name (the papers write FT-L with a hyphen)
@@ -188,7 +193,7 @@ class ConsolidatedRuntimeEditor(RuntimeEditor):
     """The default runtime; before evaluation, every active fact is consolidated with AlphaEdit."""
 
     def __init__(self, loaded, encoder, workdir, batch_size: int = 100) -> None:
-        super().__init__("recall-consolidated", loaded, encoder, workdir, DEFAULT_GATE, "decode")
+        super().__init__("recall-consolidated", loaded, encoder, workdir, DEFAULT_GATE, DEFAULT_INJECTION)
         self.batch_size = batch_size
         self.report = None
         self._writing = False

@@ -395,8 +395,8 @@ def bench() -> None:
     \b
     Editors (--editors):
       unedited             the bare model
-      recall               relation gate + decode injection (default)
-      recall-learned, recall-subject, recall-cosine, recall-context,
+      recall               relation gate + auto injection (default)
+      recall-learned, recall-subject, recall-cosine, recall-context, recall-slot,
       recall-both          variants (other gate / injection)
       ike                  facts always in context, no gate
       ft-l                 constrained fine-tuning of one MLP layer
@@ -566,11 +566,12 @@ def bench_chat(
     out: Annotated[Path, typer.Option(help="Write results.json, summary.md and chat.png here.")],
     editors: Annotated[
         str, typer.Option(help="Comma-separated: unedited, recall, recall-subject, recall-cosine, recall-sentinel, "
-                          "recall-context, ike.")
+                          "recall-slot, recall-context, ike.")
     ] = "unedited,recall,ike",
     t: Annotated[str, typer.Option("--T", help="Comma-separated stream lengths T.")] = "1,100",
     limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N cases.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the case shuffle (same cases for every editor).")] = 0,
+    shuffle: Annotated[bool, typer.Option(help="Shuffle the cases (else file order, as chat-check).")] = True,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=512, help="Greedy tokens per reply.")] = 24,
     replies: Annotated[bool, typer.Option(help="Generate and judge replies (else: the gate's firing only).")] = True,
     aliases: Annotated[bool, typer.Option(help="Give edits the hand-written set's subject aliases.")] = True,
@@ -587,7 +588,7 @@ def bench_chat(
         editors=[e.strip() for e in editors.split(",") if e.strip()],
         ts=[int(x) for x in t.split(",") if x.strip()],
         limit=limit,
-        seed=seed,
+        seed=seed if shuffle else None,
         max_new_tokens=max_new_tokens,
         model=model,
         device=device,

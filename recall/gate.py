@@ -45,7 +45,9 @@ class GateParams:
     cosine_threshold: float = 0.75
     subject_rel_threshold: float = 0.5
     patch_threshold: float = 0.6
-    conflict_rel_threshold: float = 0.8  # same subject + relation cosine >= this: the newer fact wins
+    # same subject and relation texts (subject masked) at least this close: the same question in
+    # near-identical words, so the newer fact retires the older (see EditMemory.conflicts)
+    conflict_rel_threshold: float = 0.97
     learned_weights: list[float] = field(default_factory=lambda: [0.0] * len(FEATURES))
     learned_bias: float = -20.0  # untrained: the learned gate never fires
     learned_threshold: float = 0.5

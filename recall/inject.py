@@ -1,7 +1,9 @@
 """Injection: turns the edits that fired for a query into a RowPlan for the model.
 
 - facts: context injection (the fact stated before the query), memory-conditioned decoding
-  (bias toward the stored answer), or both: ``Injector(mode=...)``;
+  (bias toward the stored answer: at the first position, "decode", or where the model is about
+  to state an answer, "slot"; "auto" takes "slot" for chat replies and "decode" for text
+  continuations), or context and decode together: ``Injector(mode=...)``;
 - patches: the consequence stated before the query (context only: there is no answer to bias to).
 """
 
@@ -10,9 +12,15 @@ from __future__ import annotations
 import torch
 
 from recall.core.edits import Edit
-from recall.core.lm import RowPlan, answer_tokens, join_continuation, word_glue_mask
+from recall.core.lm import RowPlan, answer_tokens, join_continuation, line_end_mask, word_glue_mask
 
-INJECTION_MODES = ("context", "decode", "both")
+INJECTION_MODES = ("auto", "context", "decode", "slot", "both")
+DEFAULT_INJECTION = "auto"
+
+
+# answer-slot decoding (mode "slot"): see RowPlan.slot_rank; chosen on zsRE train questions
+SLOT_RANK = 5
+SLOT_DEADLINE = 8
 
 
 def fact_sentence(edit: Edit) -> str:
@@ -27,17 +35,28 @@ def patch_sentence(edit: Edit) -> str:
 
 class Injector:
     def __init__(
-        self, tokenizer, mode: str = "both", bias_weight: float = 0.9, context_template: str = "{notes}\n{query}"
+        self,
+        tokenizer,
+        mode: str = "both",
+        bias_weight: float = 0.9,
+        context_template: str = "{notes}\n{query}",
+        slot_rank: int = SLOT_RANK,
+        slot_deadline: int = SLOT_DEADLINE,
     ) -> None:
         if mode not in INJECTION_MODES:
             raise ValueError(f"unknown injection mode {mode!r}; choose one of {INJECTION_MODES}")
         if not 0.0 <= bias_weight < 1.0:
             raise ValueError("bias_weight must be in [0, 1)")
+        if slot_rank < 1 or slot_deadline < 0:
+            raise ValueError("slot_rank must be >= 1 and slot_deadline >= 0")
         self.tokenizer = tokenizer
         self.mode = mode
         self.bias_weight = bias_weight
+        self.slot_rank = slot_rank
+        self.slot_deadline = slot_deadline
         self.context_template = context_template
         self._word_glue: torch.Tensor | None = None  # built on first use (one decode per vocabulary entry)
+        self._line_end: torch.Tensor | None = None  # likewise, answer-slot decoding only
 
     @property
     def word_glue(self) -> torch.Tensor:
@@ -45,17 +64,43 @@ class Injector:
             self._word_glue = word_glue_mask(self.tokenizer)
         return self._word_glue
 
-    def plan(self, query: str, fired: list[Edit]) -> RowPlan:
+    @property
+    def line_end(self) -> torch.Tensor:
+        if self._line_end is None:
+            self._line_end = line_end_mask(self.tokenizer)
+        return self._line_end
+
+    def mode_for(self, chat: bool) -> str:
+        """The mode a row runs with: "auto" is "slot" for a chat reply (a new turn, where the
+        model may restate the question before answering) and "decode" for a text continuation
+        (a cloze prompt's answer comes first)."""
+        if self.mode != "auto":
+            return self.mode
+        return "slot" if chat else "decode"
+
+    def plan(self, query: str, fired: list[Edit], chat: bool = False) -> RowPlan:
+        """``chat``: ``query`` is a rendered conversation and the row generates the reply."""
         if not fired:
             return RowPlan(query)
+        mode = self.mode_for(chat)
         facts = [e for e in fired if e.kind == "fact"]
         patches = [e for e in fired if e.kind == "patch"]
         notes = [patch_sentence(e) for e in patches]
-        if self.mode in ("context", "both"):
+        if mode in ("context", "both"):
             notes += [fact_sentence(e) for e in facts]
         prompt = self.context_template.format(notes=" ".join(notes), query=query) if notes else query
         targets = []
-        if self.mode in ("decode", "both"):
+        if mode in ("decode", "both"):
             targets = [answer_tokens(self.tokenizer, query, e.payload["target"]) for e in facts]
+        elif mode == "slot":
+            # pairs: the answer right after the query (a cloze's " Paris", a chat reply's
+            # "Paris"), then the answer after a word of the reply (" Paris"); see RowPlan
+            for e in facts:
+                target = e.payload["target"].strip()
+                pair = [answer_tokens(self.tokenizer, query, target), answer_tokens(self.tokenizer, "", " " + target)]
+                if all(pair):
+                    targets += pair
+            slot = dict(slot_rank=self.slot_rank, slot_deadline=self.slot_deadline, slot_enders=self.line_end)
+            return RowPlan(prompt, targets, self.bias_weight, word_glue=self.word_glue if targets else None, **slot)
         targets = [t for t in targets if t]
         return RowPlan(prompt, targets, self.bias_weight, word_glue=self.word_glue if targets else None)

@@ -36,6 +36,29 @@ class Candidate:
     features: PairFeatures
     gate_score: float = 0.0
     fired: bool = False
+    # set when the gate fired but another fired fact about the same subject won (see
+    # resolve_conflicts): the winner's id
+    shadowed_by: str | None = None
+
+
+def resolve_conflicts(cands: list[Candidate]) -> None:
+    """One fired fact per subject. Facts the gate fired for one query that share a name (subject
+    or alias) answer the same question differently (a subject-and-relation duplicate is retired
+    when it is added; these are the ones whose relations could not be told the same, such as
+    "What architect designed X?" and "Who is the architect of X?"). Biasing toward several
+    answers at once blends them ("Babur-Lahima"), so the fact whose key is closest to the query
+    keeps firing, the newest when keys tie to two decimals, and the others are marked
+    ``shadowed_by`` it."""
+    fired = [c for c in cands if c.fired and c.edit.kind == "fact" and c.edit.subject]
+    fired.sort(key=lambda c: (round(c.features.cos_key, 2), c.edit.num), reverse=True)
+    kept: list[tuple[set[str], Candidate]] = []
+    for c in fired:
+        names = {normalize(n) for n in c.edit.names}
+        winner = next((w for w_names, w in kept if names & w_names), None)
+        if winner is None:
+            kept.append((names, c))
+        else:
+            c.fired, c.shadowed_by = False, winner.edit.id
 
 
 class EditMemory:
@@ -164,11 +187,16 @@ class EditMemory:
         return self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
 
     def conflicts(self, edit: Edit, vectors: np.ndarray) -> dict[str, str]:
-        """Active facts the new fact supersedes: same subject and same relation.
+        """Active facts the new fact supersedes: same subject and the same question.
 
-        The relation is the same when both edits name it and the names agree, or, when either
-        does not, when their relation texts (subject masked) are near-identical: stricter than
-        the gate, because retiring a fact wrongly loses it, while a gate miss only costs recall."""
+        The question is the same when both edits name their relation and the names agree, or,
+        when either does not, when their relation texts (subject masked) are the same words:
+        equal once normalized, or at cosine ``conflict_rel_threshold`` (.97) or more. Facts
+        whose questions are only similar ("What architect designed X?", "Who is the architect
+        of X?") both stay: each keeps answering its own question, and a query that fires
+        several of them takes the closest (:func:`resolve_conflicts`). A client that means a
+        correction of the same relation in other words says so with ``relation=``, or retires
+        the old fact."""
         if edit.kind != "fact" or not edit.subject:
             return {}
         out = {}
@@ -187,7 +215,11 @@ class EditMemory:
                     {normalize(edit.subject): vectors[-1]},
                     old,
                 )
-                same = bool(f.subj_focus) and f.cos_rel >= self.gate.params.conflict_rel_threshold
+                same = bool(f.subj_focus) and (
+                    f.cos_rel >= self.gate.params.conflict_rel_threshold
+                    or normalize(relation_text(edit.payload["prompt"], edit.subject))
+                    == normalize(relation_text(old.payload["prompt"], old.subject))
+                )
             if same:
                 out[old.id] = (
                     f"superseded by {edit.id}: same subject {edit.subject!r} and relation "
@@ -322,6 +354,7 @@ class EditMemory:
                 f.sentinel_margin = margins[i][j] if margins is not None else None
                 score, fired = self.gate.score(f, edit.kind)
                 cands.append(Candidate(edit, f, score, fired))
+            resolve_conflicts(cands)
             cands.sort(key=lambda c: (c.fired, c.gate_score), reverse=True)
             out.append(cands)
         return out

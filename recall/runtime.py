@@ -25,7 +25,7 @@ from recall.core.lm import RowPlan, SamplingOptions, TokenScore, generate_rows, 
 from recall.core.models import load_model
 from recall.gate import DEFAULT_GATE, Gate, GateParams
 from recall.index import TextEncoder
-from recall.inject import Injector
+from recall.inject import DEFAULT_INJECTION, Injector
 from recall.learned import KnowledgeKinds
 from recall.memory import EditMemory, check_queries
 from recall.methods.editor import DEFAULT_EDITOR
@@ -66,7 +66,7 @@ class Runtime:
         device: str = "auto",
         *,
         gate: str = DEFAULT_GATE,
-        injection: str = "decode",
+        injection: str = DEFAULT_INJECTION,
         bias_weight: float = 0.9,
         top_k: int = 8,
         readonly: bool = False,
@@ -101,7 +101,7 @@ class Runtime:
         encoder: TextEncoder,
         *,
         gate: str = DEFAULT_GATE,
-        injection: str = "decode",
+        injection: str = DEFAULT_INJECTION,
         bias_weight: float = 0.9,
         top_k: int = 8,
         readonly: bool = False,
@@ -114,7 +114,10 @@ class Runtime:
 
         ``gate``: "relation" (default: a name of the subject occurs and the relation scorer says
         the query asks the edit's relation), "learned", "subject", "cosine", "sentinel" (RECIPE's
-        knowledge sentinel) or "always"; ``injection``: "decode" (default), "context" or "both";
+        knowledge sentinel) or "always"; ``injection``: "auto" (default: "slot" for chat
+        replies, "decode" for text continuations), "decode" (the answer biased at the first
+        position), "slot" (biased where the model is about to state an answer), "context" or
+        "both";
         ``bias_weight``: λ of memory-conditioned decoding; ``recipe``: the continuous-prompt
         checkpoint directory (default: the one shipped for the embedded model), loaded on first
         use by prompt edits or the sentinel gate.
@@ -223,11 +226,12 @@ class Runtime:
         return prompt, applied
 
     def _plans(
-        self, prompts: list[str], scopes: list[str] | None = None
+        self, prompts: list[str], scopes: list[str] | None = None, chat: list[bool] | None = None
     ) -> tuple[list[RowPlan], list[list], list[list[str]], list]:
         """Per row: the plan, the retrieved candidates, the input regexes applied, and the
         continuous-prompt edit matched (or None). ``scopes``: per row, the text retrieval and
-        the gate judge when it is not the prompt itself (a chat turn inside a rendered template)."""
+        the gate judge when it is not the prompt itself (a chat turn inside a rendered template);
+        ``chat``: per row, whether the prompt is a rendered conversation awaiting its reply."""
         rewritten = [self._rewrite_input(p) for p in prompts]
         queries = [q for q, _ in rewritten]
         judged = queries if scopes is None else [self._rewrite_input(s)[0] for s in scopes]
@@ -235,9 +239,9 @@ class Runtime:
         cands = self.memory.retrieve(judged, self.top_k, knowledge_q)
         matches = self.memory.prompt_matches(len(queries), knowledge_q)
         plans = []
-        for q, row, match in zip(queries, cands, matches):
+        for i, (q, row, match) in enumerate(zip(queries, cands, matches)):
             fired = [c.edit for c in row if c.fired][: self.max_fired]
-            plan = self.injector.plan(q, fired)
+            plan = self.injector.plan(q, fired, chat=bool(chat and chat[i]))
             if match is not None:
                 plan.prefix = self.memory.prompts.prefix(match[0].num).to(self.model.device, self.model.dtype)
             plans.append(plan)
@@ -325,15 +329,20 @@ class Runtime:
         seed: int | None = None,
         use_memory: bool = True,
         scopes: list[str] | None = None,
+        chat: list[bool] | None = None,
     ) -> list[tuple[str, list[str]]]:
         """``generate`` that also returns, per row, the ids of the edits applied to that row:
         input regexes that matched, facts and patches that fired, output regexes that changed
         the text. One retrieval serves both (a second ``explain`` could see a newer store), so
         a server can report exactly the edits a request received. ``scopes``: per row, the text
-        that decides which edits are in scope, when it is not the prompt (see :meth:`chat`)."""
+        that decides which edits are in scope, when it is not the prompt (see :meth:`chat`);
+        ``chat``: per row, whether the prompt is a rendered conversation whose reply is being
+        generated (answer-slot decoding under ``injection="auto"``; default: none is)."""
         prompts = check_queries(prompts)
         if scopes is not None and len(check_queries(scopes, "scopes")) != len(prompts):
             raise InvalidQueryError(f"{len(prompts)} prompts but {len(scopes)} scopes")
+        if chat is not None and len(chat) != len(prompts):
+            raise InvalidQueryError(f"{len(prompts)} prompts but {len(chat)} chat flags")
         _check_max_new_tokens(max_new_tokens)
         if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
             raise InvalidQueryError("need temperature > 0, 0 < top_p <= 1 and top_k >= 0")
@@ -341,7 +350,7 @@ class Runtime:
         if not use_memory:
             bare = generate_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], max_new_tokens, sampling)
             return [(text, []) for text in bare]
-        plans, cands, regex_ids, matches = self._plans(prompts, scopes)
+        plans, cands, regex_ids, matches = self._plans(prompts, scopes, chat)
         texts = self._run_partitioned(generate_rows, plans, prompts, max_new_tokens, sampling)
         outputs = self.memory.regex_edits("output")
         rows = []
@@ -402,6 +411,7 @@ class Runtime:
             seed=seed,
             use_memory=use_memory,
             scopes=[scope],
+            chat=[True],
         )
         return text
 
@@ -421,6 +431,7 @@ class Runtime:
                     "retrieval_score": round(c.features.cos_key, 4),
                     "gate_score": round(c.gate_score, 4),
                     "fired": c.fired,
+                    "shadowed_by": c.shadowed_by,
                     "features": {
                         k: round(float(v), 4)
                         for k, v in vars(c.features).items()

@@ -5,10 +5,13 @@ replies that keep an edited answer a whole word. Real embedded model, real store
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import FACT_SUBJECT
 
 from recall.core.chat import check_messages, scope_query
 from recall.core.errors import InvalidEditError, InvalidQueryError
+from recall.core.lm import RowPlan, _slot_firsts
+from recall.inject import DEFAULT_INJECTION, SLOT_RANK
 
 QUESTION = "What is the mother tongue of Danielle Darrieux?"
 
@@ -104,3 +107,57 @@ def test_aliases_put_a_query_in_scope_and_survive_export(make_runtime, store_dir
     assert edit.id in other.explain("Where was Obama born?")["fired"]
     rt.remove_edit(edit.id)
     assert not rt.explain("where was obama born again?")["fired"]
+
+
+def test_answer_slot_decoding_states_the_answer_as_a_whole_word_inside_the_reply(make_runtime, store_dir):
+    """injection="slot": the answer is biased where the model is about to state one (or at the
+    deadline), never glued onto a word, and rows where nothing fired stay byte-identical."""
+    rt = make_runtime(store_dir, injection="slot")
+    rt.add_edit(prompt=QUESTION, target="Babur", subject=FACT_SUBJECT)
+    reply = rt.chat([user(QUESTION)], max_new_tokens=16)
+    words = reply.replace(",", " ").replace(".", " ").replace(":", " ").split()
+    assert "Babur" in words, reply
+    unrelated = [user("What is the capital of France?")]
+    assert rt.chat(unrelated, max_new_tokens=12) == rt.chat(unrelated, max_new_tokens=12, use_memory=False)
+
+
+def test_slot_firsts_waits_for_the_slot_then_takes_the_spaced_form():
+    vocab = 50
+    plan = RowPlan("q", [[7, 8], [9, 8]], 0.9, slot_rank=3, slot_deadline=5, slot_enders=torch.zeros(vocab, dtype=bool))
+    logp = torch.log_softmax(torch.arange(vocab, dtype=torch.float).flip(0), -1)  # token 0 best, 49 worst
+    assert _slot_firsts(plan, logp, step=0, stops=set()) == []  # 7 ranks 8th: not at a slot yet
+    assert _slot_firsts(plan, logp, step=5, stops=set()) == [9]  # deadline: the spaced form after step 0
+    assert _slot_firsts(plan, logp, step=0, stops={0}) == [7]  # the model would stop: answer first
+    at_slot = logp.clone()
+    at_slot[9] = at_slot[0] + 1  # the spaced form is now the model's own choice
+    assert _slot_firsts(plan, at_slot, step=2, stops=set()) == [9]
+    assert _slot_firsts(plan, at_slot, step=0, stops=set()) == []  # step 0 reads the unspaced form only
+    glue = torch.zeros(vocab, dtype=bool)
+    glue[0] = True  # the model's top token continues the word before it
+    inside_word = RowPlan("q", plan.bias_targets, 0.9, word_glue=glue, slot_rank=3, slot_deadline=5)
+    assert _slot_firsts(inside_word, logp, step=6, stops=set()) == []  # past the deadline, but mid-word
+    assert _slot_firsts(inside_word, logp, step=6, stops=set(), left=2) == [9]  # room for the answer only
+
+
+def test_auto_injection_takes_the_slot_for_chat_and_answer_first_for_text(make_runtime, store_dir):
+    rt = make_runtime(store_dir)
+    assert rt.injector.mode == DEFAULT_INJECTION == "auto"
+    edit = rt.add_edit(prompt=QUESTION, target="Babur", subject=FACT_SUBJECT)
+    text_plan = rt.injector.plan(QUESTION, [edit])
+    chat_plan = rt.injector.plan(rt.render_chat([user(QUESTION)])[0], [edit], chat=True)
+    assert text_plan.slot_rank is None and chat_plan.slot_rank == SLOT_RANK
+    assert rt.generate([f"{QUESTION} Answer:"], max_new_tokens=4)[0].strip().startswith("Babur")
+
+
+def test_chat_flags_are_per_row_in_one_batch(make_runtime, store_dir):
+    """A server batch mixes text completions and chat replies: each row is decoded its own way."""
+    rt = make_runtime(store_dir)
+    rt.add_edit(prompt=QUESTION, target="Babur", subject=FACT_SUBJECT)
+    text_prompt = f"{QUESTION} Answer:"
+    rendered, scope = rt.render_chat([user(QUESTION)])
+    rows = rt.generate_with_edits([text_prompt, rendered], 12, scopes=[text_prompt, scope], chat=[False, True])
+    assert rows[0][0].strip().startswith("Babur")
+    chat_plan = rt.injector.plan(rendered, [rt.edits()[0]], chat=True)
+    assert chat_plan.slot_rank is not None and "Babur" in rows[1][0]
+    with pytest.raises(InvalidQueryError, match="chat flags"):
+        rt.generate_with_edits([text_prompt], 4, chat=[True, False])

@@ -6,6 +6,10 @@ from __future__ import annotations
 import pytest
 from conftest import FACT_PARAPHRASE, FACT_PROMPT, FACT_SUBJECT, UNRELATED, weights_digest
 
+from recall.core.edits import Edit
+from recall.gate import PairFeatures
+from recall.memory import Candidate, resolve_conflicts
+
 NOFIRE = [
     UNRELATED,
     "Michel Rocard is a native speaker of",
@@ -140,9 +144,28 @@ def test_same_subject_same_relation_retires_older(make_runtime, store_dir, gate)
     assert row["supersedes"] == [first.id]
     assert first.id not in [c["id"] for c in ex["candidates"]]
     assert rt.generate([FACT_PROMPT], max_new_tokens=3)[0].strip().startswith("German")
-    # a rephrased prompt for the same relation also supersedes
-    third = rt.add_edit(prompt="Danielle Darrieux's mother tongue is", target="Italian", subject=FACT_SUBJECT)
+    # the same words in other case and punctuation are the same question: it supersedes too
+    third = rt.add_edit(prompt="the mother tongue of danielle darrieux is:", target="Italian", subject=FACT_SUBJECT)
     assert rt.get_edit(second.id).status == "retired" and rt.get_edit(second.id).retired_by == third.id
+
+
+@pytest.mark.parametrize("gate", list(GATES))
+def test_similar_questions_both_stay_and_the_closest_answers(make_runtime, store_dir, gate):
+    """Facts about one subject whose questions are only similar both stay; a query that fires
+    several takes the one whose question is closest to it, and explain says who shadowed whom."""
+    rt = make_runtime(store_dir, **GATES[gate])
+    first = add_darrieux(rt, "German")
+    rephrased = "Danielle Darrieux's mother tongue is"
+    second = rt.add_edit(prompt=rephrased, target="Italian", subject=FACT_SUBJECT)
+    assert {e.id for e in rt.edits()} == {first.id, second.id}
+    for prompt, winner, loser in ((FACT_PROMPT, first, second), (rephrased, second, first)):
+        ex = rt.explain(prompt)
+        assert ex["fired"] == [winner.id]
+        shadowed = [c for c in ex["candidates"] if c["id"] == loser.id]
+        assert not shadowed or shadowed[0]["shadowed_by"] in (None, winner.id)
+        assert not shadowed or not shadowed[0]["fired"]
+    assert rt.generate([rephrased], max_new_tokens=3)[0].strip().startswith("Italian")
+    assert rt.generate([FACT_PROMPT], max_new_tokens=3)[0].strip().startswith("German")
 
 
 @pytest.mark.parametrize("gate", list(GATES))
@@ -152,6 +175,32 @@ def test_same_subject_other_relation_does_not_retire(make_runtime, store_dir, ga
     born = rt.add_edit(prompt="Danielle Darrieux was born in", target="Paris", subject=FACT_SUBJECT)
     assert rt.get_edit(tongue.id).status == "active"
     assert {e.id for e in rt.edits()} == {tongue.id, born.id}
+
+
+def _cand(num: int, subject: str, cos: float, fired: bool = True, kind: str = "fact", aliases=()) -> Candidate:
+    payload = {"prompt": f"q{num}", "target": f"t{num}", "aliases": list(aliases)}
+    edit = Edit(id=f"e{num}", kind=kind, payload=payload, keys=[f"q{num}"], subject=subject, num=num)
+    return Candidate(edit, PairFeatures(cos_key=cos), 1.0, fired)
+
+
+def test_resolve_conflicts_keeps_one_fact_per_subject():
+    closest_old = _cand(1, "Toodyay Fire Station", 0.99)
+    newer_far = _cand(2, "toodyay fire station", 0.90)
+    other_subject = _cand(3, "Perth", 0.50)
+    alias_of_first = _cand(4, "TFS", 0.80, aliases=("Toodyay Fire Station",))
+    not_fired = _cand(5, "Toodyay Fire Station", 0.999, fired=False)
+    cands = [newer_far, other_subject, closest_old, alias_of_first, not_fired]
+    resolve_conflicts(cands)
+    assert [c.edit.id for c in cands if c.fired] == ["e3", "e1"]
+    assert newer_far.shadowed_by == "e1" and alias_of_first.shadowed_by == "e1"
+    assert other_subject.shadowed_by is None and not_fired.shadowed_by is None
+
+
+def test_resolve_conflicts_prefers_the_newest_on_a_tie():
+    old, new = _cand(1, "X Corp", 0.951), _cand(7, "X Corp", 0.948)
+    cands = [old, new]
+    resolve_conflicts(cands)
+    assert new.fired and not old.fired and old.shadowed_by == "e7"
 
 
 def test_named_relations_decide_conflicts(rt):

@@ -36,6 +36,16 @@ class RowPlan:
     # punctuation). Masked for the one step after a biased answer is complete, so the answer
     # stays a whole word ("Babur", not "Baburan") and the model goes on in its own words.
     word_glue: torch.Tensor | None = None
+    # Answer-slot decoding (generation only; None: answer-first). The answer is not forced at
+    # the first position but where the model itself is about to state an answer: the first
+    # step at which one of the targets' first tokens ranks among the model's top ``slot_rank``
+    # tokens, or at ``slot_deadline`` steps if no such step came. Once begun, the answer is
+    # completed as in answer-first decoding, and nothing is biased after it.
+    slot_rank: int | None = None
+    slot_deadline: int = 8
+    # bool [vocab]: tokens that end a line; when one (or a stop token) is the model's next token
+    # and the answer has not begun, the answer begins there instead (it is never left out)
+    slot_enders: torch.Tensor | None = None
 
     @property
     def plain(self) -> bool:
@@ -115,6 +125,11 @@ def answer_tokens(tokenizer, prompt: str, answer: str) -> list[int]:
     return tokenizer(join_continuation(prompt, answer), add_special_tokens=False).input_ids
 
 
+def line_end_mask(tokenizer) -> torch.Tensor:
+    """Bool [vocab]: tokens holding a line break (a period is not enough: "Milton F. Pavlic")."""
+    return torch.tensor(["\n" in tokenizer.decode([i]) for i in range(len(tokenizer))], dtype=torch.bool)
+
+
 def word_glue_mask(tokenizer) -> torch.Tensor:
     """Bool [vocab]: the tokens whose text starts with a letter or digit, i.e. that continue the
     word before them instead of starting a new one (see ``RowPlan.word_glue``)."""
@@ -134,6 +149,42 @@ def _mix(logp: torch.Tensor, boosted: list[int], lam: float) -> torch.Tensor:
 def _boosted(targets: list[list[int]], produced: list[int]) -> list[int]:
     j = len(produced)
     return sorted({t[j] for t in targets if len(t) > j and t[:j] == produced})
+
+
+def _slot_firsts(plan: RowPlan, logp: torch.Tensor, step: int, stops: set[int], left: int = 1 << 30) -> list[int]:
+    """Answer-slot decoding before the answer began: the targets' first tokens to bias at this
+    step. The reply's first token takes the targets written without a leading space, later
+    ones those with it, and only where the model itself starts a new word (so the answer never
+    splits or glues onto a word). None while the model is not at a slot; the best-ranked one
+    at the deadline, where the model would end the line or reply, or when only ``left`` new
+    tokens remain, just enough for the longest answer (then even inside a word)."""
+    candidates = plan.bias_targets[step > 0 :: 2]
+    firsts = sorted({t[0] for t in candidates if t})
+    if not firsts:
+        return []
+    ranks = [int((logp > v).sum()) for v in logp[firsts]]
+    if left <= max(len(t) for t in candidates):
+        return [firsts[min(range(len(firsts)), key=ranks.__getitem__)]]
+    top = int(torch.argmax(logp))
+    if step > 0 and plan.word_glue is not None and bool(plan.word_glue[top]):
+        return []  # the model is inside a word: an answer here would split it
+    at_slot = [t for t, r in zip(firsts, ranks) if r < (plan.slot_rank or 0)]
+    if at_slot:
+        return at_slot
+    ending = top in stops or (plan.slot_enders is not None and bool(plan.slot_enders[top]))
+    if step >= plan.slot_deadline or ending:
+        return [firsts[min(range(len(firsts)), key=ranks.__getitem__)]]
+    return []
+
+
+def _step_boost(
+    plan: RowPlan, logp: torch.Tensor, produced: list[int], begun: int | None, step: int, stops: set[int], left: int
+) -> list[int]:
+    """Tokens to bias toward at this generation step (``left`` new tokens remain, this one
+    included). ``begun``: where the answer began in ``produced`` (answer-first: always 0)."""
+    if begun is not None:
+        return _boosted(plan.bias_targets, produced[begun:])
+    return _slot_firsts(plan, logp, step, stops, left)
 
 
 @dataclass
@@ -242,20 +293,27 @@ def generate_rows(
         gen.manual_seed(sampling.seed)
     stops = _stop_ids(model, tokenizer)
     produced: list[list[int]] = [[] for _ in plans]
+    # where each row's biased answer began in ``produced`` (answer-first rows: at 0)
+    begun: list[int | None] = [None if p.slot_rank is not None else 0 for p in plans]
     done = [False] * len(plans)
     _arm(hook, [mask.shape[1] - 1] * len(plans), device)
     out = model(**inputs, attention_mask=mask, position_ids=pos, use_cache=True)
     _collect(hook, plans)
     past, cache_kw = output_cache(out), cache_keyword(model)
-    for _step in range(max_new_tokens):
+    for step in range(max_new_tokens):
         logits = out.logits[:, -1].float()
         if sampling.do_sample and sampling.temperature > 0:
             logits = logits / sampling.temperature
         logp = torch.log_softmax(logits, dim=-1)
         next_tokens = []
         for r, plan in enumerate(plans):
-            lp = logp[r] if plan.plain else _mix(logp[r], _boosted(plan.bias_targets, produced[r]), plan.bias_weight)
-            if plan.word_glue is not None and produced[r] in plan.bias_targets:
+            lp = logp[r]
+            if not plan.plain:
+                boost = _step_boost(plan, lp, produced[r], begun[r], step, stops, max_new_tokens - step)
+                lp = _mix(lp, boost, plan.bias_weight)
+                if begun[r] is None and boost:
+                    begun[r] = len(produced[r])  # the slot: the answer begins here
+            if plan.word_glue is not None and begun[r] is not None and produced[r][begun[r]:] in plan.bias_targets:
                 lp = lp.masked_fill(plan.word_glue.to(lp.device), float("-inf"))
             next_tokens.append(_choose(lp, sampling, gen))
         for r, tok in enumerate(next_tokens):

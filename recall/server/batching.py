@@ -211,6 +211,7 @@ class BatchWorker:
     def _call(self, key: GenerationKey, jobs: list[Job]) -> None:
         prompts = [p for job in jobs for p in job.prompts]
         scopes = [s for job in jobs for s in (job.scopes or job.prompts)]
+        chat = [job.scopes is not None for job in jobs for _ in job.prompts]  # chat jobs carry their turn
         try:
             with self.lock:
                 out = self.runtime.generate_with_edits(
@@ -222,6 +223,7 @@ class BatchWorker:
                     seed=key.seed,
                     use_memory=self.use_memory,
                     scopes=scopes,
+                    chat=chat,
                 )
         except Exception as exc:  # the error belongs to these requests, not to the worker
             for job in jobs:
