@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from recall.core.edits import Edit
-from recall.core.lm import RowPlan, answer_tokens, join_continuation, line_end_mask, word_glue_mask
+from recall.core.lm import RowPlan, answer_tokens, join_continuation, line_end_mask, vocab_texts, word_glue_mask
 
 INJECTION_MODES = ("auto", "context", "decode", "slot", "both")
 DEFAULT_INJECTION = "auto"
@@ -55,19 +55,27 @@ class Injector:
         self.slot_rank = slot_rank
         self.slot_deadline = slot_deadline
         self.context_template = context_template
-        self._word_glue: torch.Tensor | None = None  # built on first use (one decode per vocabulary entry)
-        self._line_end: torch.Tensor | None = None  # likewise, answer-slot decoding only
+        # built on first use from one decode of the vocabulary (line_end: answer-slot decoding only)
+        self._vocab: list[str] | None = None
+        self._word_glue: torch.Tensor | None = None
+        self._line_end: torch.Tensor | None = None
+
+    @property
+    def vocab(self) -> list[str]:
+        if self._vocab is None:
+            self._vocab = vocab_texts(self.tokenizer)
+        return self._vocab
 
     @property
     def word_glue(self) -> torch.Tensor:
         if self._word_glue is None:
-            self._word_glue = word_glue_mask(self.tokenizer)
+            self._word_glue = word_glue_mask(self.vocab)
         return self._word_glue
 
     @property
     def line_end(self) -> torch.Tensor:
         if self._line_end is None:
-            self._line_end = line_end_mask(self.tokenizer)
+            self._line_end = line_end_mask(self.vocab)
         return self._line_end
 
     def mode_for(self, chat: bool) -> str:
@@ -89,9 +97,9 @@ class Injector:
         if mode in ("context", "both"):
             notes += [fact_sentence(e) for e in facts]
         prompt = self.context_template.format(notes=" ".join(notes), query=query) if notes else query
-        targets = []
+        targets, slot = [], {}
         if mode in ("decode", "both"):
-            targets = [answer_tokens(self.tokenizer, query, e.payload["target"]) for e in facts]
+            targets = [t for e in facts if (t := answer_tokens(self.tokenizer, query, e.payload["target"]))]
         elif mode == "slot":
             # pairs: the answer right after the query (a cloze's " Paris", a chat reply's
             # "Paris"), then the answer after a word of the reply (" Paris"); see RowPlan
@@ -101,6 +109,4 @@ class Injector:
                 if all(pair):
                     targets += pair
             slot = dict(slot_rank=self.slot_rank, slot_deadline=self.slot_deadline, slot_enders=self.line_end)
-            return RowPlan(prompt, targets, self.bias_weight, word_glue=self.word_glue if targets else None, **slot)
-        targets = [t for t in targets if t]
-        return RowPlan(prompt, targets, self.bias_weight, word_glue=self.word_glue if targets else None)
+        return RowPlan(prompt, targets, self.bias_weight, word_glue=self.word_glue if targets else None, **slot)

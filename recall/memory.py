@@ -200,6 +200,7 @@ class EditMemory:
         if edit.kind != "fact" or not edit.subject:
             return {}
         out = {}
+        words = normalize(relation_text(edit.payload["prompt"], edit.subject))
         for num in list(self.lexicon.get(normalize(edit.subject), ())):
             old = self.store.get_by_num(num)
             if old is None or old.status != "active" or old.id == edit.id:
@@ -217,8 +218,7 @@ class EditMemory:
                 )
                 same = bool(f.subj_focus) and (
                     f.cos_rel >= self.gate.params.conflict_rel_threshold
-                    or normalize(relation_text(edit.payload["prompt"], edit.subject))
-                    == normalize(relation_text(old.payload["prompt"], old.subject))
+                    or words == normalize(relation_text(old.payload["prompt"], old.subject))
                 )
             if same:
                 out[old.id] = (

@@ -125,15 +125,21 @@ def answer_tokens(tokenizer, prompt: str, answer: str) -> list[int]:
     return tokenizer(join_continuation(prompt, answer), add_special_tokens=False).input_ids
 
 
-def line_end_mask(tokenizer) -> torch.Tensor:
-    """Bool [vocab]: tokens holding a line break (a period is not enough: "Milton F. Pavlic")."""
-    return torch.tensor(["\n" in tokenizer.decode([i]) for i in range(len(tokenizer))], dtype=torch.bool)
+def vocab_texts(tokenizer) -> list[str]:
+    """Each vocabulary entry decoded on its own (one decode per entry: build once, derive masks)."""
+    return [tokenizer.decode([i]) for i in range(len(tokenizer))]
 
 
-def word_glue_mask(tokenizer) -> torch.Tensor:
-    """Bool [vocab]: the tokens whose text starts with a letter or digit, i.e. that continue the
-    word before them instead of starting a new one (see ``RowPlan.word_glue``)."""
-    texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+def line_end_mask(texts: list[str]) -> torch.Tensor:
+    """Bool [vocab] from :func:`vocab_texts`: tokens holding a line break (a period is not
+    enough: "Milton F. Pavlic")."""
+    return torch.tensor(["\n" in t for t in texts], dtype=torch.bool)
+
+
+def word_glue_mask(texts: list[str]) -> torch.Tensor:
+    """Bool [vocab] from :func:`vocab_texts`: the tokens whose text starts with a letter or
+    digit, i.e. that continue the word before them instead of starting a new one (see
+    ``RowPlan.word_glue``)."""
     return torch.tensor([t[:1].isalnum() for t in texts], dtype=torch.bool)
 
 
@@ -163,8 +169,9 @@ def _slot_firsts(plan: RowPlan, logp: torch.Tensor, step: int, stops: set[int], 
     if not firsts:
         return []
     ranks = [int((logp > v).sum()) for v in logp[firsts]]
+    best = [firsts[min(range(len(firsts)), key=ranks.__getitem__)]]
     if left <= max(len(t) for t in candidates):
-        return [firsts[min(range(len(firsts)), key=ranks.__getitem__)]]
+        return best
     top = int(torch.argmax(logp))
     if step > 0 and plan.word_glue is not None and bool(plan.word_glue[top]):
         return []  # the model is inside a word: an answer here would split it
@@ -172,9 +179,7 @@ def _slot_firsts(plan: RowPlan, logp: torch.Tensor, step: int, stops: set[int], 
     if at_slot:
         return at_slot
     ending = top in stops or (plan.slot_enders is not None and bool(plan.slot_enders[top]))
-    if step >= plan.slot_deadline or ending:
-        return [firsts[min(range(len(firsts)), key=ranks.__getitem__)]]
-    return []
+    return best if step >= plan.slot_deadline or ending else []
 
 
 def _step_boost(
