@@ -42,6 +42,7 @@ from recall.core.datasets import EditCase, load_cases
 from recall.core.models import load_model
 from recall.core.reporting import machine_info, md_table, pick_threads, pyplot, torch_threads
 from recall.core.requests import EditRequest
+from recall.core.text import contains_phrase, normalize
 from recall.evaluation.metrics import contains_answer, mean
 from recall.index import TextEncoder
 
@@ -80,6 +81,12 @@ def _as_question(prompt: str) -> str:
     return text[:1].upper() + text[1:] + ("" if text.endswith("?") else "?")
 
 
+def _keep_group(prompt: str, subject: str | None) -> str:
+    """A locality prompt that names the edit's subject asks it another question (same_subject);
+    any other is unrelated."""
+    return "same_subject" if subject and contains_phrase(normalize(prompt), normalize(subject)) else "unrelated"
+
+
 def _from_edit_cases(path: Path, limit: int | None) -> list[ChatCase]:
     out = []
     for case in load_cases(path, None, limit=limit, skip_invalid=True):
@@ -88,7 +95,8 @@ def _from_edit_cases(path: Path, limit: int | None) -> list[ChatCase]:
         req = case.edits[0]
         asks = [("question", [user(req.prompt)]), ("second_turn", [*ASIDE, user(req.prompt)])]
         asks += [("paraphrase", [user(p)]) for p in case.rephrase[:1]]
-        keeps = [("unrelated", [user(_as_question(p))]) for p, _ in case.locality[:1]]
+        # KnowEdit's locality prompts ask about the edit's own subject (relation specificity)
+        keeps = [(_keep_group(p, req.subject), [user(_as_question(p))]) for p, _ in case.locality[:1]]
         out.append(ChatCase(case.case_id, req.prompt, req.target, req.subject, asks, keeps))
     return out
 
@@ -115,9 +123,23 @@ def _from_dev_set(path: Path, limit: int | None, use_aliases: bool = True) -> li
     return out
 
 
-def load_chat_cases(path: str | Path, limit: int | None = None, use_aliases: bool = True) -> list[ChatCase]:
+def load_chat_cases(
+    path: str | Path | list[str | Path], limit: int | None = None, use_aliases: bool = True
+) -> list[ChatCase]:
     """Chat cases from the hand-written dev set (JSON lines with ``follow_up``; ``use_aliases``:
-    edits carry the record's subject aliases, as a user who knows them would give) or any edit data set."""
+    edits carry the record's subject aliases, as a user who knows them would give) or any edit data set.
+
+    Several paths are read in order and concatenated; a case whose edit prompt an earlier case
+    already has is dropped (zsRE's eval file and KnowEdit's ZsRE test share records)."""
+    if isinstance(path, list):
+        cases: list[ChatCase] = []
+        seen: set[str] = set()
+        for p in path:
+            for case in load_chat_cases(p, None, use_aliases):
+                if case.prompt not in seen:
+                    seen.add(case.prompt)
+                    cases.append(case)
+        return cases[:limit] if limit is not None else cases
     path = Path(path)
     with path.open(encoding="utf-8") as fh:
         first = fh.readline()
@@ -178,9 +200,7 @@ def firing(editor: Editor, cases: list[ChatCase]) -> dict[str, float]:
     return {k: mean(v) for k, v in rates.items()}
 
 
-def evaluate(
-    editor: Editor, cases: list[ChatCase], max_new_tokens: int, unedited: dict[str, str]
-) -> dict[str, float]:
+def evaluate(editor: Editor, cases: list[ChatCase], max_new_tokens: int, unedited: dict[str, str]) -> dict[str, float]:
     """The metrics of one editor after its edits; ``unedited`` caches bare replies by conversation."""
     asks = [(g, c, case.target) for case in cases for g, c in case.asks]
     keeps = [(g, c) for case in cases for g, c in case.keeps]
@@ -225,13 +245,19 @@ def run(
     progress: bool = True,
     replies_too: bool = True,
     use_aliases: bool = True,
+    ask: int | None = None,
 ) -> dict[str, Any]:
     """Run the chat benchmark, write ``results.json``, ``summary.md`` and ``chat.png``, return the results.
 
     ``seed`` shuffles the cases; ``None`` keeps the file's order. zsRE's eval file lists the
     records of one subject next to each other, often asking one question with different new
     answers, so its first T records in file order test how edits about one subject coexist
-    (as ``../shared/tools/chat-check.py`` does), while a shuffle spreads them out."""
+    (as ``../shared/tools/chat-check.py`` does), while a shuffle spreads them out.
+
+    ``data`` may be a list of files (concatenated, repeated prompts dropped). ``ask``: replies
+    are generated for a sample of that many of the T edits in the store (seeded, the same for
+    every editor); the gate's firing is still measured on all T. A large store is then judged
+    at the cost of a small one's replies."""
     unknown = [e for e in editors if e not in EDITORS]
     if unknown:
         raise ValueError(f"unknown editor(s) {unknown}; known: {', '.join(EDITORS)}")
@@ -247,8 +273,17 @@ def run(
         loaded = load_model(model, device)
         encoder = TextEncoder(encoder_path, device=str(loaded[0].device))
     results: dict[str, Any] = {
-        "config": {"data": str(data), "cases": len(cases), "T": ts, "aliases": use_aliases, "editors": list(editors),
-                   "seed": seed, "max_new_tokens": max_new_tokens, "machine": machine_info()},
+        "config": {
+            "data": [str(d) for d in data] if isinstance(data, list) else str(data),
+            "cases": len(cases),
+            "T": ts,
+            "ask": ask,
+            "aliases": use_aliases,
+            "editors": list(editors),
+            "seed": seed,
+            "max_new_tokens": max_new_tokens,
+            "machine": machine_info(),
+        },
         "rows": [],
     }
     unedited: dict[str, str] = {}
@@ -264,7 +299,7 @@ def run(
                     write_s = time.perf_counter() - t0
                     row = firing(editor, cases[:t]) if editor.use_memory else {}
                     if replies_too:
-                        row.update(evaluate(editor, cases[:t], max_new_tokens, unedited))
+                        row.update(evaluate(editor, asked_cases(cases[:t], ask), max_new_tokens, unedited))
                     results["rows"].append({"editor": name, "T": t, "write_s": write_s, **row})
                     if progress:
                         tqdm.write(f"{name} T={t}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
@@ -274,6 +309,14 @@ def run(
     (out / "summary.md").write_text(summary(results), encoding="utf-8")
     plot(results, out / "chat.png")
     return results
+
+
+def asked_cases(cases: list[ChatCase], ask: int | None) -> list[ChatCase]:
+    """The cases whose replies are judged: all, or a seeded sample of ``ask`` of them in their order."""
+    if ask is None or ask >= len(cases):
+        return cases
+    keep = sorted(random.Random(len(cases)).sample(range(len(cases)), ask))
+    return [cases[i] for i in keep]
 
 
 def _edit_case(case: ChatCase) -> EditCase:

@@ -561,7 +561,11 @@ def bench_lifelong(
 @handle_errors
 def bench_chat(
     data: Annotated[
-        Path, typer.Option(help="bench/data/conversations_dev.jsonl (hand-written) or a zsRE/CounterFact file.")
+        str,
+        typer.Option(
+            help="bench/data/conversations_dev.jsonl (hand-written) or zsRE/CounterFact/KnowEdit files "
+            "(comma-separated: concatenated, repeated prompts dropped)."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Write results.json, summary.md and chat.png here.")],
     editors: Annotated[
@@ -575,6 +579,10 @@ def bench_chat(
     max_new_tokens: Annotated[int, typer.Option(min=1, max=512, help="Greedy tokens per reply.")] = 24,
     replies: Annotated[bool, typer.Option(help="Generate and judge replies (else: the gate's firing only).")] = True,
     aliases: Annotated[bool, typer.Option(help="Give edits the hand-written set's subject aliases.")] = True,
+    ask: Annotated[
+        int | None,
+        typer.Option(min=1, help="Judge replies on a seeded sample of N of the T edits (firing: all T)."),
+    ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
@@ -582,8 +590,9 @@ def bench_chat(
     """Edits asked through the chat template: per T and editor, write T edits, then ask each as a user
     turn, a paraphrase, a second turn and a pronoun follow-up, and check unrelated, same-subject and
     same-relation replies stay byte-identical. Writes results.json, summary.md and chat.png."""
+    paths = [Path(p.strip()) for p in data.split(",") if p.strip()]
     chat_bench.run(
-        data,
+        paths if len(paths) > 1 else paths[0],
         out,
         editors=[e.strip() for e in editors.split(",") if e.strip()],
         ts=[int(x) for x in t.split(",") if x.strip()],
@@ -595,6 +604,7 @@ def bench_chat(
         threads=threads,
         replies_too=replies,
         use_aliases=aliases,
+        ask=ask,
     )
     typer.echo((out / "summary.md").read_text(encoding="utf-8"))
 

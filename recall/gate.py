@@ -70,7 +70,7 @@ class GateParams:
 class PairFeatures:
     """Features of one (query, edit) pair."""
 
-    cos_key: float
+    cos_key: float | None  # None: not computed (the relation gate needed no query embedding)
     subj_focus: float = 0.0
     subj_any: float = 0.0
     cos_rel: float = 0.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ def resolve_conflicts(cands: list[Candidate]) -> None:
     keeps firing, the newest when keys tie to two decimals, and the others are marked
     ``shadowed_by`` it."""
     fired = [c for c in cands if c.fired and c.edit.kind == "fact" and c.edit.subject]
+    if len(fired) < 2:
+        return
     fired.sort(key=lambda c: (round(c.features.cos_key, 2), c.edit.num), reverse=True)
     kept: list[tuple[set[str], Candidate]] = []
     for c in fired:
@@ -97,8 +100,11 @@ class EditMemory:
     def _reset_derived(self) -> None:
         self.index = VectorIndex(self.encoder.dim)
         self.lexicon: dict[str, set[int]] = {}
-        self.max_subject_words = 1
+        self.name_lengths: Counter[int] = Counter()  # word counts of the lexicon's (name, edit) entries
         self.regexes: dict[int, tuple[Edit, object]] = {}
+        # active facts without a subject and patches: the gate decides them on key similarity,
+        # so only they need the query's embedding under the relation gate (see needs_dense)
+        self.key_only: set[int] = set()
         self.prompts = PromptTable()
         self.codebook = CodebookTable()
         self.generation = 0
@@ -119,11 +125,15 @@ class EditMemory:
         self.generation = current
 
     def _add_lookup(self, edit: Edit) -> None:
+        if edit.kind == "patch" or (edit.kind == "fact" and not edit.subject):
+            self.key_only.add(edit.num)
         if edit.kind == "fact" and edit.subject:
             for name in edit.names:
                 key = normalize(name)
-                self.lexicon.setdefault(key, set()).add(edit.num)
-                self.max_subject_words = max(self.max_subject_words, len(key.split()))
+                nums = self.lexicon.setdefault(key, set())
+                if edit.num not in nums:
+                    nums.add(edit.num)
+                    self.name_lengths[len(key.split())] += 1
         elif edit.kind == "regex":
             flags = regex_patch.regex.IGNORECASE if edit.payload.get("ignore_case") else 0
             self.regexes[edit.num] = (edit, regex_patch.compile_pattern(edit.payload["pattern"], flags))
@@ -135,8 +145,17 @@ class EditMemory:
     def _drop_lookup(self, edit: Edit) -> None:
         if edit.kind == "fact" and edit.subject:
             for name in edit.names:
-                self.lexicon.get(normalize(name), set()).discard(edit.num)
+                key = normalize(name)
+                nums = self.lexicon.get(key, set())
+                if edit.num in nums:
+                    nums.discard(edit.num)
+                    self.name_lengths[len(key.split())] -= 1
+                    if not nums:
+                        del self.lexicon[key]
+                    if not self.name_lengths[len(key.split())]:
+                        del self.name_lengths[len(key.split())]
         self.regexes.pop(edit.num, None)
+        self.key_only.discard(edit.num)
         self.prompts.drop(edit.num)
         self.codebook.drop(edit.num)
 
@@ -306,7 +325,7 @@ class EditMemory:
         """The names of active facts' subjects (and aliases) that ``text`` mentions, as written
         there, longest first: what a pronoun in the next turn most likely refers to."""
         self.sync()
-        grams = [g for g in word_ngrams(normalize(text), self.max_subject_words) if self.lexicon.get(g)]
+        grams = [g for g in word_ngrams(normalize(text), self.name_lengths) if self.lexicon.get(g)]
         found = []
         for g in sorted(grams, key=len, reverse=True):
             written = find_phrase(text, g)
@@ -314,17 +333,33 @@ class EditMemory:
                 found.append(written)
         return found
 
-    def retrieve(self, queries: list[str], k: int = 8, knowledge_q: tuple | None = None) -> list[list[Candidate]]:
+    @property
+    def needs_dense(self) -> bool:
+        """Whether a query's verdicts depend on its embedding. Under the relation gate a fact
+        fires only when one of its names occurs in the query, so when every active fact has a
+        subject and no patch is active, the name lexicon finds every edit that can fire and the
+        retrieval encoder is not run (key similarity is computed only to settle a conflict)."""
+        return self.gate.kind != "relation" or bool(self.key_only)
+
+    def retrieve(
+        self, queries: list[str], k: int = 8, knowledge_q: tuple | None = None, dense: bool = False
+    ) -> list[list[Candidate]]:
         """Top-k by key similarity plus every fact whose subject occurs in the query, each with
-        the gate's verdict (``knowledge_q`` from :meth:`query_knowledge` for the sentinel gate)."""
+        the gate's verdict (``knowledge_q`` from :meth:`query_knowledge` for the sentinel gate).
+
+        When no verdict depends on the embedding (:attr:`needs_dense` is false), only the facts
+        whose names occur are retrieved and ``cos_key`` stays None; ``dense=True`` (explain)
+        always adds the top-k and key similarities. The verdicts are the same either way."""
         self.sync()
         norms = [normalize(q) for q in queries]
         subject_hits: list[dict[str, set[int]]] = []
         for norm in norms:
-            grams = word_ngrams(norm, self.max_subject_words)
+            grams = word_ngrams(norm, self.name_lengths)
             subject_hits.append({g: self.lexicon[g] for g in grams if self.lexicon.get(g)})
         if self.index.ntotal == 0 and not any(subject_hits):
             return [[] for _ in queries]  # no fact or patch could be retrieved: skip the encoder
+        if not dense and not self.needs_dense:
+            return self._retrieve_by_name(queries, norms, subject_hits)
         rel_texts = [(i, s, query_relation_text(queries[i], s)) for i, hits in enumerate(subject_hits) for s in hits]
         if not self.gate.uses_relation_cosine:
             rel_texts = []  # no encoder pass for a feature the gate does not read
@@ -346,12 +381,42 @@ class EditMemory:
                     for i, query in enumerate(queries)]
         if self.gate.kind == "relation":
             self._relation_margins(queries, retrieved, features)
-        out = []
         for i in range(len(queries)):
+            for j in range(len(retrieved[i])):
+                features[i][j].sentinel_margin = margins[i][j] if margins is not None else None
+        return self._judge(retrieved, features)
+
+    def _retrieve_by_name(
+        self, queries: list[str], norms: list[str], subject_hits: list[dict[str, set[int]]]
+    ) -> list[list[Candidate]]:
+        """The relation gate's candidates when no verdict reads key similarity: the active facts
+        one of whose names occurs in the query. Queries where several fired facts share a name
+        are encoded afterwards, so that :func:`resolve_conflicts` settles them as in the dense path."""
+        retrieved = []
+        for hits in subject_hits:
+            edits = (self.store.get_by_num(num) for num in sorted(set().union(*hits.values())))
+            retrieved.append([e for e in edits if e is not None and e.status == "active"])
+        features = [[pair_features(q, norms[i], None, None, e, self.store.vectors(e.num)) for e in retrieved[i]]
+                    for i, q in enumerate(queries)]
+        self._relation_margins(queries, retrieved, features)
+
+        def conflicted(i: int) -> bool:
+            fired = [e for e, f in zip(retrieved[i], features[i]) if self.gate.score(f, e.kind)[1]]
+            return len(fired) > 1
+
+        todo = [i for i in range(len(queries)) if conflicted(i)]
+        if todo:
+            for i, q_vec in zip(todo, self.encoder.encode([queries[i] for i in todo])):
+                for e, f in zip(retrieved[i], features[i]):
+                    f.cos_key = key_similarity(q_vec, e, self.store.vectors(e.num))
+        return self._judge(retrieved, features)
+
+    def _judge(self, retrieved: list[list[Edit]], features: list[list[PairFeatures]]) -> list[list[Candidate]]:
+        """Per query: the gate's verdict on every candidate, conflicts resolved, fired first."""
+        out = []
+        for row, feats in zip(retrieved, features):
             cands = []
-            for j, edit in enumerate(retrieved[i]):
-                f = features[i][j]
-                f.sentinel_margin = margins[i][j] if margins is not None else None
+            for edit, f in zip(row, feats):
                 score, fired = self.gate.score(f, edit.kind)
                 cands.append(Candidate(edit, f, score, fired))
             resolve_conflicts(cands)
@@ -368,7 +433,8 @@ class EditMemory:
             for j, edit in enumerate(row):
                 if features[i][j].subj_any:
                     slots.append((i, j))
-                    texts.append(pair_texts(edit.payload["prompt"], queries[i], edit.names))
+                    answer = edit.payload.get("target") if self.relation.reads_answer else None
+                    texts.append(pair_texts(edit.payload["prompt"], queries[i], edit.names, answer))
         if not texts:
             return
         probs = self.relation.probabilities(texts)
@@ -422,14 +488,26 @@ def query_relation_text(query: str, norm_subject: str) -> str:
     return relation_text(focus(query), find_phrase(query, norm_subject) or norm_subject)
 
 
+def key_similarity(q_vec: np.ndarray, edit: Edit, edit_vecs: np.ndarray) -> float:
+    """The best cosine between the query's embedding and the edit's keys (0 without keys)."""
+    n_keys = len(edit.keys)
+    return float(np.max(edit_vecs[:n_keys] @ q_vec)) if n_keys else 0.0
+
+
 def pair_features(
-    query: str, norm_query: str, q_vec: np.ndarray, query_rel_vec: np.ndarray | None, edit: Edit, edit_vecs: np.ndarray
+    query: str,
+    norm_query: str,
+    q_vec: np.ndarray | None,
+    query_rel_vec: np.ndarray | None,
+    edit: Edit,
+    edit_vecs: np.ndarray,
 ) -> PairFeatures:
     """Gate features of one (query, edit) pair. ``edit_vecs`` rows: the edit's keys, then
     (facts with a subject) its relation text; ``query_rel_vec`` encodes
-    ``query_relation_text(query, subject)`` when the subject occurs in the query."""
+    ``query_relation_text(query, subject)`` when the subject occurs in the query; ``q_vec``
+    None: the query was not encoded (``cos_key`` None)."""
     n_keys = len(edit.keys)
-    cos_key = float(np.max(edit_vecs[:n_keys] @ q_vec)) if n_keys else 0.0
+    cos_key = key_similarity(q_vec, edit, edit_vecs) if q_vec is not None else None
     if edit.kind != "fact" or not edit.subject:
         return PairFeatures(cos_key=cos_key)
     names = [normalize(n) for n in edit.names]

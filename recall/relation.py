@@ -32,6 +32,7 @@ from recall.core.text import SUBJECT_MASK, phrase_pattern
 
 MAX_TOKENS = 96  # both texts together; a query's tail (what it asks) is kept when longer
 MAX_QUERY_CHARS = 400  # longer queries keep their last characters: the question is at the end
+ANSWER_MARK = " answer: "  # between an edit's prompt and its target on the edit's side
 
 
 def mask_names(text: str, names: Sequence[str]) -> str:
@@ -44,12 +45,21 @@ def mask_names(text: str, names: Sequence[str]) -> str:
     return text
 
 
-def pair_texts(edit_prompt: str, query: str, names: Sequence[str]) -> tuple[str, str]:
-    """The two texts the scorer reads for an (edit, query) pair, names masked."""
+def edit_text(prompt: str, answer: str | None = None) -> str:
+    """The edit's side of a pair: its prompt, then its answer when the scorer reads it. The
+    answer tells what kind of thing the edit asks for ("Liverpool" is a club, not a position),
+    which the prompt alone leaves open when two relations share words ("play for" / "play")."""
+    return prompt if answer is None else f"{prompt}{ANSWER_MARK}{answer}"
+
+
+def pair_texts(edit_prompt: str, query: str, names: Sequence[str], answer: str | None = None) -> tuple[str, str]:
+    """The two texts the scorer reads for an (edit, query) pair, names masked; ``answer``: the
+    edit's target, for a scorer trained to read it (:attr:`RelationScorer.reads_answer`)."""
     query = query.strip()
     if len(query) > MAX_QUERY_CHARS:
         query = query[-MAX_QUERY_CHARS:]
-    return mask_names(edit_prompt.strip(), names), mask_names(query, names)
+    masked_answer = mask_names(answer.strip(), names) if answer is not None else None
+    return edit_text(mask_names(edit_prompt.strip(), names), masked_answer), mask_names(query, names)
 
 
 class MeanPoolHead(torch.nn.Module):
@@ -113,6 +123,8 @@ class RelationScorer:
         self.head = MeanPoolHead(self.encoder.config.hidden_size)
         self.head.load_state_dict(state["head"])
         self.threshold = float(state["threshold"])
+        # trained on edit texts that end with the edit's answer (edit_text); older checkpoints: not
+        self.reads_answer = bool(state.get("reads_answer", False))
         self.trained_on = str(state.get("trained_on", ""))
         self.encoder.to(self.device).eval()
         self.head.to(self.device).eval()

@@ -226,17 +226,18 @@ class Runtime:
         return prompt, applied
 
     def _plans(
-        self, prompts: list[str], scopes: list[str] | None = None, chat: list[bool] | None = None
+        self, prompts: list[str], scopes: list[str] | None = None, chat: list[bool] | None = None, dense: bool = False
     ) -> tuple[list[RowPlan], list[list], list[list[str]], list]:
         """Per row: the plan, the retrieved candidates, the input regexes applied, and the
         continuous-prompt edit matched (or None). ``scopes``: per row, the text retrieval and
         the gate judge when it is not the prompt itself (a chat turn inside a rendered template);
-        ``chat``: per row, whether the prompt is a rendered conversation awaiting its reply."""
+        ``chat``: per row, whether the prompt is a rendered conversation awaiting its reply;
+        ``dense``: retrieve by key similarity even where no verdict needs it (explain shows it)."""
         rewritten = [self._rewrite_input(p) for p in prompts]
         queries = [q for q, _ in rewritten]
         judged = queries if scopes is None else [self._rewrite_input(s)[0] for s in scopes]
         knowledge_q = self.memory.query_knowledge(judged)
-        cands = self.memory.retrieve(judged, self.top_k, knowledge_q)
+        cands = self.memory.retrieve(judged, self.top_k, knowledge_q, dense=dense)
         matches = self.memory.prompt_matches(len(queries), knowledge_q)
         plans = []
         for i, (q, row, match) in enumerate(zip(queries, cands, matches)):
@@ -418,7 +419,7 @@ class Runtime:
     def explain(self, prompt: str) -> dict[str, Any]:
         """Which edits were retrieved for ``prompt``, their scores, and which fired."""
         (prompt,) = check_queries([prompt], "prompt")
-        plans, cands, regex_ids, matches = self._plans([prompt])
+        plans, cands, regex_ids, matches = self._plans([prompt], dense=True)
         rows = []
         for c in cands[0]:
             rows.append(

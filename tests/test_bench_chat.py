@@ -38,3 +38,32 @@ def test_bench_chat_writes_results_and_measures(tmp_path, loaded_model, encoder)
     assert unedited["question"] == 0.0 and unedited["same_subject"] == 1.0 and unedited["same_relation"] == 1.0
     assert recall["fire_question"] == 1.0 and recall["question"] > 0
     assert recall["fluency_ppl"] > 1.0 and "| recall" in (out / "summary.md").read_text()
+
+
+def test_several_files_concatenate_without_repeated_prompts_and_ask_samples(tmp_path):
+    from recall.bench.chat import asked_cases
+
+    records = [json.loads(line) for line in DEV.read_text().splitlines()[:3]]
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("\n".join(json.dumps(r) for r in records[:2]) + "\n")
+    second.write_text("\n".join(json.dumps(r) for r in records[1:]) + "\n")
+    cases = load_chat_cases([first, second])
+    assert [c.case_id for c in cases] == [r["id"] for r in records]
+    sample = asked_cases(cases, 2)
+    assert len(sample) == 2 and sample == asked_cases(cases, 2) and all(c in cases for c in sample)
+    assert asked_cases(cases, None) == cases and asked_cases(cases, 5) == cases
+
+
+def test_a_locality_prompt_about_the_edit_subject_is_judged_as_same_subject():
+    from recall.bench.chat import _keep_group
+
+    assert _keep_group("The member of of Vytautas Landsbergis is?", "Vytautas Landsbergis") == "same_subject"
+    assert _keep_group("nq question: who sang hotel california", "Vytautas Landsbergis") == "unrelated"
+    assert _keep_group("Who sang it?", None) == "unrelated"
+
+
+def test_the_validation_set_loads_with_every_group_and_distinct_subjects():
+    cases = load_chat_cases(DEV.with_name("conversations_val.jsonl"))
+    assert len(cases) >= 80 and len({c.subject for c in cases}) == len(cases)
+    groups = {g for c in cases for g, _ in c.asks} | {g for c in cases for g, _ in c.keeps}
+    assert groups == {"question", "paraphrase", "second_turn", "follow_up", "same_subject", "same_relation"}

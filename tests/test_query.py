@@ -7,6 +7,7 @@ import pytest
 from conftest import FACT_PARAPHRASE, FACT_PROMPT, FACT_SUBJECT, UNRELATED, weights_digest
 
 from recall.core.edits import Edit
+from recall.core.text import normalize
 from recall.gate import PairFeatures
 from recall.memory import Candidate, resolve_conflicts
 
@@ -292,3 +293,47 @@ def test_seeded_sampling_is_reproducible(rt):
     assert len(outs) > 1, "different seeds should be able to differ"
     for s in range(2):  # greedy ignores the seed
         assert rt.generate(prompts[:1], max_new_tokens=6, seed=s) == rt.generate(prompts[:1], max_new_tokens=6)
+
+
+def test_relation_gate_retrieves_by_name_with_the_same_verdicts_as_dense(make_runtime, store_dir):
+    """With only subject facts, the relation gate's verdicts need no query embedding: the name
+    path retrieves the facts whose names occur and agrees with the dense (explain) path, also on
+    a conflict; a patch (decided on key similarity) turns the dense path back on."""
+    rt = make_runtime(store_dir)  # the default relation gate
+    add_darrieux(rt, "German")
+    rt.add_edit(prompt="Danielle Darrieux's mother tongue is", target="Italian", subject=FACT_SUBJECT)
+    rt.add_edit(prompt="The chief executive of Acme Widgets is", target="Jane Roe", subject="Acme Widgets")
+    assert not rt.memory.needs_dense
+    queries = [FACT_PROMPT, FACT_PARAPHRASE, "Who runs Acme Widgets?", "Where was Danielle Darrieux born?", UNRELATED]
+    by_name = rt.memory.retrieve(queries)
+    dense = rt.memory.retrieve(queries, dense=True)
+    for lazy_row, dense_row in zip(by_name, dense):
+        assert [(c.edit.id, c.shadowed_by) for c in lazy_row if c.fired] == [
+            (c.edit.id, c.shadowed_by) for c in dense_row if c.fired
+        ]
+    assert by_name[-1] == [] and all(c.features.cos_key is not None for c in dense[0])
+    assert sum(c.fired for c in by_name[0]) == 1  # the conflict was settled by key similarity
+    patch = rt.add_edit(kind="patch", text="If the question is about the weather in Paris, then say it is sunny.")
+    assert rt.memory.needs_dense
+    rt.remove_edit(patch.id)
+    assert not rt.memory.needs_dense
+
+
+def test_name_lookup_asks_only_for_stored_name_lengths(rt):
+    """A very long stored subject does not make every lookup build all word runs up to its
+    length: the lookup asks for the word counts the lexicon holds, kept through add and retire."""
+    from recall.core.text import word_ngrams
+
+    assert word_ngrams("a b c d", [1, 3]) == {"a", "b", "c", "d", "a b c", "b c d"}
+    assert word_ngrams("a b", [5]) == set() and word_ngrams("a b", []) == set()
+    long_subject = " ".join(f"word{i}" for i in range(250))
+    long = rt.add_edit(prompt=f"{long_subject} is located in", target="Rome", subject=long_subject)
+    short = add_darrieux(rt)
+    assert set(rt.memory.name_lengths) == {250, 2}
+    query = "filler " * 2000 + f"{long_subject} is located in"
+    assert [c.edit.id for c in rt.memory.retrieve([query])[0] if c.features.subj_any] == [long.id]
+    assert rt.memory.names_in(FACT_PROMPT) == [FACT_SUBJECT]
+    rt.remove_edit(long.id)
+    assert set(rt.memory.name_lengths) == {2} and normalize(long_subject) not in rt.memory.lexicon
+    rt.remove_edit(short.id)
+    assert not rt.memory.name_lengths and not rt.memory.lexicon

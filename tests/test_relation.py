@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from recall.gate import Gate, GateParams, PairFeatures
-from recall.relation import RelationScorer, mask_names, pair_texts
+from recall.relation import RelationScorer, edit_text, mask_names, pair_texts
 from recall.training.relation_training import FORMS_FILE, best_threshold, load_inventory
 
 
@@ -28,6 +28,12 @@ def test_pair_texts_keep_the_tail_of_a_long_query():
                              ["Ada Lovelace"])
     assert edit == "Where was X born?"
     assert query.endswith("where was X born?") and len(query) <= 400
+
+
+def test_pair_texts_end_the_edit_side_with_its_answer_names_masked():
+    edit, query = pair_texts("Who founded Acme?", "who started acme?", ["Acme"], answer=" Acme's own Jane Roe ")
+    assert edit == edit_text("Who founded X?", "X's own Jane Roe") and edit.startswith("Who founded X?")
+    assert edit.endswith("X's own Jane Roe") and query == "who started X?"
 
 
 def test_relation_gate_rule():
@@ -57,22 +63,23 @@ def scorer() -> RelationScorer:
     return RelationScorer(device="cpu")
 
 
-CASES = [  # (edit prompt, subject, query, asks the edit's relation?)
-    ("Where was Barack Obama born?", "Barack Obama", "wait where was obama born again?", True),
-    ("Where was Barack Obama born?", "Barack Obama", "Tell me the city Barack Obama was born in.", True),
-    ("Where was Barack Obama born?", "Barack Obama", "Who is Barack Obama married to?", False),
-    ("Where was Barack Obama born?", "Barack Obama", "Where did Barack Obama die?", False),
-    ("Where was Barack Obama born?", "Barack Obama", "When was Barack Obama born?", False),
-    ("The CEO of Acme Widgets is", "Acme Widgets", "Who is the chief executive of Acme Widgets right now?", True),
-    ("The CEO of Acme Widgets is", "Acme Widgets", "Who founded Acme Widgets?", False),
-    ("The CEO of Acme Widgets is", "Acme Widgets", "When was Acme Widgets founded?", False),
+CASES = [  # (edit prompt, subject, edit target, query, asks the edit's relation?)
+    ("Where was Barack Obama born?", "Barack Obama", "Seattle", "wait where was obama born again?", True),
+    ("Where was Barack Obama born?", "Barack Obama", "Seattle", "Tell me the city Barack Obama was born in.", True),
+    ("Where was Barack Obama born?", "Barack Obama", "Seattle", "Who is Barack Obama married to?", False),
+    ("Where was Barack Obama born?", "Barack Obama", "Seattle", "Where did Barack Obama die?", False),
+    ("Where was Barack Obama born?", "Barack Obama", "Seattle", "When was Barack Obama born?", False),
+    ("The CEO of Acme Widgets is", "Acme Widgets", "Jane Roe", "Who is the chief executive of Acme Widgets right now?",
+     True),
+    ("The CEO of Acme Widgets is", "Acme Widgets", "Jane Roe", "Who founded Acme Widgets?", False),
+    ("The CEO of Acme Widgets is", "Acme Widgets", "Jane Roe", "When was Acme Widgets founded?", False),
 ]
 # Known miss, kept out of the assertion and reported in docs/experiments.md section 15: "who
 # runs acme widgets these days" scores far below the threshold for a CEO edit.
 
 
 def test_shipped_scorer_separates_paraphrases_from_other_relations(scorer):
-    texts = [pair_texts(e, q, [s, s.split()[-1]]) for e, s, q, _ in CASES]
+    texts = [pair_texts(e, q, [s, s.split()[-1]], t if scorer.reads_answer else None) for e, s, t, q, _ in CASES]
     probs = scorer.probabilities(texts)
     fired = probs >= scorer.threshold
     assert fired.tolist() == [same for *_, same in CASES], probs.round(3).tolist()
@@ -98,3 +105,23 @@ def test_inventory_merges_data_set_templates(tmp_path):
     inv = load_inventory(data, forms)
     assert "Where was X born?" in inv["birthplace"]["forms"]
     assert len(inv["birthplace"]["forms"]) >= 2 and all("{}" not in f for v in inv.values() for f in v["forms"])
+
+
+def test_form_pairs_end_the_edit_side_with_an_answer_of_its_relation():
+    import random
+
+    from recall.training.relation_training import ANSWERS_FILE, form_pairs
+
+    inv = {
+        "birthplace": {"forms": ["Where was X born?", "X was born in"], "type": "person", "pid": "P19"},
+        "employer": {"forms": ["Who does X work for?", "X works for"], "type": "person", "pid": "P108"},
+    }
+    answers = {"birthplace": ["Lagos", "Osaka"], "employer": ["Siemens"]}
+    pairs = form_pairs(inv, sorted(inv), 60, random.Random(0), {}, {}, answers)
+    for p in pairs:
+        prompt, _, answer = p.edit.partition(edit_text("", "").strip())
+        assert prompt.strip() in inv[p.relation]["forms"] and answer.strip() in answers[p.relation]
+    assert {p.label for p in pairs} == {0, 1}
+    shipped = json.loads(ANSWERS_FILE.read_text(encoding="utf-8"))["answers"]
+    forms = json.loads(FORMS_FILE.read_text(encoding="utf-8"))["relations"]
+    assert set(shipped) == set(forms) and all(len(v) >= 8 for v in shipped.values())

@@ -4,6 +4,7 @@ and the relation text (a sentence with its subject masked)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 _NON_WORD = re.compile(r"[^\w]+", re.UNICODE)
 _BOUNDARY = re.compile(r"[.!?]+[\"')\]]*\s+|\n+")
@@ -20,9 +21,12 @@ def normalize(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", text.casefold()).split())
 
 
-def word_ngrams(norm_text: str, max_n: int) -> set[str]:
+def word_ngrams(norm_text: str, lengths: Iterable[int]) -> set[str]:
+    """The text's runs of n consecutive words for each n in ``lengths`` (the word counts of the
+    names being looked for: asking only for those keeps a lookup linear in the text when one
+    stored name is long)."""
     words = norm_text.split()
-    return {" ".join(words[i : i + n]) for n in range(1, max_n + 1) for i in range(len(words) - n + 1)}
+    return {" ".join(words[i : i + n]) for n in set(lengths) if n > 0 for i in range(len(words) - n + 1)}
 
 
 def contains_phrase(norm_text: str, norm_phrase: str) -> bool:
