@@ -129,13 +129,15 @@ def load_chat_cases(
     """Chat cases from the hand-written dev set (JSON lines with ``follow_up``; ``use_aliases``:
     edits carry the record's subject aliases, as a user who knows them would give) or any edit data set.
 
-    Several paths are read in order and concatenated; a case whose edit prompt an earlier case
-    already has is dropped (zsRE's eval file and KnowEdit's ZsRE test share records)."""
+    Several paths are read in order and concatenated (case ids prefixed with the file's stem);
+    a case whose edit prompt an earlier case already has is dropped (zsRE's eval file and
+    KnowEdit's ZsRE test share records)."""
     if isinstance(path, list):
         cases: list[ChatCase] = []
         seen: set[str] = set()
         for p in path:
             for case in load_chat_cases(p, None, use_aliases):
+                case.case_id = f"{Path(p).stem}:{case.case_id}"  # ids restart in every file
                 if case.prompt not in seen:
                     seen.add(case.prompt)
                     cases.append(case)

@@ -48,7 +48,7 @@ def test_several_files_concatenate_without_repeated_prompts_and_ask_samples(tmp_
     first.write_text("\n".join(json.dumps(r) for r in records[:2]) + "\n")
     second.write_text("\n".join(json.dumps(r) for r in records[1:]) + "\n")
     cases = load_chat_cases([first, second])
-    assert [c.case_id for c in cases] == [r["id"] for r in records]
+    assert [c.case_id for c in cases] == ["a:" + records[0]["id"], "a:" + records[1]["id"], "b:" + records[2]["id"]]
     sample = asked_cases(cases, 2)
     assert len(sample) == 2 and sample == asked_cases(cases, 2) and all(c in cases for c in sample)
     assert asked_cases(cases, None) == cases and asked_cases(cases, 5) == cases
