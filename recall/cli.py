@@ -591,6 +591,8 @@ def bench_chat(
     turn, a paraphrase, a second turn and a pronoun follow-up, and check unrelated, same-subject and
     same-relation replies stay byte-identical. Writes results.json, summary.md and chat.png."""
     paths = [Path(p.strip()) for p in data.split(",") if p.strip()]
+    if not paths:
+        raise _fail("--data names no file")
     chat_bench.run(
         paths if len(paths) > 1 else paths[0],
         out,

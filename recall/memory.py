@@ -64,6 +64,13 @@ def resolve_conflicts(cands: list[Candidate]) -> None:
             c.fired, c.shadowed_by = False, winner.edit.id
 
 
+def settle(cands: list[Candidate]) -> list[Candidate]:
+    """One query's candidates after :func:`resolve_conflicts`, fired first, then by gate score."""
+    resolve_conflicts(cands)
+    cands.sort(key=lambda c: (c.fired, c.gate_score), reverse=True)
+    return cands
+
+
 class EditMemory:
     def __init__(
         self,
@@ -149,11 +156,12 @@ class EditMemory:
                 nums = self.lexicon.get(key, set())
                 if edit.num in nums:
                     nums.discard(edit.num)
-                    self.name_lengths[len(key.split())] -= 1
                     if not nums:
                         del self.lexicon[key]
-                    if not self.name_lengths[len(key.split())]:
-                        del self.name_lengths[len(key.split())]
+                    n_words = len(key.split())
+                    self.name_lengths[n_words] -= 1
+                    if not self.name_lengths[n_words]:
+                        del self.name_lengths[n_words]
         self.regexes.pop(edit.num, None)
         self.key_only.discard(edit.num)
         self.prompts.drop(edit.num)
@@ -384,7 +392,7 @@ class EditMemory:
         for i in range(len(queries)):
             for j in range(len(retrieved[i])):
                 features[i][j].sentinel_margin = margins[i][j] if margins is not None else None
-        return self._judge(retrieved, features)
+        return [settle(row) for row in self._verdicts(retrieved, features)]
 
     def _retrieve_by_name(
         self, queries: list[str], norms: list[str], subject_hits: list[dict[str, set[int]]]
@@ -396,33 +404,22 @@ class EditMemory:
         for hits in subject_hits:
             edits = (self.store.get_by_num(num) for num in sorted(set().union(*hits.values())))
             retrieved.append([e for e in edits if e is not None and e.status == "active"])
-        features = [[pair_features(q, norms[i], None, None, e, self.store.vectors(e.num)) for e in retrieved[i]]
-                    for i, q in enumerate(queries)]
+        features = [[pair_features(q, norms[i], None, None, e) for e in retrieved[i]] for i, q in enumerate(queries)]
         self._relation_margins(queries, retrieved, features)
-
-        def conflicted(i: int) -> bool:
-            fired = [e for e, f in zip(retrieved[i], features[i]) if self.gate.score(f, e.kind)[1]]
-            return len(fired) > 1
-
-        todo = [i for i in range(len(queries)) if conflicted(i)]
+        rows = self._verdicts(retrieved, features)
+        todo = [i for i, row in enumerate(rows) if sum(c.fired for c in row) > 1]
         if todo:
             for i, q_vec in zip(todo, self.encoder.encode([queries[i] for i in todo])):
-                for e, f in zip(retrieved[i], features[i]):
-                    f.cos_key = key_similarity(q_vec, e, self.store.vectors(e.num))
-        return self._judge(retrieved, features)
+                for c in rows[i]:
+                    c.features.cos_key = key_similarity(q_vec, c.edit, self.store.vectors(c.edit.num))
+        return [settle(row) for row in rows]
 
-    def _judge(self, retrieved: list[list[Edit]], features: list[list[PairFeatures]]) -> list[list[Candidate]]:
-        """Per query: the gate's verdict on every candidate, conflicts resolved, fired first."""
-        out = []
-        for row, feats in zip(retrieved, features):
-            cands = []
-            for edit, f in zip(row, feats):
-                score, fired = self.gate.score(f, edit.kind)
-                cands.append(Candidate(edit, f, score, fired))
-            resolve_conflicts(cands)
-            cands.sort(key=lambda c: (c.fired, c.gate_score), reverse=True)
-            out.append(cands)
-        return out
+    def _verdicts(self, retrieved: list[list[Edit]], features: list[list[PairFeatures]]) -> list[list[Candidate]]:
+        """Per query: every candidate with the gate's score and verdict (conflicts not yet settled)."""
+        return [
+            [Candidate(edit, f, *self.gate.score(f, edit.kind)) for edit, f in zip(row, feats)]
+            for row, feats in zip(retrieved, features)
+        ]
 
     def _relation_margins(self, queries: list[str], retrieved: list[list[Edit]],
                           features: list[list[PairFeatures]]) -> None:
@@ -500,12 +497,13 @@ def pair_features(
     q_vec: np.ndarray | None,
     query_rel_vec: np.ndarray | None,
     edit: Edit,
-    edit_vecs: np.ndarray,
+    edit_vecs: np.ndarray | None = None,
 ) -> PairFeatures:
     """Gate features of one (query, edit) pair. ``edit_vecs`` rows: the edit's keys, then
     (facts with a subject) its relation text; ``query_rel_vec`` encodes
     ``query_relation_text(query, subject)`` when the subject occurs in the query; ``q_vec``
-    None: the query was not encoded (``cos_key`` None)."""
+    None: the query was not encoded (``cos_key`` None), and with both vectors None the edit's
+    vectors are not needed."""
     n_keys = len(edit.keys)
     cos_key = key_similarity(q_vec, edit, edit_vecs) if q_vec is not None else None
     if edit.kind != "fact" or not edit.subject:

@@ -134,15 +134,15 @@ def load_inventory(data_dir: Path, forms_file: Path = FORMS_FILE) -> dict[str, d
     return {k: v for k, v in inv.items() if len(v["forms"]) >= 2}
 
 
-def load_answers(data_dir: Path, inv: dict[str, dict], answers_file: Path = ANSWERS_FILE) -> dict[str, list[str]]:
-    """relation name -> typical answers: the hand-written ones, plus the ``rome_known_1000``
-    attributes of the relation's Wikidata id."""
+def load_answers(inv: dict[str, dict], known: list[dict], answers_file: Path = ANSWERS_FILE) -> dict[str, list[str]]:
+    """relation name -> typical answers: the hand-written ones, plus the attributes of the
+    ``rome_known_1000`` records ``known`` with the relation's Wikidata id."""
     out: dict[str, list[str]] = defaultdict(list)
     for name, values in json.loads(answers_file.read_text(encoding="utf-8"))["answers"].items():
         if name in inv:
             out[name].extend(values)
     by_pid = {entry["pid"]: name for name, entry in inv.items()}
-    for r in json.loads((data_dir / "counterfact/rome_known_1000.json").read_text()):
+    for r in known:
         name = by_pid.get(r["relation_id"])
         if name is not None and r["attribute"] not in out[name]:
             out[name].append(r["attribute"])
@@ -286,12 +286,13 @@ def build_pairs(data_dir: Path, hp: RelationHParams, encoder: TextEncoder,
         rel = by_pid.get(r["relation_id"], r["relation_id"])
         t2r[r["template"]] = rel
         statements[rel].append(mask_names(f"{r['prompt']} {r['attribute']}.", [r["subject"]]))
-    answers = load_answers(data_dir, inv) if hp.with_answer else None
+    answers = load_answers(inv, known) if hp.with_answer else None
     train = form_pairs(inv, train_rels, hp.n_form_pairs, rng, near, statements, answers)
     # validation mixes held-out relations with negatives from any relation
     val = form_pairs(inv, held + rng.sample(train_rels, len(held)), max(2000, hp.n_form_pairs // 10),
                      random.Random(hp.seed + 1), near, statements, answers)
-    val = [p for p in val if p.relation in set(held)]
+    held_set = set(held)
+    val = [p for p in val if p.relation in held_set]
     cf = json.loads((data_dir / "counterfact/easyedit_mend_format/counterfact-train.json").read_text())
     train += counterfact_rel_pairs(rng.sample(cf, min(hp.n_counterfact, len(cf))),
                                    {n: inv[n] for n in train_rels}, t2r, rng, hp.with_answer)
