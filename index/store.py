@@ -15,7 +15,12 @@ Layout (named sub-databases of one LMDB environment in the store directory):
   the same transaction as the edit that caused it, with an "update" change entry.
 
 Every write is one LMDB transaction; LMDB fsyncs on commit, so a write that returned is on
-disk and survives SIGKILL. A write that raised was rolled back whole.
+disk and survives SIGKILL. A write that raised was rolled back whole. A bulk import is one
+transaction too (:meth:`EditStore.add_many`).
+
+The memory map starts at :data:`_MAP_START` (or twice the file, if larger) and doubles when a
+write fills it; the write is then retried. Other processes adopt the larger map on their next
+transaction.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import io
 import json
 import mmap
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import numpy as np
@@ -35,7 +41,21 @@ import numpy as np
 from recall.core.edits import SCHEMA_VERSION, Edit
 from recall.core.errors import EditNotFoundError, SchemaVersionError, StoreCorruptError, StoreError, StoreLockedError
 
-_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as used
+T = TypeVar("T")
+_MAP_START = 1 << 30  # 1 GiB of address space to begin with; the file grows only as used
+_MAP_MAX = 1 << 40
+# LMDB errors that mean the files are damaged; anything else at open is the system refusing
+# (address space, locks, permissions) and is reported as such
+_CORRUPT = (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError, lmdb.VersionMismatchError,
+            lmdb.BadChecksumError, lmdb.PanicError)
+
+
+class StaleStateError(StoreError):
+    """A conditional write found the store changed since its caller read it (nothing written)."""
+
+
+class NumsMoved(StoreError):
+    """Another writer stored edits between a batch's planning and its transaction (retry)."""
 
 
 def _u64(n: int) -> bytes:
@@ -84,6 +104,18 @@ def _check_data_file(data: Path) -> None:
                                     f"records {last_pg + 1} pages of {page} bytes")
 
 
+@dataclass
+class NewEdit:
+    """One edit to store, with what storing it changes: its vectors, the ids it retires (id ->
+    reason), its learned tensors, and replacement tensors of other edits (num -> values)."""
+
+    edit: Edit
+    vectors: np.ndarray
+    retire: dict[str, str] = field(default_factory=dict)
+    tensors: dict[str, np.ndarray] | None = None
+    tensor_updates: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
 class EditStore:
     """Durable edit records in one LMDB environment."""
 
@@ -96,11 +128,13 @@ class EditStore:
             if readonly or not create:
                 raise StoreError(f"no store at {self.path}")
             self.path.mkdir(parents=True)
-        _check_data_file(self.path / "data.mdb")
+        data = self.path / "data.mdb"
+        _check_data_file(data)
+        existing = data.stat().st_size if data.exists() else 0
         try:
             self.env = lmdb.open(
                 str(self.path),
-                map_size=_MAP_SIZE,
+                map_size=max(_MAP_START, 2 * existing),
                 max_dbs=8,
                 subdir=True,
                 readonly=readonly,
@@ -117,8 +151,10 @@ class EditStore:
                 self._tensors = self.env.open_db(b"tensors", create=not readonly)
             except lmdb.NotFoundError:  # a read-only open of a store made before tensors existed
                 self._tensors = None
-        except lmdb.Error as exc:
+        except _CORRUPT as exc:
             raise StoreCorruptError(f"store at {self.path} cannot be opened: {exc}") from exc
+        except lmdb.Error as exc:
+            raise StoreError(f"store at {self.path} cannot be opened (the system refused: {exc})") from exc
         try:
             self._check_schema()
         except Exception:
@@ -152,8 +188,7 @@ class EditStore:
         return default if raw is None else json.loads(raw)
 
     def set_meta(self, key: str, value: Any) -> None:
-        with self._write() as txn:
-            txn.put(key.encode(), json.dumps(value).encode(), db=self._meta)
+        self._transact(lambda txn: txn.put(key.encode(), json.dumps(value).encode(), db=self._meta))
 
     @property
     def generation(self) -> int:
@@ -165,7 +200,11 @@ class EditStore:
     def _txn(self, **kwargs: Any) -> lmdb.Transaction:
         if self.env is None:
             raise StoreLockedError(f"store at {self.path} is closed")
-        return self.env.begin(**kwargs)
+        try:
+            return self.env.begin(**kwargs)
+        except lmdb.MapResizedError:  # another process grew the map: adopt its size
+            self.env.set_mapsize(0)
+            return self.env.begin(**kwargs)
 
     @contextmanager
     def _write(self) -> Iterator[lmdb.Transaction]:
@@ -175,6 +214,19 @@ class EditStore:
             raise StoreLockedError("store is closed")
         with self._txn(write=True) as txn:
             yield txn
+
+    def _transact(self, body: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``body`` in one write transaction; when it fills the map, double the map and run
+        it again (the failed transaction was rolled back whole)."""
+        while True:
+            try:
+                with self._write() as txn:
+                    return body(txn)
+            except lmdb.MapFullError:
+                size = self.env.info()["map_size"]
+                if size >= _MAP_MAX:
+                    raise StoreError(f"store at {self.path} is full at {size} bytes") from None
+                self.env.set_mapsize(min(2 * size, _MAP_MAX))
 
     def _bump(self, txn: lmdb.Transaction, op: str, num: int) -> int:
         raw = txn.get(b"generation", db=self._meta)
@@ -205,41 +257,67 @@ class EditStore:
         ``edit``). ``tensors`` are the new edit's learned tensors; ``tensor_updates`` maps the
         num of an existing active edit to replacement values for some of its tensors.
         Returns only after the transaction has committed."""
-        with self._write() as txn:
-            if txn.get(edit.id.encode(), db=self._edits) is not None:
-                raise StoreError(f"edit id {edit.id} already exists")
+        self.add_many([NewEdit(edit, vectors, retire or {}, tensors, tensor_updates or {})])
+        return edit
+
+    @property
+    def next_num(self) -> int:
+        """The num the next stored edit gets."""
+        with self._txn(db=self._meta) as txn:
+            raw = txn.get(b"next_num")
+        return 0 if raw is None else int(raw)
+
+    def add_many(self, items: list[NewEdit], first_num: int | None = None) -> None:
+        """Store several new edits in one transaction: all of them or none. Each item's
+        ``retire`` may name edits stored earlier in the same batch. ``first_num``: the num the
+        caller planned for the first item (codebook placements refer to nums); if another
+        writer took it meanwhile, :class:`NumsMoved` and nothing is written."""
+
+        def body(txn: lmdb.Transaction) -> None:
             raw = txn.get(b"next_num", db=self._meta)
             num = 0 if raw is None else int(raw)
-            txn.put(b"next_num", str(num + 1).encode(), db=self._meta)
-            edit.num = num
-            for old_id, reason in (retire or {}).items():
-                old = self._get_in(txn, old_id)
-                old.status, old.retired_by, old.retired_reason = "retired", edit.id, reason
-                txn.put(old_id.encode(), json.dumps(old.to_dict()).encode(), db=self._edits)
-                self._bump(txn, "remove", old.num)
-            txn.put(edit.id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
-            if retire:
-                txn.put(edit.id.encode(), json.dumps(sorted(retire)).encode(), db=self._supersedes)
-            txn.put(_u64(num), edit.id.encode(), db=self._nums)
-            buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
-            txn.put(_u64(num), buf.getvalue(), db=self._vectors)
-            if tensors:
-                txn.put(_u64(num), _pack(tensors), db=self._tensors)
-            for other, changed in (tensor_updates or {}).items():
-                current = self._tensors_in(txn, other)
-                txn.put(_u64(other), _pack({**current, **changed}), db=self._tensors)
-                self._bump(txn, "update", other)
-            if edit.status == "active":
-                self._bump(txn, "add", num)
-            else:
-                self._bump(txn, "noop", num)
-        return edit
+            if first_num is not None and num != first_num:
+                raise NumsMoved(f"next num is {num}, the batch was planned from {first_num}")
+            for item in items:
+                self._put_new(txn, item, num)
+                num += 1
+            txn.put(b"next_num", str(num).encode(), db=self._meta)
+
+        self._transact(body)
+
+    def _put_new(self, txn: lmdb.Transaction, item: NewEdit, num: int) -> None:
+        edit = item.edit
+        if txn.get(edit.id.encode(), db=self._edits) is not None:
+            raise StoreError(f"edit id {edit.id} already exists")
+        edit.num = num
+        for old_id, reason in item.retire.items():
+            old = self._get_in(txn, old_id)
+            old.status, old.retired_by, old.retired_reason = "retired", edit.id, reason
+            txn.put(old_id.encode(), json.dumps(old.to_dict()).encode(), db=self._edits)
+            self._bump(txn, "remove", old.num)
+        txn.put(edit.id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
+        if item.retire:
+            txn.put(edit.id.encode(), json.dumps(sorted(item.retire)).encode(), db=self._supersedes)
+        txn.put(_u64(num), edit.id.encode(), db=self._nums)
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(item.vectors, dtype=np.float32), allow_pickle=False)
+        txn.put(_u64(num), buf.getvalue(), db=self._vectors)
+        if item.tensors:
+            txn.put(_u64(num), _pack(item.tensors), db=self._tensors)
+        for other, changed in item.tensor_updates.items():
+            current = self._tensors_in(txn, other)
+            txn.put(_u64(other), _pack({**current, **changed}), db=self._tensors)
+            self._bump(txn, "update", other)
+        self._bump(txn, "add" if edit.status == "active" else "noop", num)
 
     def _get_in(self, txn: lmdb.Transaction, edit_id: str) -> Edit:
         if not isinstance(edit_id, str) or not edit_id:
             raise EditNotFoundError(f"edit id must be a non-empty string, got {edit_id!r}")
-        raw = txn.get(edit_id.encode(), db=self._edits)
+        try:
+            key = edit_id.encode()
+        except UnicodeEncodeError:  # a lone surrogate: no stored id has one
+            raise EditNotFoundError(f"no edit with id {edit_id!r}") from None
+        raw = txn.get(key, db=self._edits)
         if raw is None:
             raise EditNotFoundError(f"no edit with id {edit_id!r}")
         return self._decode(raw, edit_id)
@@ -255,7 +333,8 @@ class EditStore:
 
     def set_status(self, edit_id: str, status: str, reason: str | None = None) -> Edit:
         """Change an edit's status (retire, consolidate, reactivate) in one transaction."""
-        with self._write() as txn:
+
+        def body(txn: lmdb.Transaction) -> Edit:
             edit = self._get_in(txn, edit_id)
             if edit.status == status:
                 return edit
@@ -265,7 +344,9 @@ class EditStore:
             txn.put(edit_id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
             if was_active != (status == "active"):
                 self._bump(txn, "add" if status == "active" else "remove", edit.num)
-        return edit
+            return edit
+
+        return self._transact(body)
 
     def commit_statuses(
         self,
@@ -273,28 +354,54 @@ class EditStore:
         *,
         consolidated_in: str | dict[str, str] | None = None,
         meta: dict[str, Any] | None = None,
+        expect: dict[str, str] | None = None,
+        expect_meta: dict[str, Any] | None = None,
     ) -> None:
         """Change many edits' statuses and meta entries in one transaction: either all of it
         is on disk or none of it (the consolidation job and rollback rely on this).
 
+        ``expect`` (edit id -> status) and ``expect_meta`` (key -> value) are checked inside
+        the transaction: if any differs, :class:`StaleStateError` and nothing is written (a
+        job that read an edit as active must not fold it after it was retired meanwhile).
+
         ``updates`` maps edit id -> new status; edits becoming "consolidated" record
         ``consolidated_in`` (one checkpoint id, or a mapping edit id -> checkpoint id).
         Unknown ids raise before anything is written."""
-        with self._write() as txn:
-            edits = {edit_id: self._get_in(txn, edit_id) for edit_id in updates}
-            for edit_id, status in updates.items():
-                if status not in ("active", "retired", "consolidated"):
-                    raise StoreError(f"unknown status {status!r}")
-                edit = edits[edit_id]
-                was_active = edit.status == "active"
-                edit.status = status
-                owner = consolidated_in.get(edit_id) if isinstance(consolidated_in, dict) else consolidated_in
-                edit.consolidated_in = owner if status == "consolidated" else None
-                txn.put(edit_id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
-                if was_active != (status == "active"):
-                    self._bump(txn, "add" if status == "active" else "remove", edit.num)
-            for key, value in (meta or {}).items():
-                txn.put(key.encode(), json.dumps(value).encode(), db=self._meta)
+        def body(txn: lmdb.Transaction) -> None:
+            for edit_id, status in (expect or {}).items():
+                now = self._get_in(txn, edit_id).status
+                if now != status:
+                    raise StaleStateError(f"edit {edit_id} is {now} now, not {status}")
+            for key, value in (expect_meta or {}).items():
+                raw = txn.get(key.encode(), db=self._meta)
+                now = None if raw is None else json.loads(raw)
+                if now != value:
+                    raise StaleStateError(f"store meta {key!r} is {now!r} now, not {value!r}")
+            self._put_statuses(txn, updates, consolidated_in, meta)
+
+        self._transact(body)
+
+    def _put_statuses(
+        self,
+        txn: lmdb.Transaction,
+        updates: dict[str, str],
+        consolidated_in: str | dict[str, str] | None,
+        meta: dict[str, Any] | None,
+    ) -> None:
+        edits = {edit_id: self._get_in(txn, edit_id) for edit_id in updates}
+        for edit_id, status in updates.items():
+            if status not in ("active", "retired", "consolidated"):
+                raise StoreError(f"unknown status {status!r}")
+            edit = edits[edit_id]
+            was_active = edit.status == "active"
+            edit.status = status
+            owner = consolidated_in.get(edit_id) if isinstance(consolidated_in, dict) else consolidated_in
+            edit.consolidated_in = owner if status == "consolidated" else None
+            txn.put(edit_id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
+            if was_active != (status == "active"):
+                self._bump(txn, "add" if status == "active" else "remove", edit.num)
+        for key, value in (meta or {}).items():
+            txn.put(key.encode(), json.dumps(value).encode(), db=self._meta)
 
     def superseded_by(self, edit_id: str) -> list[str]:
         """Ids of the edits that ``edit_id`` retired as conflicts when it was added."""

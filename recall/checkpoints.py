@@ -20,6 +20,7 @@ killed after the rename) are removed by the next job.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from recall.core.errors import CheckpointError, StoreCorruptError
+from recall.core.errors import CheckpointError, ConsolidationError, StoreCorruptError
 from recall.methods.weights import restore
 
 WEIGHTS = "weights.safetensors"
@@ -149,6 +150,29 @@ class CheckpointDir:
 
     def state(self, ckpt_id: str) -> dict[str, torch.Tensor]:
         return self._load(ckpt_id, STATE)
+
+    @contextmanager
+    def job_lock(self) -> Iterator[None]:
+        """Hold the store's weight lock: one consolidation job or rollback at a time, across
+        processes (``flock`` on ``weights.lock`` in the store directory; the kernel releases it
+        when its holder dies, so a killed job never leaves the store locked). A second one is
+        refused at once: two jobs over one store could each fold an edit the other then loses
+        track of."""
+        fd = os.open(self.root.parent / "weights.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise ConsolidationError(
+                    f"another consolidation job or rollback is running on this store (pid {holder}); "
+                    "try again when it ends"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def lineage(self, ckpt_id: str | None) -> list[str]:
         """``ckpt_id`` and its ancestors, newest first."""

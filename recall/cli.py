@@ -19,7 +19,19 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from recall import demo as demo_mod
-from recall.bench import causal_trace, consolidation, headline, latency, layer_sweep, lifelong, scale, serving
+from recall.bench import (
+    causal_trace,
+    consolidation,
+    flood,
+    fuzz,
+    headline,
+    killloop,
+    latency,
+    layer_sweep,
+    lifelong,
+    scale,
+    serving,
+)
 from recall.bench import chat as chat_bench
 from recall.core.errors import RecallError
 from recall.core.models import load_model
@@ -177,6 +189,9 @@ def serve(
     ] = False,
     model_name: Annotated[str | None, typer.Option(help="Model id in /v1/models (default: recall-<type>).")] = None,
     max_batch: Annotated[int, typer.Option(min=1, max=1024, help="Rows in one forward pass.")] = 32,
+    max_batch_tokens: Annotated[
+        int, typer.Option(min=1, help="Rows x longest prompt in one forward pass (bounds its memory).")
+    ] = 8192,
     batch_window_ms: Annotated[float, typer.Option(min=0, help="Wait this long for more requests.")] = 5.0,
     max_queue: Annotated[int, typer.Option(min=1, help="Queued requests before 429.")] = 256,
     max_tokens_limit: Annotated[int, typer.Option(min=1, max=4096, help="Largest max_tokens allowed.")] = 256,
@@ -197,6 +212,7 @@ def serve(
         use_memory=use_memory,
         batch_window_ms=batch_window_ms,
         max_batch=max_batch,
+        max_batch_tokens=max_batch_tokens,
         max_queue=max_queue,
         max_tokens_limit=max_tokens_limit,
         request_timeout_s=timeout,
@@ -456,6 +472,49 @@ def bench_serving(
         raise typer.BadParameter(f"--concurrency must be comma-separated integers, got {concurrency!r}") from exc
     serving.run(n_edits=n_edits, concurrency=levels, requests=requests, max_tokens=max_tokens, out=out, data=data,
                 model=model, device=device, threads=threads)
+
+
+@bench_app.command("fuzz")
+@handle_errors
+def bench_fuzz(
+    n: Annotated[int, typer.Option(min=1, help="Requests to send.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the generated requests.")] = 0,
+    out: Annotated[Path, typer.Option(help="JSON report; a markdown summary goes beside it.")] = Path(
+        "bench/results/fuzz/fuzz.json"
+    ),
+    threads: ThreadsOpt = None,
+) -> None:
+    """HTTP fuzzing of every endpoint from the server's OpenAPI schema: no 500, no store change
+    on a rejected write (exit status 1 otherwise)."""
+    argv = ["--n", str(n), "--seed", str(seed), "--out", str(out)] + (["--threads", str(threads)] if threads else [])
+    if fuzz.main(argv):
+        raise typer.Exit(1)
+
+
+@bench_app.command("killloop")
+@handle_errors
+def bench_killloop(
+    kills: Annotated[int, typer.Option(min=1, help="Writers to SIGKILL, spread over the kinds.")] = 30,
+    kinds: Annotated[str, typer.Option(help="Comma-separated: add, import, consolidate.")] = "add,import,consolidate",
+    seed: Annotated[int, typer.Option(help="Seed of the kill times and the written facts.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+) -> None:
+    """SIGKILL writers during add_edit streams, bulk imports and consolidation; reopen and check
+    that no acknowledged edit is lost or duplicated and the served weights are the head's."""
+    argv = ["--kills", str(kills), "--kinds", kinds, "--seed", str(seed)] + (["--out", str(out)] if out else [])
+    if killloop.main(argv):
+        raise typer.Exit(1)
+
+
+@bench_app.command("flood")
+@handle_errors
+def bench_flood(
+    clients: Annotated[int, typer.Option(min=1, help="Concurrent clients.")] = 64,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of flooding.")] = 120.0,
+    out: Annotated[Path | None, typer.Option(help="Write flood.json and summary.md here.")] = None,
+) -> None:
+    """Server memory under a flood of maximum-size requests (`recall serve` in a subprocess)."""
+    flood.main(["--clients", str(clients), "--duration", str(duration)] + (["--out", str(out)] if out else []))
 
 
 @bench_app.command("scale")

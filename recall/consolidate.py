@@ -13,6 +13,12 @@
    LMDB transaction make it the head and mark the passing edits consolidated (they are no
    longer injected); failing and unwritten edits stay active in the memory. Otherwise put the
    previous weights back; nothing changes.
+
+The whole job holds the store's weight lock (:meth:`CheckpointDir.job_lock`): a second job or a
+rollback in any process is refused while it runs. The final transaction commits only if every
+edit it folds is still active and the head is still the one the job started from; an edit
+retired meanwhile (by a client of another process) makes the job put the weights back and
+report that nothing was folded.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from tqdm.auto import tqdm
 
 from recall.checkpoints import new_checkpoint_id
 from recall.core.errors import ConsolidationError
+from recall.index.store import StaleStateError
 from recall.methods.consolidation import ConsolidationParams, previous_answers, probe, verify
 from recall.methods.editor import DEFAULT_EDITOR, EditRequest, ParameterEditor, editor_class, make_editor
 from recall.methods.layer_stats import generic_texts
@@ -69,8 +76,22 @@ def run_job(
     if not edits:
         return ConsolidationReport(method, False, rt.served.head, reason="no active fact edits")
 
+    with rt.served.dir.job_lock():
+        return _run_locked(rt, method, edits, params, hparams, progress, started)
+
+
+def _run_locked(rt: Runtime, method, edits, params, hparams, progress: bool, started: float) -> ConsolidationReport:
     rt.own_model()
     served, store = rt.served, rt.memory.store
+    rt.memory.sync()  # another process may have moved the head or retired an edit before the lock
+    edits = [e for e in edits if store.get(e.id).status == "active"]
+    if not edits:
+        return ConsolidationReport(method, False, served.head, reason="no active fact edits")
+    if store.get_meta("checkpoint_head") != served.head:
+        raise ConsolidationError(
+            f"this process serves checkpoint {served.head}, the store's head is {store.get_meta('checkpoint_head')}: "
+            "reopen the store (or roll back) before consolidating"
+        )
     known = set(store.get_meta("checkpoints", []))
     served.dir.remove_unreferenced(known)
     try:
@@ -134,11 +155,19 @@ def run_job(
     }
     carried = editor.state_tensors() or None
     served.dir.write(ckpt_id, weights, manifest, carried)
-    store.commit_statuses(
-        {i: "consolidated" for i in ok_ids},
-        consolidated_in=ckpt_id,
-        meta={"checkpoints": [*store.get_meta("checkpoints", []), ckpt_id], "checkpoint_head": ckpt_id},
-    )
+    try:
+        store.commit_statuses(
+            {i: "consolidated" for i in ok_ids},
+            consolidated_in=ckpt_id,
+            meta={"checkpoints": [*store.get_meta("checkpoints", []), ckpt_id], "checkpoint_head": ckpt_id},
+            expect={i: "active" for i in ok_ids},  # retired while the job ran: do not fold it back
+            expect_meta={"checkpoint_head": served.head},
+        )
+    except StaleStateError as exc:
+        restore(rt.model, before)
+        served.dir.remove_unreferenced(set(store.get_meta("checkpoints", [])))
+        reason = f"the store changed while the job ran ({exc}); nothing was folded, run it again"
+        return ConsolidationReport(method, False, served.head, [], [e.id for e in edits], metrics, reason)
     served.head = ckpt_id
     rt.memory.sync()
     return ConsolidationReport(method, True, ckpt_id, ok_ids, failed_ids, metrics, stop)

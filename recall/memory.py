@@ -5,9 +5,10 @@ store's change log so that readers in other processes see a writer's edits."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +17,17 @@ import torch
 
 from recall.core import regex_patch
 from recall.core.edits import LEARNED_KINDS, Edit, check_utf8
-from recall.core.errors import ConfigError, InvalidQueryError, StoreError
+from recall.core.errors import ConfigError, InvalidQueryError, InvalidRegexError, StoreError
 from recall.core.limits import LIMITS
 from recall.core.text import contains_phrase, find_phrase, focus, normalize, relation_text, word_ngrams
 from recall.gate import Gate, PairFeatures
 from recall.index import EditStore, TextEncoder, VectorIndex
+from recall.index.store import NewEdit, NumsMoved
 from recall.learned import CodebookTable, KnowledgeKinds, PromptMatch, PromptTable
 from recall.methods import grace
 from recall.relation import RelationScorer, pair_texts
+
+log = logging.getLogger("recall.memory")
 
 SLOTS = 16  # FAISS id = num * SLOTS + key slot
 INDEX_FILE = "index.faiss"
@@ -143,7 +147,10 @@ class EditMemory:
                     self.name_lengths[len(key.split())] += 1
         elif edit.kind == "regex":
             flags = regex_patch.regex.IGNORECASE if edit.payload.get("ignore_case") else 0
-            self.regexes[edit.num] = (edit, regex_patch.compile_pattern(edit.payload["pattern"], flags))
+            try:
+                self.regexes[edit.num] = (edit, regex_patch.load_pattern(edit.payload["pattern"], flags))
+            except InvalidRegexError as exc:  # stored before the size bound existed: skip it, keep serving
+                log.warning("regex edit %s is not applied: %s", edit.id, exc)
         elif edit.kind == "prompt":
             self.prompts.put(edit.num, self.store.tensors(edit.num))
         elif edit.kind == "codebook":
@@ -206,14 +213,23 @@ class EditMemory:
                 self._apply_changes(self.store.changes_since(self.generation))
 
     # -- writes ---------------------------------------------------------------
-    def encode_edit(self, edit: Edit) -> np.ndarray:
-        """Rows: one per retrieval key, then the relation text (facts with a subject)."""
+    @staticmethod
+    def edit_texts(edit: Edit) -> list[str]:
+        """What an edit's vector rows encode: one per retrieval key, then the relation text
+        (facts with a subject)."""
         texts = list(edit.keys)
         if edit.kind == "fact":
             texts.append(relation_text(edit.payload["prompt"], edit.subject))
+        return texts
+
+    def encode_edit(self, edit: Edit) -> np.ndarray:
+        """The edit's vector rows (see :meth:`edit_texts`)."""
+        texts = self.edit_texts(edit)
         return self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
 
-    def conflicts(self, edit: Edit, vectors: np.ndarray) -> dict[str, str]:
+    def conflicts(
+        self, edit: Edit, vectors: np.ndarray, pending: Sequence[tuple[Edit, np.ndarray]] = ()
+    ) -> dict[str, str]:
         """Active facts the new fact supersedes: same subject and the same question.
 
         The question is the same when both edits name their relation and the names agree, or,
@@ -223,26 +239,25 @@ class EditMemory:
         of X?") both stay: each keeps answering its own question, and a query that fires
         several of them takes the closest (:func:`resolve_conflicts`). A client that means a
         correction of the same relation in other words says so with ``relation=``, or retires
-        the old fact."""
+        the old fact. ``pending``: edits (with their vectors) of the same batch, stored before
+        this one in the same transaction."""
         if edit.kind != "fact" or not edit.subject:
             return {}
+        subject = normalize(edit.subject)
+        olds = [(self.store.get_by_num(num), None) for num in list(self.lexicon.get(subject, ()))]
+        olds += [(e, v) for e, v in pending if e.kind == "fact" and e.subject and normalize(e.subject) == subject]
         out = {}
         words = normalize(relation_text(edit.payload["prompt"], edit.subject))
-        for num in list(self.lexicon.get(normalize(edit.subject), ())):
-            old = self.store.get_by_num(num)
-            if old is None or old.status != "active" or old.id == edit.id:
+        for old, old_vecs in olds:
+            if old is None or old.status != "active" or old.id == edit.id or old.id in out:
                 continue
             rel_new, rel_old = edit.payload.get("relation"), old.payload.get("relation")
             if rel_new and rel_old:
                 same = rel_new == rel_old
             else:
-                f = self._features(
-                    edit.payload["prompt"],
-                    normalize(edit.payload["prompt"]),
-                    vectors[0],
-                    {normalize(edit.subject): vectors[-1]},
-                    old,
-                )
+                prompt = edit.payload["prompt"]
+                f = pair_features(prompt, normalize(prompt), vectors[0], vectors[-1], old,
+                                  self.store.vectors(old.num) if old_vecs is None else old_vecs)
                 same = bool(f.subj_focus) and (
                     f.cos_rel >= self.gate.params.conflict_rel_threshold
                     or words == normalize(relation_text(old.payload["prompt"], old.subject))
@@ -255,13 +270,56 @@ class EditMemory:
         return out
 
     def add(self, edit: Edit) -> Edit:
-        """Store an edit. Learned kinds get their tensors computed here, under the lock, since a
-        codebook edit's placement depends on the entries already present."""
-        vectors = self.encode_edit(edit)
+        """Store an edit (see :meth:`add_many`)."""
+        self.add_many([edit])
+        return edit
+
+    def add_many(self, edits: list[Edit]) -> None:
+        """Store edits, in order, in one LMDB transaction: all of them or none (a bulk import
+        killed half-way leaves nothing). Keys are encoded in batches. A later edit of the batch
+        supersedes an earlier one like a separate add would. Learned kinds get their tensors
+        computed here, under the lock, since a codebook edit's placement depends on the
+        entries already present (earlier edits of the batch included)."""
+        texts = [self.edit_texts(e) for e in edits]
+        flat = [t for row in texts for t in row]
+        encoded = self.encoder.encode(flat) if flat else np.zeros((0, self.encoder.dim), np.float32)
+        vectors, at = [], 0
+        for row in texts:
+            vectors.append(encoded[at : at + len(row)].astype(np.float32).reshape(len(row), self.encoder.dim))
+            at += len(row)
         with self._lock:
-            self.sync()
-            retire = self.conflicts(edit, vectors) if edit.status == "active" else {}
-            tensors, updates = None, None
+            for attempt in range(3):
+                self.sync()
+                first = self.store.next_num
+                try:
+                    items = self._plan_batch(edits, vectors, first)
+                    self.store.add_many(items, first_num=first)
+                except NumsMoved:  # another process wrote meanwhile: plan again from its state
+                    if attempt == 2:
+                        raise
+                    continue
+                finally:
+                    if any(e.kind == "codebook" for e in edits):
+                        self._reload_codebook()  # planning placed entries the store may not hold
+                    self.sync()
+                return
+
+    def _reload_codebook(self) -> None:
+        """The codebook table as the store holds it (after a batch planned entries into it)."""
+        self.codebook = CodebookTable()
+        for edit in self.store.iter_edits("active"):
+            if edit.kind == "codebook":
+                self.codebook.put(edit.num, self.store.tensors(edit.num))
+
+    def _plan_batch(self, edits: list[Edit], vectors: list[np.ndarray], first: int) -> list[NewEdit]:
+        items: list[NewEdit] = []
+        retired: set[str] = set()  # by earlier edits of the batch: not retired twice
+        for k, (edit, vecs) in enumerate(zip(edits, vectors)):
+            pending = [(i.edit, i.vectors) for i in items if i.edit.status == "active" and i.edit.id not in retired]
+            found = self.conflicts(edit, vecs, pending) if edit.status == "active" else {}
+            retire = {old: why for old, why in found.items() if old not in retired}
+            retired |= set(retire)
+            tensors, updates = None, {}
             if edit.kind in LEARNED_KINDS:
                 if self.knowledge is None:
                     raise ConfigError(f"{edit.kind} edits need a runtime with a loaded model")
@@ -270,9 +328,12 @@ class EditMemory:
                 else:
                     tensors, updates, info = self.knowledge.codebook_tensors(edit, self.codebook)
                     tensors["placement"] = np.array(info["placement"])
-            self.store.add(edit, vectors, retire, tensors=tensors, tensor_updates=updates)
-            self.sync()
-        return edit
+                    if edit.status == "active":  # later edits of the batch are placed against it
+                        for num, changed in updates.items():
+                            self.codebook.put(num, {**self.codebook.entries[num], **changed})
+                        self.codebook.put(first + k, tensors)
+            items.append(NewEdit(edit, vecs, retire, tensors, updates or {}))
+        return items
 
     def set_status(self, edit_id: str, status: str, reason: str | None = None) -> Edit:
         with self._lock:

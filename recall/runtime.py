@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,12 @@ from recall.core.errors import (
     CheckpointError,
     EditConflictError,
     ImportFormatError,
+    InvalidEditError,
     InvalidQueryError,
     RecallIOError,
     StoreLockedError,
 )
-from recall.core.lm import RowPlan, SamplingOptions, TokenScore, generate_rows, score_tokens_rows
+from recall.core.lm import RowPlan, SamplingOptions, TokenScore, context_length, generate_rows, score_tokens_rows
 from recall.core.models import load_model
 from recall.gate import DEFAULT_GATE, Gate, GateParams
 from recall.index import TextEncoder
@@ -32,11 +35,32 @@ from recall.methods.editor import DEFAULT_EDITOR
 from recall.methods.layer_stats import model_fingerprint
 from recall.relation import RelationScorer
 
+# positions of the model's context kept free for what injection adds to a row (a fact as
+# context, a continuous prompt's prefix), so a query that fits is never refused for its edits
+INJECTION_RESERVE = 64
+MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy decoding (see check_sampling)
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed takes
+
 
 def _check_max_new_tokens(n: object) -> int:
     if not isinstance(n, int) or not 0 < n <= 4096:
         raise InvalidQueryError(f"max_new_tokens must be an int in 1..4096, got {n!r}")
     return n
+
+
+def check_sampling(do_sample: bool, temperature: float, top_p: float, top_k: int, seed: int | None) -> SamplingOptions:
+    """Validated sampling settings. A temperature below :data:`MIN_TEMPERATURE` samples greedily:
+    dividing logits by it overflows to infinity, and its limit is the greedy choice anyway."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
+        raise InvalidQueryError(f"temperature must be a finite number, got {temperature!r}")
+    if temperature <= 0 or not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise InvalidQueryError("need temperature > 0 and 0 < top_p <= 1")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise InvalidQueryError(f"top_k must be an int >= 0, got {top_k!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX):
+        raise InvalidQueryError(f"seed must be an int in [{SEED_MIN}, {SEED_MAX}], got {seed!r}")
+    greedy = not do_sample or temperature < MIN_TEMPERATURE
+    return SamplingOptions(not greedy, float(temperature), float(top_p), top_k, seed)
 
 
 class Runtime:
@@ -148,11 +172,35 @@ class Runtime:
         A fact with the same subject and relation as an active fact retires the older one.
         ``kind="prompt"`` costs one knowledge-encoder pass; ``kind="codebook"`` trains one
         GRACE value (up to ``n_iter`` steps of the model)."""
-        return self.memory.add(build_edit(kind, provenance=provenance, **fields))
+        edit = build_edit(kind, provenance=provenance, **fields)
+        self.check_special_tokens(edit)
+        return self.memory.add(edit)
+
+    def check_special_tokens(self, edit: Edit, where: str = "") -> None:
+        """Refuse an edit whose text holds one of the tokenizer's special tokens (``<|im_end|>``
+        and the like): injected into a prompt, it would end a chat turn or open a new one in
+        another user's conversation."""
+        specials = [t for t in self.tokenizer.all_special_tokens if t and len(t) > 1]
+        texts = [edit.subject or "", *(v for v in edit.payload.values() if isinstance(v, str))]
+        texts += [a for a in edit.payload.get("aliases") or [] if isinstance(a, str)]
+        for text in texts:
+            for token in specials:
+                if token in text:
+                    raise InvalidEditError(f"{where}edit text contains the special token {token!r}")
 
     def remove_edit(self, edit_id: str) -> Edit:
-        """Retire an edit (it stays in the store, visible with ``edits(status="retired")``)."""
-        return self.memory.set_status(edit_id, "retired", "removed")
+        """Retire an edit (it stays in the store, visible with ``edits(status="retired")``).
+
+        A consolidated edit lives in the weights: removing it rolls the served weights back to
+        the checkpoint before the one that holds it, in the same transaction that retires it.
+        The other edits of that checkpoint (and of later ones) become active again, answered
+        from memory, so removing one edit loses no other (:meth:`rollback`)."""
+        edit = self.memory.store.get(edit_id)
+        if edit.status != "consolidated":
+            return self.memory.set_status(edit_id, "retired", "removed")
+        parent = self.served.dir.manifest(edit.consolidated_in).get("parent") if edit.consolidated_in else None
+        self.rollback(parent, retire=[edit_id])
+        return self.memory.store.get(edit_id)
 
     def get_edit(self, edit_id: str) -> Edit:
         return self.memory.store.get(edit_id)
@@ -179,9 +227,11 @@ class Runtime:
         return n
 
     def import_jsonl(self, path: str | Path) -> dict[str, int]:
-        """Import edits from JSONL. Every line is validated before anything is written, so a bad
-        line leaves the store unchanged. Lines whose id already exists with the same content
-        are skipped; the same id with other content is an EditConflictError."""
+        """Import edits from JSONL in one transaction: all of them or none, even if the process
+        is killed half-way. Every line is validated before anything is written, so a bad line
+        leaves the store unchanged. Lines whose id already exists with the same content are
+        skipped; the same id with other content is an EditConflictError. A record without an
+        id gets one derived from its content, so retrying an import never stores it twice."""
         edits = []
         try:
             raw = Path(path).read_bytes()
@@ -197,13 +247,21 @@ class Runtime:
                 raise ImportFormatError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
             except json.JSONDecodeError as exc:
                 raise ImportFormatError(f"{where}: not valid JSON ({exc.msg})") from exc
-            edits.append(validate_record(data, where))
-        ids = [e.id for e in edits]
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise ImportFormatError(f"{path}: id {dup!r} appears more than once")
-        fresh, skipped = [], 0
+            except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting past the parser's depth
+                raise ImportFormatError(f"{where}: not valid JSON ({type(exc).__name__}: {str(exc)[:100]})") from exc
+            edit = validate_record(data, where, derive_id=True)
+            try:
+                self.check_special_tokens(edit)
+            except InvalidEditError as exc:
+                raise ImportFormatError(f"{where}: {exc}") from exc
+            edits.append(edit)
+        first: dict[str, Edit] = {}
         for edit in edits:
+            seen = first.setdefault(edit.id, edit)
+            if seen is not edit and (seen.kind, seen.payload, seen.subject) != (edit.kind, edit.payload, edit.subject):
+                raise ImportFormatError(f"{path}: id {edit.id!r} appears more than once with different content")
+        fresh, skipped = [], len(edits) - len(first)  # a record repeated word for word counts once
+        for edit in first.values():
             try:
                 old = self.memory.store.get(edit.id)
             except KeyError:
@@ -212,16 +270,19 @@ class Runtime:
             if (old.kind, old.payload, old.subject) != (edit.kind, edit.payload, edit.subject):
                 raise EditConflictError(f"{path}: id {edit.id!r} exists with different content")
             skipped += 1
-        for edit in sorted(fresh, key=lambda e: e.created_at):
-            self.memory.add(edit)
+        if fresh:
+            self.memory.add_many(sorted(fresh, key=lambda e: e.created_at))
         return {"imported": len(fresh), "skipped": skipped}
 
     # -- queries --------------------------------------------------------------
     def _rewrite_input(self, prompt: str) -> tuple[str, list[str]]:
+        """The prompt after the input regexes, and the ids of those that changed it. A rewrite
+        that would leave nothing to condition on (empty or whitespace) is not applied."""
         applied = []
         for edit, compiled in self.memory.regex_edits("input"):
-            prompt, hit = regex_patch.apply(compiled, edit.payload["replacement"], prompt)
-            if hit:
+            new, hit = regex_patch.apply(compiled, edit.payload["replacement"], prompt)
+            if hit and new.strip():
+                prompt = new
                 applied.append(edit.id)
         return prompt, applied
 
@@ -248,7 +309,7 @@ class Runtime:
             plans.append(plan)
         return plans, cands, [a for _, a in rewritten], matches
 
-    def _run_partitioned(self, fn, plans: list[RowPlan], prompts: list[str], *extra) -> list:
+    def _run_partitioned(self, fn, plans: list[RowPlan], prompts: list[str], *extra, **options) -> list:
         """Rows the memory left untouched run as one group through the bare path, so that when
         nothing fires the result is computed exactly as with ``use_memory=False``. The codebook
         hook (when the store has codebook edits) is installed for both groups: it rewrites only
@@ -261,7 +322,7 @@ class Runtime:
             for group in groups:
                 if group:
                     args = [[x[i] for i in group] if isinstance(x, list) else x for x in extra]
-                    rows = fn(self.model, self.tokenizer, [plans[i] for i in group], *args, hook=hook)
+                    rows = fn(self.model, self.tokenizer, [plans[i] for i in group], *args, hook=hook, **options)
                     for i, v in zip(group, rows):
                         out[i] = v
         return out
@@ -272,6 +333,22 @@ class Runtime:
         num = self.memory.codebook.entry_for(plan.codebook_hit)
         edit = self.memory.store.get_by_num(num) if num is not None else None
         return ids + ([edit.id] if edit is not None else [])
+
+    def check_fit(self, texts: list[str], reserve: list[int], what: str = "a prompt") -> list[int]:
+        """Refuse, before any work, a row whose tokens plus ``reserve`` (tokens to generate, or
+        the continuation's) plus :data:`INJECTION_RESERVE` exceed the model's context. Rows are
+        limited in characters first (``check_queries``), so tokenizing them is cheap. Returns
+        each row's token count (a server packs its batches by them)."""
+        counts = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        limit = context_length(self.model)
+        room = limit - INJECTION_RESERVE if limit is not None else None
+        for n, extra in zip(counts, reserve):
+            if room is not None and n + extra > room:
+                raise InvalidQueryError(
+                    f"{what} has {n} tokens; with {extra} more to score or generate it does not fit "
+                    f"the model's context of {limit} tokens ({INJECTION_RESERVE} kept for injected edits)"
+                )
+        return counts
 
     def score(self, prompts: list[str] | str, continuations: list[str] | str, use_memory: bool = True) -> list[float]:
         """Mean log-probability per continuation token (a space joins the two when neither side
@@ -288,6 +365,7 @@ class Runtime:
         continuations = check_queries(continuations, "continuations")
         if len(prompts) != len(continuations):
             raise InvalidQueryError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        self.check_fit(prompts, [len(ids) for ids in self.tokenizer(continuations)["input_ids"]])
         if not use_memory:
             return score_tokens_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], continuations)
         plans, _, _, _ = self._plans(prompts)
@@ -331,6 +409,7 @@ class Runtime:
         use_memory: bool = True,
         scopes: list[str] | None = None,
         chat: list[bool] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[tuple[str, list[str]]]:
         """``generate`` that also returns, per row, the ids of the edits applied to that row:
         input regexes that matched, facts and patches that fired, output regexes that changed
@@ -338,21 +417,23 @@ class Runtime:
         a server can report exactly the edits a request received. ``scopes``: per row, the text
         that decides which edits are in scope, when it is not the prompt (see :meth:`chat`);
         ``chat``: per row, whether the prompt is a rendered conversation whose reply is being
-        generated (answer-slot decoding under ``injection="auto"``; default: none is)."""
+        generated (answer-slot decoding under ``injection="auto"``; default: none is);
+        ``should_stop``: asked before each decoding step, True ends decoding (rows keep the text
+        they have; a server passes it so that abandoned or expired requests stop early)."""
         prompts = check_queries(prompts)
         if scopes is not None and len(check_queries(scopes, "scopes")) != len(prompts):
             raise InvalidQueryError(f"{len(prompts)} prompts but {len(scopes)} scopes")
         if chat is not None and len(chat) != len(prompts):
             raise InvalidQueryError(f"{len(prompts)} prompts but {len(chat)} chat flags")
         _check_max_new_tokens(max_new_tokens)
-        if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
-            raise InvalidQueryError("need temperature > 0, 0 < top_p <= 1 and top_k >= 0")
-        sampling = SamplingOptions(do_sample, temperature, top_p, top_k, seed)
+        sampling = check_sampling(do_sample, temperature, top_p, top_k, seed)
+        self.check_fit(prompts, [max_new_tokens] * len(prompts))
         if not use_memory:
-            bare = generate_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], max_new_tokens, sampling)
+            bare = generate_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], max_new_tokens, sampling,
+                                 should_stop=should_stop)
             return [(text, []) for text in bare]
         plans, cands, regex_ids, matches = self._plans(prompts, scopes, chat)
-        texts = self._run_partitioned(generate_rows, plans, prompts, max_new_tokens, sampling)
+        texts = self._run_partitioned(generate_rows, plans, prompts, max_new_tokens, sampling, should_stop=should_stop)
         outputs = self.memory.regex_edits("output")
         rows = []
         for text, row_cands, applied, plan, match in zip(texts, cands, regex_ids, plans, matches):
@@ -376,13 +457,7 @@ class Runtime:
             prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as exc:  # jinja raises TemplateError for roles or orders a template refuses
             raise InvalidQueryError(f"the model's chat template refused this conversation: {exc}") from exc
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        n_tokens = len(self.tokenizer(prompt)["input_ids"])
-        if limit is not None and n_tokens + max_new_tokens > limit:
-            raise InvalidQueryError(
-                f"the conversation ({n_tokens} tokens) and max_new_tokens={max_new_tokens} do not fit the "
-                f"model's context of {limit} tokens"
-            )
+        self.check_fit([prompt], [max_new_tokens], "the conversation")
         return prompt, scope_query(messages, self.memory.names_in)
 
     def chat(
@@ -473,15 +548,17 @@ class Runtime:
             self._base_fingerprint = model_fingerprint(self.model, self.spec)
         return self._base_fingerprint
 
+    def _check_fingerprint(self, ckpt_id: str) -> None:
+        expected = self.served.dir.manifest(ckpt_id).get("base_fingerprint")
+        if expected and expected != self.base_fingerprint():
+            raise CheckpointError(
+                f"checkpoint {ckpt_id} was made for another base model (fingerprint {expected}, "
+                f"loaded model {self.base_fingerprint()})"
+            )
+
     def _serve_checkpoint(self, ckpt_id: str | None, tensors: dict | None = None) -> None:
         if ckpt_id is not None:
-            manifest = self.served.dir.manifest(ckpt_id)
-            expected = manifest.get("base_fingerprint")
-            if expected and expected != self.base_fingerprint():
-                raise CheckpointError(
-                    f"checkpoint {ckpt_id} was made for another base model (fingerprint {expected}, "
-                    f"loaded model {self.base_fingerprint()})"
-                )
+            self._check_fingerprint(ckpt_id)
             tensors = self.served.dir.weights(ckpt_id) if tensors is None else tensors
         self.own_model()
         self.served.load(ckpt_id, tensors)
@@ -526,31 +603,35 @@ class Runtime:
             )
         return out
 
-    def rollback(self, checkpoint_id: str | None) -> dict[str, Any]:
+    def rollback(self, checkpoint_id: str | None, *, retire: list[str] | None = None) -> dict[str, Any]:
         """Serve ``checkpoint_id`` (None: the base model) with byte-identical weights. In the same
         transaction that moves the head, edits consolidated by checkpoints outside its lineage
         become active again (injected from memory, so no edit is lost), and active edits that
-        its lineage holds in the weights become consolidated again (rolling forward)."""
+        its lineage holds in the weights become consolidated again (rolling forward).
+        ``retire``: edit ids retired in that transaction too (:meth:`remove_edit`). Holds the
+        store's weight lock; the checkpoint's base-model fingerprint is checked before anything
+        moves."""
         store = self.memory.store
         if store.readonly:
             raise StoreLockedError("cannot roll back a store opened read-only")
         known = store.get_meta("checkpoints", [])
         if checkpoint_id is not None and checkpoint_id not in known:
             raise CheckpointError(f"unknown checkpoint {checkpoint_id!r}; known: {known}")
-        with self.memory.exclusive():
+        with self.served.dir.job_lock(), self.memory.exclusive():
+            if checkpoint_id is not None:
+                self._check_fingerprint(checkpoint_id)
             tensors = self.served.dir.weights(checkpoint_id) if checkpoint_id else None
             keep = self.served.dir.lineage(checkpoint_id)
             owner = {e: c for c in reversed(keep) for e in self.served.dir.manifest(c).get("edit_ids", [])}
             revive = [e.id for e in store.iter_edits("consolidated") if e.consolidated_in not in keep]
             fold = {e.id: owner[e.id] for e in store.iter_edits("active") if e.id in owner}
-            store.commit_statuses(
-                {**{i: "active" for i in revive}, **{i: "consolidated" for i in fold}},
-                consolidated_in=fold,
-                meta={"checkpoint_head": checkpoint_id},
-            )
+            updates = {**{i: "active" for i in revive}, **{i: "consolidated" for i in fold}}
+            updates.update({i: "retired" for i in retire or []})
+            store.commit_statuses(updates, consolidated_in=fold, meta={"checkpoint_head": checkpoint_id})
             self._serve_checkpoint(checkpoint_id, tensors)
             self.memory.sync()
-        return {"head": checkpoint_id, "reactivated": revive, "consolidated": sorted(fold)}
+        revived = [i for i in revive if i not in set(retire or [])]
+        return {"head": checkpoint_id, "reactivated": revived, "consolidated": sorted(fold), "retired": retire or []}
 
     # -- lifecycle ------------------------------------------------------------
     def close(self) -> None:

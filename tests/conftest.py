@@ -15,7 +15,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # hypothesis keeps its caches out of the repository
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "recall-tests-hypothesis"))
 
-import hashlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -27,6 +26,8 @@ import torch  # noqa: E402
 # than two (OpenMP spin-waits when a core is busy). Override with RECALL_TEST_THREADS.
 torch.set_num_threads(int(os.environ.get("RECALL_TEST_THREADS", "1")))
 
+from recall.bench.killloop import child_env  # noqa: E402
+from recall.bench.killloop import weights_digest as state_digest  # noqa: E402
 from recall.core.models import load_model  # noqa: E402
 from recall.index import TextEncoder  # noqa: E402
 from recall.runtime import Runtime  # noqa: E402
@@ -94,14 +95,7 @@ def rt(make_runtime, store_dir) -> Runtime:
 
 def weights_digest(model) -> str:
     """sha256 over every tensor of the state dict (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return state_digest(model.state_dict())
 
 
 def tiny_model(family: str, vocab: int):
@@ -123,19 +117,6 @@ def tiny_model_dir(path: Path, family: str, tokenizer) -> Path:
     tiny_model(family, len(tokenizer)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-def child_env() -> dict[str, str]:
-    """Environment for helper subprocesses: offline, one thread, unbuffered."""
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def run_child(code: str, *args: str, timeout: float = 120) -> str:

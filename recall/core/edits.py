@@ -6,6 +6,9 @@ here, before anything is written, so a bad edit never reaches the store.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import re
 import time
 import uuid
@@ -162,8 +165,10 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
     unknown = set(fields) - allowed
     if unknown:
         raise InvalidEditError(f"{kind} edits take {sorted(allowed)}; unexpected field(s) {sorted(unknown)}")
-    if provenance is not None and not isinstance(provenance, str):
-        raise InvalidEditError("provenance must be a string")
+    if provenance is not None:
+        if not isinstance(provenance, str) or len(provenance) > 200:
+            raise InvalidEditError("provenance must be a string of at most 200 characters")
+        check_utf8(provenance, "provenance", InvalidEditError)
     subject = None
     if kind == "fact":
         prompt = _text(fields, "prompt", LIMITS.max_prompt_chars)
@@ -227,8 +232,9 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
     )
 
 
-def validate_record(data: Any, where: str) -> Edit:
-    """Turn an exported record back into an Edit, re-validating every field."""
+def validate_record(data: Any, where: str, *, derive_id: bool = False) -> Edit:
+    """Turn an exported record back into an Edit, re-validating every field. ``derive_id``: a
+    record without an id gets :func:`content_id` (imports), else a random one."""
 
     if not isinstance(data, dict):
         raise ImportFormatError(f"{where}: expected a JSON object, got {type(data).__name__}")
@@ -256,14 +262,17 @@ def validate_record(data: Any, where: str) -> Edit:
         }
         if kind in ("fact", *LEARNED_KINDS) and data.get("subject") is not None:
             payload["subject"] = data["subject"]
+    elif not isinstance(payload, dict):
+        raise ImportFormatError(f"{where}: 'payload' must be an object")
     elif kind in ("fact", *LEARNED_KINDS):
         payload = {**payload, "subject": data.get("subject")}
-    if not isinstance(payload, dict):
-        raise ImportFormatError(f"{where}: 'payload' must be an object")
     schema = data.get("schema", SCHEMA_VERSION)
     if not isinstance(schema, int) or schema > SCHEMA_VERSION:
         raise ImportFormatError(f"{where}: record schema {schema!r} is newer than this recall ({SCHEMA_VERSION})")
     payload = {k: v for k, v in payload.items() if v is not None}
+    clash = sorted({"kind", "provenance", "edit_id"} & set(payload))
+    if clash:
+        raise ImportFormatError(f"{where}: unexpected field(s) {clash} (a record's id is 'id')")
     edit_id = data.get("id")
     if edit_id is not None and (not isinstance(edit_id, str) or not ID_RE.fullmatch(edit_id)):
         raise ImportFormatError(f"{where}: id {edit_id!r} must be 1-64 characters of [A-Za-z0-9_.:-]")
@@ -277,8 +286,29 @@ def validate_record(data: Any, where: str) -> Edit:
     # a consolidated edit lives in another store's weights, not in this store's: it comes in
     # active, so importing never loses it
     edit.status = "active" if status == "consolidated" else status
-    if isinstance(data.get("created_at"), (int, float)):
-        edit.created_at = float(data["created_at"])
-    edit.retired_by = data.get("retired_by")
-    edit.retired_reason = data.get("retired_reason")
+    created = data.get("created_at")
+    if created is not None:
+        if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created):
+            raise ImportFormatError(f"{where}: created_at must be a finite number of seconds, got {created!r}")
+        edit.created_at = float(created)
+    retired_by = data.get("retired_by")
+    if retired_by is not None and (not isinstance(retired_by, str) or not ID_RE.fullmatch(retired_by)):
+        raise ImportFormatError(f"{where}: retired_by must be an edit id, got {retired_by!r}")
+    reason = data.get("retired_reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > LIMITS.max_prompt_chars):
+        raise ImportFormatError(f"{where}: retired_reason must be a string of at most {LIMITS.max_prompt_chars} "
+                                "characters")
+    if reason is not None:
+        check_utf8(reason, f"{where}: retired_reason", ImportFormatError)
+    edit.retired_by, edit.retired_reason = retired_by, reason
+    if edit_id is None and derive_id:
+        edit.id = content_id(edit)
     return edit
+
+
+def content_id(edit: Edit) -> str:
+    """An id that is a function of what the edit says (kind, subject, payload): importing the
+    same record without an id twice names it the same, so a retried import skips it instead of
+    storing it twice."""
+    canonical = json.dumps([edit.kind, edit.subject, edit.payload], sort_keys=True, ensure_ascii=False)
+    return "c-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:24]

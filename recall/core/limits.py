@@ -11,7 +11,8 @@ class Limits:
     max_target_chars: int = 500  # fact targets, regex replacements
     max_query_chars: int = 16_000  # prompts given to generate/score/explain
     max_batch: int = 1_024  # rows in one generate/score call
-    regex_timeout_s: float = 0.05  # time bound on one regex application
+    regex_timeout_s: float = 0.05  # time bound on one regex application (wall clock)
+    regex_max_expansion: int = 20_000  # compiled size of a pattern, counted repeats unrolled
 
 
 LIMITS = Limits()

@@ -18,9 +18,12 @@ the first (prompt) pass; later steps read their effect from the KV cache.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from recall.core.errors import InvalidQueryError
 
 
 @dataclass
@@ -62,6 +65,11 @@ def _embed_rows(model, rows: list[list[int]], plans: list[RowPlan], left_pad: bo
     device = model.device
     lens = [p.n_prefix + len(r) for p, r in zip(plans, rows)]
     width = max(lens)
+    if min(lens) == 0:
+        raise InvalidQueryError("a row has no tokens to condition on")
+    limit = context_length(model)
+    if limit is not None and width > limit:  # the runtime checks user text first; this catches injections
+        raise InvalidQueryError(f"a row needs {width} positions with its injected edits; the context is {limit}")
     mask = torch.tensor(
         [([0] * (width - n) + [1] * n) if left_pad else ([1] * n + [0] * (width - n)) for n in lens], device=device
     )
@@ -276,6 +284,22 @@ def cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def last_logits_keyword(model) -> dict[str, int]:
+    """Forward keywords that make a causal LM unembed only the last position (``logits_to_keep``
+    in transformers 5). The prompt pass of generation reads only that position; unembedding
+    every position costs 4 bytes x 49k vocabulary per token (0.2 MB, so 1.6 GB for 8,000
+    tokens) and was most of a long request's memory. Models whose forward lacks it: nothing."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def context_length(model) -> int | None:
+    """The number of positions the model can attend over (its text config's
+    ``max_position_embeddings``), or None when the config does not say."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n = getattr(config, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
 def output_cache(out):
     """The KV cache a forward returned, under either name (see :func:`cache_keyword`)."""
     cache = getattr(out, "cache", None)
@@ -284,10 +308,18 @@ def output_cache(out):
 
 @torch.inference_mode()
 def generate_rows(
-    model, tokenizer, plans: list[RowPlan], max_new_tokens: int, sampling: SamplingOptions, hook=None
+    model,
+    tokenizer,
+    plans: list[RowPlan],
+    max_new_tokens: int,
+    sampling: SamplingOptions,
+    hook=None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[str]:
     """Left-padded batched decoding with a KV cache; returns the new text of each row.
-    ``hook``: an installed codebook hook, armed for the prompt pass at the last position."""
+    ``hook``: an installed codebook hook, armed for the prompt pass at the last position;
+    ``should_stop``: asked before every decoding step; True ends decoding there (a server
+    whose clients left, or whose deadline passed, stops spending the model on them)."""
     device = model.device
     encoded = [tokenizer(p.prompt).input_ids for p in plans]
     pad = tokenizer.pad_token_id
@@ -302,10 +334,12 @@ def generate_rows(
     begun: list[int | None] = [None if p.slot_rank is not None else 0 for p in plans]
     done = [False] * len(plans)
     _arm(hook, [mask.shape[1] - 1] * len(plans), device)
-    out = model(**inputs, attention_mask=mask, position_ids=pos, use_cache=True)
+    out = model(**inputs, attention_mask=mask, position_ids=pos, use_cache=True, **last_logits_keyword(model))
     _collect(hook, plans)
     past, cache_kw = output_cache(out), cache_keyword(model)
     for step in range(max_new_tokens):
+        if should_stop is not None and should_stop():
+            break
         logits = out.logits[:, -1].float()
         if sampling.do_sample and sampling.temperature > 0:
             logits = logits / sampling.temperature
@@ -349,6 +383,7 @@ def _choose(logp: torch.Tensor, s: SamplingOptions, gen: torch.Generator) -> int
     if s.top_p < 1.0:
         sorted_p, order = torch.sort(probs, descending=True)
         keep = (sorted_p.cumsum(0) - sorted_p) < s.top_p * sorted_p.sum()
+        keep[0] = True  # the most likely token always stays (a top_p that rounds to 0 keeps only it)
         filtered = torch.zeros_like(probs)
         filtered[order[keep]] = sorted_p[keep]
         probs = filtered

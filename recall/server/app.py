@@ -48,6 +48,7 @@ def create_app(
         runtime,
         window_s=config.batch_window_ms / 1000.0,
         max_batch=config.max_batch,
+        max_batch_tokens=config.max_batch_tokens,
         max_queue=config.max_queue,
         use_memory=config.use_memory,
     )

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from recall.runtime import Runtime
+from recall.runtime import MIN_TEMPERATURE, Runtime
 
 T = TypeVar("T")
 Row = tuple[str, list[str]]  # generated text, ids of the edits applied to the row
@@ -61,6 +61,12 @@ class Job:
     deadline: float  # time.monotonic() seconds
     future: Future = field(default_factory=Future)
     scopes: list[str] | None = None  # per prompt, the text that decides scope (chat turns); None: the prompt
+    tokens: int = 0  # the longest prompt's tokens: a call's memory grows with rows x longest row
+    abandoned: threading.Event = field(default_factory=threading.Event)  # the client left
+
+    def dead(self, now: float) -> bool:
+        """Nobody waits for this job any more: its client left or its deadline passed."""
+        return self.abandoned.is_set() or self.future.cancelled() or now > self.deadline
 
 
 _STOP = object()
@@ -71,7 +77,8 @@ class WorkerStats:
     batches: int = 0  # runtime calls
     rows: int = 0
     max_rows: int = 0  # largest number of rows in one runtime call
-    expired: int = 0
+    expired: int = 0  # jobs dropped before they ran: deadline passed or client gone
+    stopped_early: int = 0  # calls whose decoding stopped because every job in them was dead
     rejected: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -88,12 +95,14 @@ class BatchWorker:
         *,
         window_s: float = 0.005,
         max_batch: int = 32,
+        max_batch_tokens: int = 8192,
         max_queue: int = 256,
         use_memory: bool = True,
     ) -> None:
         self.runtime = runtime
         self.window_s = window_s
         self.max_batch = max_batch
+        self.max_batch_tokens = max_batch_tokens
         self.use_memory = use_memory
         self.lock = threading.Lock()  # model calls and store writes
         self.stats = WorkerStats()
@@ -115,26 +124,34 @@ class BatchWorker:
         return self._closing.is_set()
 
     def key(self, max_tokens: int, temperature: float | None, top_p: float | None, seed: int | None) -> GenerationKey:
-        """The key for a request: temperature 0 or None is greedy (the runtime's default)."""
-        if not temperature:
+        """The key for a request: temperature 0 or None is greedy (the runtime's default), and so is
+        one below :data:`MIN_TEMPERATURE` (the runtime would decode it greedily too)."""
+        if not temperature or temperature < MIN_TEMPERATURE:
             return GenerationKey(max_tokens)
         solo = next(self._solo) if seed is not None else 0
         return GenerationKey(max_tokens, True, float(temperature), float(top_p or 1.0), seed, solo)
 
     def submit(
-        self, prompts: list[str], key: GenerationKey, timeout_s: float, scopes: list[str] | None = None
-    ) -> Future:
+        self,
+        prompts: list[str],
+        key: GenerationKey,
+        timeout_s: float,
+        scopes: list[str] | None = None,
+        tokens: int = 0,
+    ) -> Job:
         """Queue a job; its future resolves to one :data:`Row` per prompt. ``scopes``: per prompt,
-        the text retrieval and the gate judge when it is not the prompt (a rendered chat)."""
+        the text retrieval and the gate judge when it is not the prompt (a rendered chat);
+        ``tokens``: its longest prompt's token count, for packing calls."""
         if self._closing.is_set():
             raise Closed("the server is shutting down")
-        job = Job(list(prompts), key, time.monotonic() + timeout_s, scopes=list(scopes) if scopes else None)
+        job = Job(list(prompts), key, time.monotonic() + timeout_s, scopes=list(scopes) if scopes else None,
+                  tokens=tokens)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
             self.stats.rejected += 1
             raise Overloaded(f"the request queue is full ({self._queue.maxsize} waiting)") from None
-        return job.future
+        return job
 
     def exclusive(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` with the runtime to itself (store writes, explain)."""
@@ -181,34 +198,53 @@ class BatchWorker:
             self._run(leftovers)
 
     def _run(self, jobs: list[Job]) -> None:
-        now = time.monotonic()
         groups: dict[GenerationKey, list[Job]] = {}
         for job in jobs:
-            if now > job.deadline:
-                self.stats.expired += 1
-                if job.future.set_running_or_notify_cancel():
-                    job.future.set_exception(Expired("the request timed out in the queue"))
-                continue
-            if job.future.set_running_or_notify_cancel():  # False: the client gave up
+            if job.future.set_running_or_notify_cancel():  # False: the client gave up while queued
                 groups.setdefault(job.key, []).append(job)
         for key, group in groups.items():
             for chunk in self._chunks(group):
-                self._call(key, chunk)
+                # checked before every call: earlier calls of this collection may have used up
+                # a job's time, or its client may have left meanwhile
+                live = self._drop_dead(chunk)
+                if live:
+                    self._call(key, live)
+
+    def _drop_dead(self, jobs: list[Job]) -> list[Job]:
+        now, live = time.monotonic(), []
+        for job in jobs:
+            if job.dead(now):
+                self.stats.expired += 1
+                job.future.set_exception(Expired("the request timed out or its client left before it ran"))
+            else:
+                live.append(job)
+        return live
 
     def _chunks(self, jobs: list[Job]) -> list[list[Job]]:
-        """Whole jobs packed into calls of at most ``max_batch`` rows (a bigger job runs alone)."""
+        """Whole jobs packed into calls of at most ``max_batch`` rows and ``max_batch_tokens``
+        padded tokens (rows x the longest prompt: what a call's activations grow with); a job
+        bigger than either runs alone. Jobs are taken shortest first, so short prompts share a
+        call instead of each waiting beside a long one."""
         chunks: list[list[Job]] = []
-        rows = 0
-        for job in jobs:
-            if chunks and rows + len(job.prompts) <= self.max_batch:
+        rows = longest = 0
+        for job in sorted(jobs, key=lambda j: j.tokens):
+            n, width = rows + len(job.prompts), max(longest, job.tokens)
+            if chunks and n <= self.max_batch and n * width <= self.max_batch_tokens:
                 chunks[-1].append(job)
-                rows += len(job.prompts)
+                rows, longest = n, width
             else:
                 chunks.append([job])
-                rows = len(job.prompts)
+                rows, longest = len(job.prompts), job.tokens
         return chunks
 
     def _call(self, key: GenerationKey, jobs: list[Job]) -> None:
+        def should_stop() -> bool:
+            now = time.monotonic()
+            if all(job.dead(now) for job in jobs):
+                self.stats.stopped_early += 1
+                return True
+            return False
+
         prompts = [p for job in jobs for p in job.prompts]
         scopes = [s for job in jobs for s in (job.scopes or job.prompts)]
         chat = [job.scopes is not None for job in jobs for _ in job.prompts]  # chat jobs carry their turn
@@ -224,6 +260,7 @@ class BatchWorker:
                     use_memory=self.use_memory,
                     scopes=scopes,
                     chat=chat,
+                    should_stop=should_stop,
                 )
         except Exception as exc:  # the error belongs to these requests, not to the worker
             for job in jobs:

@@ -47,7 +47,8 @@ def edit_router(state: ServerState) -> APIRouter:
         provenance = fields.pop("provenance", "api")
         if "id" in fields:
             fields["edit_id"] = fields.pop("id")
-        return edit_json(await run_in_threadpool(state.writer.add_edit, kind, provenance, fields))
+        async with state.admit("edits"):
+            return edit_json(await run_in_threadpool(state.writer.add_edit, kind, provenance, fields))
 
     @router.get("/v1/edits")
     async def list_edits(
@@ -67,18 +68,21 @@ def edit_router(state: ServerState) -> APIRouter:
             found.sort(key=lambda e: e.created_at, reverse=True)  # newest first
             return found[offset : offset + limit], len(found)
 
-        edits, total = await run_in_threadpool(page)
+        async with state.admit("edits"):
+            edits, total = await run_in_threadpool(page)
         return {"object": "list", "data": [edit_json(e) for e in edits], "total": total, "offset": offset}
 
     @router.get("/v1/edits/{edit_id}")
     async def get_edit(edit_id: str, request: Request) -> dict:
         state.authorize(request, write=False)
-        return edit_json(await run_in_threadpool(rt.get_edit, edit_id))
+        async with state.admit("edits"):
+            return edit_json(await run_in_threadpool(rt.get_edit, edit_id))
 
     @router.delete("/v1/edits/{edit_id}")
     async def remove_edit(edit_id: str, request: Request) -> dict:
         state.authorize(request, write=True)
-        edit = await run_in_threadpool(state.writer.remove_edit, edit_id)
+        async with state.admit("edits"):
+            edit = await run_in_threadpool(state.writer.remove_edit, edit_id)
         return {**edit_json(edit), "deleted": True}
 
     @router.post("/v1/edits/import")
@@ -89,7 +93,8 @@ def edit_router(state: ServerState) -> APIRouter:
         state.authorize(request, write=True)
         raw = await request.body()
         lines = _import_lines(raw, request.headers.get("content-type", ""), state.config.max_import_edits)
-        counts = await run_in_threadpool(state.writer.import_lines, lines)
+        async with state.admit("edits"):
+            counts = await run_in_threadpool(state.writer.import_lines, lines)
         return JSONResponse({"object": "import", **counts}, status_code=201 if counts["imported"] else 200)
 
     @router.post("/v1/explain")
@@ -97,7 +102,8 @@ def edit_router(state: ServerState) -> APIRouter:
         """Which edits the memory retrieves for a prompt, their gate scores, and which fire."""
         state.authorize(request, write=False)
         (prompt,) = state.check_prompts([body.prompt], "prompt")
-        return await run_in_threadpool(state.worker.exclusive, rt.explain, prompt)
+        async with state.admit("explain"):
+            return await run_in_threadpool(state.worker.exclusive, rt.explain, prompt)
 
     return router
 
@@ -108,6 +114,8 @@ def _import_lines(raw: bytes, content_type: str, limit: int) -> list[bytes]:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise APIError(400, f"body is not valid JSON: {exc}", code="invalid_json") from None
+        except (RecursionError, ValueError) as exc:  # nesting past the parser's depth, a 5,000-digit number
+            raise APIError(400, f"body is not valid JSON ({type(exc).__name__})", code="invalid_json") from None
         edits = data.get("edits") if isinstance(data, dict) else None
         if not isinstance(edits, list):
             raise APIError(400, 'a JSON import body is {"edits": [...]}', param="edits")

@@ -83,6 +83,11 @@ def install_handlers(app: FastAPI) -> None:
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return _respond(APIError(exc.status_code, str(exc.detail), type_, headers=getattr(exc, "headers", None)))
 
+    @app.exception_handler(RecursionError)
+    async def _nested(_: Request, exc: RecursionError) -> JSONResponse:
+        # the JSON parser recurses per nesting level: a body of 100,000 "[" ends here
+        return _respond(APIError(400, "request body is nested too deeply", code="invalid_json"))
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         return _respond(APIError(500, f"internal error ({type(exc).__name__})", "server_error"))

@@ -57,7 +57,8 @@ def openai_router(state: ServerState) -> APIRouter:
         body.refuse_unsupported()
         prompts = state.check_prompts([body.prompt] if isinstance(body.prompt, str) else body.prompt, "prompt")
         stops, max_tokens = body.stops(), state.max_tokens(body.max_tokens)
-        rows = await state.generate(prompts, state.worker.key(max_tokens, body.temperature, body.top_p, body.seed))
+        key = state.worker.key(max_tokens, body.temperature, body.top_p, body.seed)
+        rows = await state.generate(request, prompts, key)
         choices = [R.finish(tok, text, ids, stops, max_tokens) for text, ids in rows]
         prompt_tokens = sum(R.count_tokens(tok, p) for p in prompts)
         rid = R.new_id("cmpl")
@@ -77,6 +78,7 @@ def openai_router(state: ServerState) -> APIRouter:
         rendered, scope = chat_prompt(state.runtime, body, max_tokens)
         (prompt,) = state.check_prompts([rendered], "messages")
         ((text, ids),) = await state.generate(
+            request,
             [prompt], state.worker.key(max_tokens, body.temperature, body.top_p, body.seed), [scope]
         )
         choice = R.finish(tok, text, ids, stops, max_tokens)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recall.runtime import SEED_MAX, SEED_MIN
 from recall.server.errors import APIError
 
 
@@ -21,7 +22,7 @@ class _Request(BaseModel):
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     user: str | None = None
     # accepted by OpenAI, not implemented here: refused unless left at their defaults
     logprobs: Any = None

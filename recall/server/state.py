@@ -4,7 +4,10 @@ checks that come before any work (auth, then a queued generation with its timeou
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -17,6 +20,8 @@ from recall.server.config import ServerConfig
 from recall.server.errors import APIError
 from recall.server.writers import EditWriter
 
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
+
 
 @dataclass
 class ServerState:
@@ -25,6 +30,7 @@ class ServerState:
     worker: BatchWorker
     model_name: str
     writer: EditWriter
+    inflight: Counter = field(default_factory=Counter)  # admitted calls per kind (see admit)
 
     def authorize(self, request: Request, *, write: bool) -> None:
         if write or self.config.auth_reads:
@@ -36,7 +42,8 @@ class ServerState:
                            param="model", code="model_not_found")
 
     def check_prompts(self, prompts: list[str], param: str) -> list[str]:
-        """Server limits first (count, characters), then the runtime's own query checks."""
+        """Server limits first (count, characters), then the runtime's own query checks. Token
+        limits come with the generation length: :meth:`generate`."""
         cfg = self.config
         if not prompts:
             raise APIError(400, f"{param} is empty", param=param)
@@ -58,18 +65,56 @@ class ServerState:
                            param="max_tokens")
         return n
 
-    async def generate(self, prompts: list[str], key: GenerationKey, scopes: list[str] | None = None) -> list[Row]:
-        """Queue the prompts for the batching worker and wait for their rows (or an error).
-        ``scopes``: per prompt, the text that decides which edits are in scope (chat turns)."""
+    async def generate(
+        self, request: Request, prompts: list[str], key: GenerationKey, scopes: list[str] | None = None
+    ) -> list[Row]:
+        """Check that every prompt and ``key.max_tokens`` fit the model's context (before any
+        work), queue the prompts for the batching worker and wait for their rows (or an error).
+        A client that disconnects abandons its job: it is dropped if it has not started, and
+        decoding stops early when every job of its call is gone. ``scopes``: per prompt, the
+        text that decides which edits are in scope (chat turns)."""
+        try:
+            tokens = self.runtime.check_fit(prompts, [key.max_tokens] * len(prompts))
+        except InvalidQueryError as exc:
+            raise APIError(400, str(exc), param="prompt", code="context_length_exceeded") from None
         timeout = self.config.request_timeout_s
         try:
-            future = self.worker.submit(prompts, key, timeout, scopes)
+            job = self.worker.submit(prompts, key, timeout, scopes, tokens=max(tokens))
         except Overloaded as exc:
             raise APIError(429, str(exc), "rate_limit_error", "queue_full", headers={"Retry-After": "1"}) from None
         except Closed as exc:
             raise APIError(503, str(exc), "server_error", "shutting_down") from None
+        waiting = asyncio.wrap_future(job.future)
+        end = asyncio.get_running_loop().time() + timeout
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            while True:
+                left = end - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                done, _ = await asyncio.wait({waiting}, timeout=min(DISCONNECT_POLL_S, left))
+                if done:
+                    return waiting.result()
+                if await request.is_disconnected():
+                    job.abandoned.set()
+                    job.future.cancel()  # dropped before it runs; a running call stops early
+                    raise APIError(499, "the client closed the request", "invalid_request_error",
+                                   "client_closed")
         except (asyncio.TimeoutError, Expired):
+            job.abandoned.set()
             raise APIError(504, f"the request did not finish within {timeout:g} s", "server_error",
                            "timeout") from None
+
+    @contextlib.asynccontextmanager
+    async def admit(self, kind: str) -> AsyncIterator[None]:
+        """Bounded admission for calls outside the batching queue (``kind``: "explain" or
+        "edits"): beyond the configured number in flight, a 429 at once instead of a growing
+        pile of worker threads that starves every other call."""
+        limit = self.config.max_explain_inflight if kind == "explain" else self.config.max_edit_inflight
+        if self.inflight[kind] >= limit:
+            raise APIError(429, f"too many {kind} calls in flight (limit {limit})", "rate_limit_error",
+                           "too_many_requests", headers={"Retry-After": "1"})
+        self.inflight[kind] += 1
+        try:
+            yield
+        finally:
+            self.inflight[kind] -= 1

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from recall.core.edits import Edit
-from recall.core.errors import EditConflictError, EditNotFoundError, RecallError
+from recall.core.errors import EditConflictError, EditNotFoundError, InvalidEditError, RecallError
 from recall.runtime import Runtime
 from recall.server.batching import BatchWorker
 from recall.server.errors import from_recall_error
@@ -28,6 +28,9 @@ class EditWriter(Protocol):
 
 def add_edit(rt: Runtime, kind: str, provenance: str | None, fields: dict[str, Any]) -> Edit:
     """``rt.add_edit``, with a taken id reported as a conflict (the store calls it a StoreError)."""
+    clash = sorted({"self", "kind", "provenance"} & set(fields))  # add_edit's own parameter names
+    if clash:
+        raise InvalidEditError(f"unexpected field(s) {clash}")
     edit_id = fields.get("edit_id")
     if isinstance(edit_id, str):
         try:
