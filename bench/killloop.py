@@ -68,7 +68,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from recall.core.edits import Edit
 
 KINDS = ("add", "import", "consolidate")
 STARTUP_FRACTION = 0.3  # share of rounds whose kill is aimed at the writer's start-up
@@ -126,8 +129,9 @@ def write_import_file(path: Path, seed: int, rnd: int, n: int, with_ids: bool) -
     return records
 
 
-def content_key(kind: str, payload: Mapping[str, Any], subject: str | None) -> str:
-    return json.dumps([kind, dict(payload), subject], sort_keys=True)
+def content_key(edit: Edit) -> str:
+    """The edit's content (:meth:`Edit.content`) as a hashable key."""
+    return json.dumps(list(edit.content()), sort_keys=True)
 
 
 # -- the writer (child process) ---------------------------------------------------------------
@@ -290,7 +294,7 @@ class _Checker:
             by_id = {e.id: e for e in edits}
             by_content: dict[str, list[Any]] = {}
             for e in edits:
-                by_content.setdefault(content_key(e.kind, e.payload, e.subject), []).append(e)
+                by_content.setdefault(content_key(e), []).append(e)
             # (a) acknowledged edits
             for edit_id in acked_ids:
                 e = by_id.get(edit_id)
@@ -299,7 +303,7 @@ class _Checker:
                     rnd.notes.append(f"acked {edit_id}: {'missing' if e is None else e.status}")
             for rec in expected or []:
                 fields = {k: rec[k] for k in ("prompt", "target", "subject")}
-                key = content_key("fact", build_edit("fact", **fields).payload, rec["subject"])
+                key = content_key(build_edit("fact", **fields))
                 found = [by_id[rec["id"]]] if rec.get("id") in by_id else by_content.get(key, [])
                 if not any(e.status in ("active", "consolidated") for e in found):
                     rnd.lost += 1
@@ -364,14 +368,14 @@ def _count_present(rt: Any, records: list[dict[str, Any]]) -> int:
 
     edits = rt.edits(status=None)
     ids = {e.id for e in edits}
-    contents = {content_key(e.kind, e.payload, e.subject) for e in edits}
+    contents = {content_key(e) for e in edits}
     n = 0
     for rec in records:
         if "id" in rec:
             n += rec["id"] in ids
         else:
             fields = {k: rec[k] for k in ("prompt", "target", "subject")}
-            n += content_key("fact", build_edit("fact", **fields).payload, rec["subject"]) in contents
+            n += content_key(build_edit("fact", **fields)) in contents
     return n
 
 

@@ -239,17 +239,16 @@ class EditMemory:
         of X?") both stay: each keeps answering its own question, and a query that fires
         several of them takes the closest (:func:`resolve_conflicts`). A client that means a
         correction of the same relation in other words says so with ``relation=``, or retires
-        the old fact. ``pending``: edits (with their vectors) of the same batch, stored before
-        this one in the same transaction."""
+        the old fact. ``pending``: active facts (with their vectors) of the same batch, stored
+        before this one in the same transaction, that have this edit's subject as a name."""
         if edit.kind != "fact" or not edit.subject:
             return {}
-        subject = normalize(edit.subject)
-        olds = [(self.store.get_by_num(num), None) for num in list(self.lexicon.get(subject, ()))]
-        olds += [(e, v) for e, v in pending if e.kind == "fact" and e.subject and normalize(e.subject) == subject]
+        olds = [(self.store.get_by_num(num), None) for num in list(self.lexicon.get(normalize(edit.subject), ()))]
+        olds += list(pending)
         out = {}
         words = normalize(relation_text(edit.payload["prompt"], edit.subject))
         for old, old_vecs in olds:
-            if old is None or old.status != "active" or old.id == edit.id or old.id in out:
+            if old is None or old.status != "active" or old.id == edit.id:
                 continue
             rel_new, rel_old = edit.payload.get("relation"), old.payload.get("relation")
             if rel_new and rel_old:
@@ -292,15 +291,14 @@ class EditMemory:
                 self.sync()
                 first = self.store.next_num
                 try:
-                    items = self._plan_batch(edits, vectors, first)
-                    self.store.add_many(items, first_num=first)
-                except NumsMoved:  # another process wrote meanwhile: plan again from its state
-                    if attempt == 2:
-                        raise
-                    continue
-                finally:
+                    self.store.add_many(self._plan_batch(edits, vectors, first), first_num=first)
+                except BaseException as exc:
                     if any(e.kind == "codebook" for e in edits):
-                        self._reload_codebook()  # planning placed entries the store may not hold
+                        self._reload_codebook()  # planning placed entries the store does not hold
+                    if not isinstance(exc, NumsMoved) or attempt == 2:
+                        raise
+                    continue  # another process wrote meanwhile: plan again from its state
+                finally:
                     self.sync()
                 return
 
@@ -314,11 +312,16 @@ class EditMemory:
     def _plan_batch(self, edits: list[Edit], vectors: list[np.ndarray], first: int) -> list[NewEdit]:
         items: list[NewEdit] = []
         retired: set[str] = set()  # by earlier edits of the batch: not retired twice
+        named: dict[str, list[tuple[Edit, np.ndarray]]] = {}  # the batch's active facts, keyed as the lexicon
         for k, (edit, vecs) in enumerate(zip(edits, vectors)):
-            pending = [(i.edit, i.vectors) for i in items if i.edit.status == "active" and i.edit.id not in retired]
+            subject = normalize(edit.subject) if edit.kind == "fact" and edit.subject else None
+            pending = [(e, v) for e, v in named.get(subject, ()) if e.id not in retired]
             found = self.conflicts(edit, vecs, pending) if edit.status == "active" else {}
             retire = {old: why for old, why in found.items() if old not in retired}
             retired |= set(retire)
+            if subject is not None and edit.status == "active":
+                for name in {normalize(n) for n in edit.names}:
+                    named.setdefault(name, []).append((edit, vecs))
             tensors, updates = None, {}
             if edit.kind in LEARNED_KINDS:
                 if self.knowledge is None:

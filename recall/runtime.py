@@ -176,7 +176,7 @@ class Runtime:
         self.check_special_tokens(edit)
         return self.memory.add(edit)
 
-    def check_special_tokens(self, edit: Edit, where: str = "") -> None:
+    def check_special_tokens(self, edit: Edit) -> None:
         """Refuse an edit whose text holds one of the tokenizer's special tokens (``<|im_end|>``
         and the like): injected into a prompt, it would end a chat turn or open a new one in
         another user's conversation."""
@@ -186,7 +186,7 @@ class Runtime:
         for text in texts:
             for token in specials:
                 if token in text:
-                    raise InvalidEditError(f"{where}edit text contains the special token {token!r}")
+                    raise InvalidEditError(f"edit text contains the special token {token!r}")
 
     def remove_edit(self, edit_id: str) -> Edit:
         """Retire an edit (it stays in the store, visible with ``edits(status="retired")``).
@@ -258,7 +258,7 @@ class Runtime:
         first: dict[str, Edit] = {}
         for edit in edits:
             seen = first.setdefault(edit.id, edit)
-            if seen is not edit and (seen.kind, seen.payload, seen.subject) != (edit.kind, edit.payload, edit.subject):
+            if seen is not edit and seen.content() != edit.content():
                 raise ImportFormatError(f"{path}: id {edit.id!r} appears more than once with different content")
         fresh, skipped = [], len(edits) - len(first)  # a record repeated word for word counts once
         for edit in first.values():
@@ -267,7 +267,7 @@ class Runtime:
             except KeyError:
                 fresh.append(edit)
                 continue
-            if (old.kind, old.payload, old.subject) != (edit.kind, edit.payload, edit.subject):
+            if old.content() != edit.content():
                 raise EditConflictError(f"{path}: id {edit.id!r} exists with different content")
             skipped += 1
         if fresh:
@@ -612,6 +612,7 @@ class Runtime:
         store's weight lock; the checkpoint's base-model fingerprint is checked before anything
         moves."""
         store = self.memory.store
+        retire = list(retire or [])
         if store.readonly:
             raise StoreLockedError("cannot roll back a store opened read-only")
         known = store.get_meta("checkpoints", [])
@@ -626,12 +627,12 @@ class Runtime:
             revive = [e.id for e in store.iter_edits("consolidated") if e.consolidated_in not in keep]
             fold = {e.id: owner[e.id] for e in store.iter_edits("active") if e.id in owner}
             updates = {**{i: "active" for i in revive}, **{i: "consolidated" for i in fold}}
-            updates.update({i: "retired" for i in retire or []})
+            updates.update({i: "retired" for i in retire})
             store.commit_statuses(updates, consolidated_in=fold, meta={"checkpoint_head": checkpoint_id})
             self._serve_checkpoint(checkpoint_id, tensors)
             self.memory.sync()
-        revived = [i for i in revive if i not in set(retire or [])]
-        return {"head": checkpoint_id, "reactivated": revived, "consolidated": sorted(fold), "retired": retire or []}
+        revived = [i for i in revive if i not in retire]
+        return {"head": checkpoint_id, "reactivated": revived, "consolidated": sorted(fold), "retired": retire}
 
     # -- lifecycle ------------------------------------------------------------
     def close(self) -> None:

@@ -252,9 +252,12 @@ def test_abandoned_request_stops_decoding(server_runtime):
     next caller does not wait for 256 tokens nobody will read."""
     app = create_app(server_runtime, ServerConfig(token=TOKEN, model_name=MODEL, max_tokens_limit=256))
     with running(app) as url:
-        body = {"model": MODEL, "prompt": "Write a very long essay about the history of Rome.", "max_tokens": 256}
+        # a ~1,500-token prompt: its prefill alone outlasts the client's 0.5 s on any CPU, so the
+        # client leaves while the call runs (a short prompt can end at EOS before it leaves)
+        prompt = "Rome was founded on seven hills beside the Tiber. " * 150 + "Write a long essay about Rome."
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 256}
         with pytest.raises(httpx.TimeoutException):
-            httpx.post(f"{url}/v1/completions", json=body, timeout=1.0)
+            httpx.post(f"{url}/v1/completions", json=body, timeout=0.5)
         deadline = time.monotonic() + 60
         health = {}
         while time.monotonic() < deadline:
@@ -264,7 +267,7 @@ def test_abandoned_request_stops_decoding(server_runtime):
             time.sleep(0.2)
         assert health["stopped_early"] + health["expired"] >= 1, health
         start = time.monotonic()
-        r = httpx.post(f"{url}/v1/completions", json={**body, "max_tokens": 2}, timeout=60)
+        r = httpx.post(f"{url}/v1/completions", json={**body, "prompt": "Hi", "max_tokens": 2}, timeout=60)
         assert r.status_code == 200
         assert time.monotonic() - start < 20
 
@@ -425,3 +428,22 @@ def test_input_rewrite_that_would_empty_the_prompt_is_not_applied(rt):
     patch = rt.add_edit("regex", pattern="Hello", replacement="", scope="input")
     ((text, ids),) = rt.generate_with_edits(["Hello"], max_new_tokens=2)
     assert patch.id not in ids and isinstance(text, str)
+
+
+def test_import_supersedes_inside_the_batch_as_separate_adds_would(make_runtime, store_dir, tmp_path):
+    """A later record about an alias of an earlier record's subject, same relation: one add
+    after the other retires the first; one import transaction must do the same."""
+    records = [
+        {"prompt": "Barack Obama was born in", "target": "Seattle", "subject": "Barack Obama", "aliases": ["Obama"]},
+        {"prompt": "Obama was born in", "target": "Boston", "subject": "Obama"},
+    ]
+    one_by_one = make_runtime(store_dir, gate="subject")
+    for r in records:
+        one_by_one.add_edit(**r)
+    expected = {e.payload["target"]: e.status for e in one_by_one.edits(None)}
+    assert expected == {"Seattle": "retired", "Boston": "active"}
+    path = tmp_path / "alias.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    batch = make_runtime(tmp_path / "other", gate="subject")
+    batch.import_jsonl(path)
+    assert {e.payload["target"]: e.status for e in batch.edits(None)} == expected

@@ -59,6 +59,11 @@ class Edit:
     retired_reason: str | None = None
     consolidated_in: str | None = None  # checkpoint id, while status is "consolidated"
 
+    def content(self) -> tuple[str, str | None, dict[str, Any]]:
+        """What the edit says (kind, subject, payload), without its id, status or history: two
+        edits with equal content are the same correction."""
+        return self.kind, self.subject, self.payload
+
     @property
     def prompt(self) -> str | None:
         return self.payload.get("prompt")
@@ -310,5 +315,5 @@ def content_id(edit: Edit) -> str:
     """An id that is a function of what the edit says (kind, subject, payload): importing the
     same record without an id twice names it the same, so a retried import skips it instead of
     storing it twice."""
-    canonical = json.dumps([edit.kind, edit.subject, edit.payload], sort_keys=True, ensure_ascii=False)
+    canonical = json.dumps(list(edit.content()), sort_keys=True, ensure_ascii=False)
     return "c-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:24]

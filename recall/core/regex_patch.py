@@ -125,8 +125,9 @@ def _bounded(call: Callable[[], T], bound_s: float) -> T:
     return box["out"]
 
 
-def _compile(pattern: str, flags: int) -> regex.Pattern:
-    """Size bound, then compile; InvalidRegexError or UnsafeRegexError."""
+def load_pattern(pattern: str, flags: int = 0) -> regex.Pattern:
+    """Compile a pattern the writer accepted (it is in the store): the size bound and the
+    compile, no timed probes (see the module docstring); InvalidRegexError or UnsafeRegexError."""
     size = expansion(pattern)
     if size > LIMITS.regex_max_expansion:
         raise UnsafeRegexError(
@@ -141,16 +142,10 @@ def _compile(pattern: str, flags: int) -> regex.Pattern:
         raise UnsafeRegexError(f"regex pattern {pattern[:80]!r} needs too much memory to compile") from exc
 
 
-def load_pattern(pattern: str, flags: int = 0) -> regex.Pattern:
-    """Compile a pattern the writer accepted (it is in the store): the size bound and the
-    compile, no timed probes (see the module docstring)."""
-    return _compile(pattern, flags)
-
-
 def compile_pattern(pattern: str, flags: int = 0) -> regex.Pattern:
     """Compile and check a new pattern: size bound, compile, then probes for catastrophic
     backtracking; raise InvalidRegexError or UnsafeRegexError."""
-    compiled = _compile(pattern, flags)
+    compiled = load_pattern(pattern, flags)
     bound = LIMITS.regex_timeout_s
     for probe in _probe_strings(pattern):
         try:
@@ -178,15 +173,15 @@ def check_replacement(compiled: regex.Pattern, replacement: str) -> None:
         ) from exc
 
 
-def apply(compiled: regex.Pattern, replacement: str, text: str, max_chars: int | None = None) -> tuple[str, bool]:
+def apply(compiled: regex.Pattern, replacement: str, text: str) -> tuple[str, bool]:
     """Substitute within the time bound. Returns (text, applied). A timeout, or a result longer
-    than ``max_chars`` (default: the query limit; a replacement can repeat its match, so a
-    patch could multiply a prompt's length), leaves the text as it was."""
+    than the query limit (a replacement can repeat its match, so a patch could multiply a
+    prompt's length), leaves the text as it was."""
     bound = LIMITS.regex_timeout_s
     try:
         new, n = _bounded(lambda: compiled.subn(replacement, text, timeout=bound * _BACKSTOP, concurrent=True), bound)
     except (TimeoutError, MemoryError):
         return text, False
-    if len(new) > (LIMITS.max_query_chars if max_chars is None else max_chars):
+    if len(new) > LIMITS.max_query_chars:
         return text, False
     return new, n > 0

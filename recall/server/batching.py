@@ -66,7 +66,7 @@ class Job:
 
     def dead(self, now: float) -> bool:
         """Nobody waits for this job any more: its client left or its deadline passed."""
-        return self.abandoned.is_set() or self.future.cancelled() or now > self.deadline
+        return self.abandoned.is_set() or now > self.deadline
 
 
 _STOP = object()
