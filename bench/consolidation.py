@@ -42,7 +42,7 @@ from recall.evaluation.metrics import ModelScorer, evaluate_cases
 from recall.methods.consolidation import probe
 from recall.methods.editor import hparams_for, make_editor
 from recall.methods.layer_stats import generic_texts, model_fingerprint
-from recall.methods.weights import restore, snapshot
+from recall.methods.weights import restore
 
 METRICS = ("es", "ps", "ns")
 
@@ -180,7 +180,7 @@ def run(
         started = time.perf_counter()
         probe_s = 0.0  # seconds spent on per-batch probes, left out of the pace
         if protocol == "single":
-            original = snapshot(edited, editor.modules)
+            original = editor.snapshot()
             rows = []
             for case in tqdm(cases, desc=f"{method} single", disable=not progress):
                 if budget_s and rows and time.perf_counter() - started > budget_s:
@@ -218,7 +218,7 @@ def run(
                 editing_s = time.perf_counter() - started - probe_s
                 _log_progress(out, method, written, editing_s, drift)
                 if ckpt is not None:
-                    tensors = {f"weight:{k}": v for k, v in snapshot(edited, editor.modules).items()}
+                    tensors = {f"weight:{k}": v for k, v in editor.snapshot().items()}
                     tensors |= {f"state:{k}": v for k, v in editor.state_tensors().items()}
                     ckpt.save({"written": written, "drift": drift, "seconds": editing_s}, tensors)
             rows = counterfact_success(edited, tok, cases[:written])

@@ -38,7 +38,7 @@ from recall.gate import DEFAULT_GATE
 from recall.inject import DEFAULT_INJECTION
 from recall.methods import editor as weight_editors
 from recall.methods.editor import DEFAULT_EDITOR, EditRequest
-from recall.methods.weights import restore, snapshot
+from recall.methods.weights import restore
 from recall.runtime import Runtime
 
 # name -> (gate, injection, edit kind)
@@ -156,7 +156,7 @@ class WeightEditor(_StoreEditor):
         super().__init__(method.replace("_", "-"), (edited, tok, spec), encoder, workdir)
         self.batch_size = batch_size
         self.editor.prepare()  # statistics of the unedited weights
-        self.original = snapshot(edited, self.editor.modules)
+        self.original = self.editor.snapshot()
         self.pending: list[EditRequest] = []
 
     @property

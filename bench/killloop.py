@@ -318,13 +318,13 @@ class _Checker:
                 rnd.notes.append(f"{dup_content} duplicate contents (statuses {statuses}), {dup_ids} repeated ids")
             # store consistency
             count = rt.memory.store.count()
-            active_keys = sum(len(e.keys) for e in edits if e.status == "active")
+            served_keys = sum(len(e.keys) for e in edits if e.served)
             if count != len(by_id):
                 rnd.inconsistent += 1
                 rnd.notes.append(f"store count {count} != {len(by_id)} edits reachable by num")
-            if rt.memory.index.ntotal != active_keys:
+            if rt.memory.index.ntotal != served_keys:
                 rnd.inconsistent += 1
-                rnd.notes.append(f"index has {rt.memory.index.ntotal} vectors, active keys {active_keys}")
+                rnd.notes.append(f"index has {rt.memory.index.ntotal} vectors, served keys {served_keys}")
             if rnd.kind == "consolidate":
                 self._check_weights(rnd, rt, by_id, acked_ckpt)
         except Exception as exc:

@@ -308,7 +308,7 @@ class EditStore:
             current = self._tensors_in(txn, other)
             txn.put(_u64(other), _pack({**current, **changed}), db=self._tensors)
             self._bump(txn, "update", other)
-        self._bump(txn, "add" if edit.status == "active" else "noop", num)
+        self._bump(txn, "add" if edit.served else "noop", num)
 
     def _get_in(self, txn: lmdb.Transaction, edit_id: str) -> Edit:
         if not isinstance(edit_id, str) or not edit_id:
@@ -338,12 +338,12 @@ class EditStore:
             edit = self._get_in(txn, edit_id)
             if edit.status == status:
                 return edit
-            was_active = edit.status == "active"
+            was_served = edit.served
             edit.status = status
             edit.retired_reason = reason if status == "retired" else edit.retired_reason
             txn.put(edit_id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
-            if was_active != (status == "active"):
-                self._bump(txn, "add" if status == "active" else "remove", edit.num)
+            if was_served != edit.served:
+                self._bump(txn, "add" if edit.served else "remove", edit.num)
             return edit
 
         return self._transact(body)
@@ -393,13 +393,13 @@ class EditStore:
             if status not in ("active", "retired", "consolidated"):
                 raise StoreError(f"unknown status {status!r}")
             edit = edits[edit_id]
-            was_active = edit.status == "active"
+            was_served = edit.served
             edit.status = status
             owner = consolidated_in.get(edit_id) if isinstance(consolidated_in, dict) else consolidated_in
             edit.consolidated_in = owner if status == "consolidated" else None
             txn.put(edit_id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
-            if was_active != (status == "active"):
-                self._bump(txn, "add" if status == "active" else "remove", edit.num)
+            if was_served != edit.served:
+                self._bump(txn, "add" if edit.served else "remove", edit.num)
         for key, value in (meta or {}).items():
             txn.put(key.encode(), json.dumps(value).encode(), db=self._meta)
 

@@ -1,4 +1,4 @@
-"""One contract for every weight editor (ROME, MEMIT, AlphaEdit, FT-L) and the one registry.
+"""One contract for every weight editor (ROME, MEMIT, AlphaEdit, FT-L, T-Patcher) and the one registry.
 
 Each method's math stays in its pure function (the ROME/MEMIT repositories' style)::
 
@@ -33,11 +33,11 @@ import torch
 
 from recall.core.errors import UnknownEditorError
 from recall.core.requests import EditRequest
-from recall.methods import alphaedit, ft_l, memit, rome
+from recall.methods import alphaedit, ffn_patch, ft_l, memit, rome, tpatcher
 from recall.methods.edit_requests import context_templates
 from recall.methods.hparams import HyperParams
 from recall.methods.layer_stats import StatsCache
-from recall.methods.weights import restore
+from recall.methods.weights import distance, restore, snapshot_parameters
 
 __all__ = [
     "DEFAULT_EDITOR",
@@ -149,7 +149,12 @@ class ParameterEditor(ABC):
 
     @property
     def parameter_names(self) -> list[str]:
+        """The parameters this editor writes (their values before a batch are what undo needs)."""
         return [f"{m}.weight" for m in self.modules]
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Copies of every parameter this editor writes, as they are now."""
+        return snapshot_parameters(self.model, self.parameter_names)
 
     def prepare(self) -> None:  # noqa: B027 - optional hook
         """Compute, from the weights as they are now, what writing needs (default: nothing)."""
@@ -165,8 +170,7 @@ class ParameterEditor(ABC):
         state_before = self.state_tensors()
         weights_copy = self.write(requests)
         params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            norms = {n: float((params[n].detach().float() - w.float()).norm()) for n, w in weights_copy.items()}
+        norms = {n: distance(params[n], w) for n, w in weights_copy.items()}
         return EditResult(weights_copy, norms, len(requests), state_before)
 
     def undo(self, result: EditResult) -> None:
@@ -303,8 +307,60 @@ class FTLEditor(ParameterEditor):
         return weights_copy
 
 
+class TPatcherEditor(ParameterEditor):
+    """Neurons added to the last FFN per edit (:mod:`tpatcher`); the patch grows with every
+    batch, and undo shrinks it back. The memory bank's edit inputs are the carried state
+    (later patches are trained not to fire on earlier edits)."""
+
+    name = tpatcher.TPatcherHyperParams.method
+    hparams_class = tpatcher.TPatcherHyperParams
+    sequential = True
+    stateful = True
+
+    def __init__(
+        self, model: torch.nn.Module, tok: Any, spec: Any, hparams: HyperParams, stats: StatsCache | None = None
+    ) -> None:
+        super().__init__(model, tok, spec, hparams, stats)
+        self.mlp = tpatcher.mlp_path(spec)
+        self.patch = ffn_patch.install(model, self.mlp)
+        self.memory = tpatcher.PatchMemory()
+        self.names: list[str] = []
+
+    @property
+    def modules(self) -> list[str]:
+        return [self.mlp]
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return ffn_patch.parameter_names(self.mlp)
+
+    def prepare(self) -> None:
+        if self.memory.generic is None:
+            self.memory.generic = tpatcher.collect_memory(self.model, self.tok, self.spec, self.hparams)
+            self.names = tpatcher.corpus_names()
+
+    def write(self, requests: list[EditRequest]) -> dict[str, torch.Tensor]:
+        self.prepare()
+        _, weights_copy = tpatcher.apply(
+            self.model, self.tok, self.spec, requests, self.hparams, self.memory, self.names
+        )
+        return weights_copy
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"edit_inputs": self.memory.edits} if self.memory.edits.numel() else {}
+
+    def load_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.memory.edits = tensors.get("edit_inputs", torch.zeros(0))
+
+    def reset_state(self) -> None:
+        self.memory.edits = torch.zeros(0)
+
+    def state_metrics(self) -> dict[str, Any]:
+        return {"patch_neurons": self.patch.n}
+
+
 EDITORS: dict[str, type[ParameterEditor]] = {
-    cls.name: cls for cls in (ROMEEditor, MEMITEditor, AlphaEditEditor, FTLEditor)
+    cls.name: cls for cls in (ROMEEditor, MEMITEditor, AlphaEditEditor, FTLEditor, TPatcherEditor)
 }
 DEFAULT_EDITOR = AlphaEditEditor.name  # what ``rt.consolidate()`` uses when not told
 

@@ -19,12 +19,46 @@ def snapshot(model, modules: list[str]) -> dict[str, torch.Tensor]:
     return {f"{m}.weight": get_weight(model, m).detach().clone() for m in modules}
 
 
+def snapshot_parameters(model, names: list[str]) -> dict[str, torch.Tensor]:
+    """Copies of the named parameters (any shape; a patch's grown tensors too)."""
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().clone() for n in names}
+
+
+def resizable(model, name: str) -> bool:
+    """Whether parameter ``name`` may change shape (its module says ``resizable``: the neurons
+    of :class:`recall.methods.ffn_patch.FFNPatch`)."""
+    owner = name.rpartition(".")[0]
+    try:
+        return bool(getattr(model.get_submodule(owner), "resizable", False))
+    except AttributeError:
+        return False
+
+
 def restore(model, weights_copy: dict[str, torch.Tensor]) -> None:
-    """Put back weights saved by :func:`snapshot` (or an editor's ``weights_copy``)."""
+    """Put back weights saved by :func:`snapshot` (or an editor's ``weights_copy``). A resizable
+    parameter (a patch's neurons) takes the saved tensor's shape; any other must match."""
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, w in weights_copy.items():
-            params[name].copy_(w)
+            p = params[name]
+            if p.shape == w.shape:
+                p.copy_(w)
+            elif resizable(model, name):
+                p.data = w.detach().to(device=p.device, dtype=p.dtype).clone()
+            else:
+                raise ValueError(f"{name}: saved shape {tuple(w.shape)}, the model's {tuple(p.shape)}")
+
+
+def distance(now: torch.Tensor, before: torch.Tensor) -> float:
+    """‖now − before‖_F; a tensor that grew along its first dimension is compared with
+    ``before`` padded by zero rows (the added neurons count in full)."""
+    now, before = now.detach().float(), before.detach().float().to(now.device)
+    if now.shape != before.shape:
+        rows = max(now.shape[0], before.shape[0])
+        now = torch.cat([now, now.new_zeros(rows - now.shape[0], *now.shape[1:])])
+        before = torch.cat([before, before.new_zeros(rows - before.shape[0], *before.shape[1:])])
+    return float((now - before).norm())
 
 
 def as_key_value(weight: torch.Tensor, conv1d: bool) -> torch.Tensor:

@@ -36,7 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recall.core.errors import CheckpointError, ConsolidationError, StoreCorruptError
-from recall.methods.weights import restore
+from recall.methods.ffn_patch import install_for
+from recall.methods.weights import resizable, restore
 
 WEIGHTS = "weights.safetensors"
 STATE = "state.safetensors"
@@ -231,12 +232,13 @@ class ServedWeights:
             self.restore_base()
             return
         tensors = self.dir.weights(ckpt_id) if tensors is None else tensors
-        params = self._params()
-        missing = [n for n in tensors if n not in params]
+        # neurons a T-Patcher checkpoint added: their (empty) patch is part of the base model
+        missing = install_for(self.model, list(tensors))
         if missing:
             raise CheckpointError(f"checkpoint {ckpt_id} names parameters this model lacks: {missing[:3]}")
+        params = self._params()
         for name, value in tensors.items():
-            if params[name].shape != value.shape:
+            if params[name].shape != value.shape and not resizable(self.model, name):
                 raise CheckpointError(
                     f"checkpoint {ckpt_id}: {name} has shape {tuple(value.shape)}, "
                     f"the model {tuple(params[name].shape)}"

@@ -43,6 +43,7 @@ from recall.runtime import Runtime
 from recall.server import ServerConfig
 from recall.server import serve as run_server
 from recall.server.auth import load_token
+from recall.server.schedule import ConsolidationSchedule, parse_duration
 from recall.training import gate_training, grace_tuning, recipe_training, relation_training
 
 app = typer.Typer(
@@ -200,10 +201,24 @@ def serve(
         bool, typer.Option("--memory/--no-memory", help="--no-memory serves the unedited model.")
     ] = True,
     readonly: Annotated[bool, typer.Option("--readonly", help="Open the store read-only (no edit writes).")] = False,
+    consolidate_every: Annotated[
+        str | None,
+        typer.Option(help="Run a consolidation job this often while serving (90s, 30m, 6h, 1d); off by default."),
+    ] = None,
+    consolidate_min_edits: Annotated[
+        int, typer.Option(min=1, help="Start a scheduled job only when this many fact edits are active.")
+    ] = 1,
+    consolidate_method: Annotated[str, typer.Option(help="Editor of scheduled jobs.")] = DEFAULT_EDITOR,
+    consolidate_hparams: Annotated[
+        str | None, typer.Option(help="Hyper-parameter JSON of scheduled jobs (default: the model family's).")
+    ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Serve STORE over an OpenAI-compatible HTTP API with an edit admin API and a web page."""
+    """Serve STORE over an OpenAI-compatible HTTP API with an edit admin API and a web page.
+    With --consolidate-every, consolidation jobs run in a child process on that schedule; the
+    server switches to each new checkpoint between requests (responses name it in
+    ``system_fingerprint``)."""
 
     config = ServerConfig(
         model_name=model_name,
@@ -217,7 +232,19 @@ def serve(
         max_tokens_limit=max_tokens_limit,
         request_timeout_s=timeout,
     )
-    run_server(store, config, host=host, port=port, model=model, device=device, readonly=readonly)
+    schedule = None
+    if consolidate_every is not None:
+        if readonly:
+            raise typer.BadParameter("--consolidate-every needs a writable store (not --readonly)")
+        try:
+            schedule = ConsolidationSchedule(
+                parse_duration(consolidate_every), consolidate_min_edits, consolidate_method,
+                hparams=consolidate_hparams,
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    run_server(store, config, host=host, port=port, model=model, device=device, readonly=readonly,
+               schedule=schedule)
 
 
 # -- edit sub-commands ------------------------------------------------------------
@@ -848,7 +875,7 @@ def bench_consolidation(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """The weight editors (ROME, MEMIT, AlphaEdit, FT-L) on CounterFact: ES/PS/NS, probe
+    """The weight editors (ROME, MEMIT, AlphaEdit, FT-L, T-Patcher) on CounterFact: ES/PS/NS, probe
     agreement and perplexity ratio."""
 
     names = [m.strip() for m in methods.split(",") if m.strip()]

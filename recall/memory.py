@@ -30,7 +30,10 @@ from recall.relation import RelationScorer, pair_texts
 log = logging.getLogger("recall.memory")
 
 SLOTS = 16  # FAISS id = num * SLOTS + key slot
-INDEX_FILE = "index.faiss"
+# the derived index file; renamed when what it holds changes, so an older file is rebuilt once
+# (v2: consolidated edits are indexed too, see recall.core.edits.SERVED_STATUSES)
+INDEX_FILE = "index.v2.faiss"
+LEGACY_INDEX_FILES = ("index.faiss", "index.json")  # the files before v2 and their sidecar
 
 
 @dataclass
@@ -123,7 +126,7 @@ class EditMemory:
     def _load_or_rebuild_index(self) -> None:
         current = self.store.generation
         loaded = VectorIndex.load(self.store.path / INDEX_FILE, self.encoder.dim, self.encoder.name)
-        active = list(self.store.iter_edits("active"))
+        active = [e for e in self.store.iter_edits(None) if e.served]
         for edit in active:
             self._add_lookup(edit)
         if loaded is not None and loaded[1] <= current:
@@ -194,7 +197,7 @@ class EditMemory:
                 self._drop_vectors(edit)
                 if not index_only:
                     self._drop_lookup(edit)
-            elif edit is not None and op == "update" and edit.status == "active" and not index_only:
+            elif edit is not None and op == "update" and edit.served and not index_only:
                 self._add_lookup(edit)  # its tensors changed (a codebook radius)
             self.generation = gen
 
@@ -305,8 +308,8 @@ class EditMemory:
     def _reload_codebook(self) -> None:
         """The codebook table as the store holds it (after a batch planned entries into it)."""
         self.codebook = CodebookTable()
-        for edit in self.store.iter_edits("active"):
-            if edit.kind == "codebook":
+        for edit in self.store.iter_edits(None):
+            if edit.kind == "codebook" and edit.served:
                 self.codebook.put(edit.num, self.store.tensors(edit.num))
 
     def _plan_batch(self, edits: list[Edit], vectors: list[np.ndarray], first: int) -> list[NewEdit]:
@@ -368,7 +371,7 @@ class EditMemory:
         out = []
         for m in self.knowledge.match_prompts(*knowledge_q, reps, nums):
             edit = self.store.get_by_num(m.num) if m is not None else None
-            out.append((edit, m) if edit is not None and edit.status == "active" else None)
+            out.append((edit, m) if edit is not None and edit.served else None)
         return out
 
     def _sentinel_margins(self, queries: list[str], retrieved: list[list[Edit]], knowledge_q: tuple | None):
@@ -447,7 +450,7 @@ class EditMemory:
             for hit in subject_hits[i].values():
                 nums |= hit
             edits = (self.store.get_by_num(num) for num in sorted(nums))
-            retrieved.append([e for e in edits if e is not None and e.status == "active"])
+            retrieved.append([e for e in edits if e is not None and e.served])
         margins = self._sentinel_margins(queries, retrieved, knowledge_q) if self.gate.kind == "sentinel" else None
         features = [[self._features(query, norms[i], q_vecs[i], rel_by_query[i], edit) for edit in retrieved[i]]
                     for i, query in enumerate(queries)]
@@ -467,7 +470,7 @@ class EditMemory:
         retrieved = []
         for hits in subject_hits:
             edits = (self.store.get_by_num(num) for num in sorted(set().union(*hits.values())))
-            retrieved.append([e for e in edits if e is not None and e.status == "active"])
+            retrieved.append([e for e in edits if e is not None and e.served])
         features = [[pair_features(q, norms[i], None, None, e) for e in retrieved[i]] for i, q in enumerate(queries)]
         self._relation_margins(queries, retrieved, features)
         rows = self._verdicts(retrieved, features)
@@ -539,6 +542,8 @@ class EditMemory:
             if not self.store.readonly:
                 try:
                     self.index.save(self.store.path / INDEX_FILE, self.generation, self.encoder.name)
+                    for name in LEGACY_INDEX_FILES:
+                        (self.store.path / name).unlink(missing_ok=True)
                 except OSError:
                     pass  # derived data: rebuilt on next open
             self.store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from recall.core.errors import (
     InvalidEditError,
     InvalidQueryError,
     RecallIOError,
+    StoreCorruptError,
     StoreLockedError,
 )
 from recall.core.lm import RowPlan, SamplingOptions, TokenScore, context_length, generate_rows, score_tokens_rows
@@ -34,6 +36,9 @@ from recall.memory import EditMemory, check_queries
 from recall.methods.editor import DEFAULT_EDITOR
 from recall.methods.layer_stats import model_fingerprint
 from recall.relation import RelationScorer
+
+log = logging.getLogger("recall.runtime")
+_NO_CHECKPOINT = object()  # distinct from None, which names the base weights
 
 # positions of the model's context kept free for what injection adds to a row (a fact as
 # context, a continuous prompt's prefix), so a query that fits is never refused for its edits
@@ -80,6 +85,8 @@ class Runtime:
         self.served = ServedWeights(model, CheckpointDir(memory.store.path))
         self._owns_model = False
         self._base_fingerprint: str | None = None
+        self._unservable_head: object = _NO_CHECKPOINT  # a head that failed to load (not retried)
+        self.head_error: str | None = None
 
     @classmethod
     def open(
@@ -366,6 +373,7 @@ class Runtime:
         if len(prompts) != len(continuations):
             raise InvalidQueryError(f"{len(prompts)} prompts but {len(continuations)} continuations")
         self.check_fit(prompts, [len(ids) for ids in self.tokenizer(continuations)["input_ids"]])
+        self.follow_head()
         if not use_memory:
             return score_tokens_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], continuations)
         plans, _, _, _ = self._plans(prompts)
@@ -428,6 +436,7 @@ class Runtime:
         _check_max_new_tokens(max_new_tokens)
         sampling = check_sampling(do_sample, temperature, top_p, top_k, seed)
         self.check_fit(prompts, [max_new_tokens] * len(prompts))
+        self.follow_head()
         if not use_memory:
             bare = generate_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], max_new_tokens, sampling,
                                  should_stop=should_stop)
@@ -494,6 +503,7 @@ class Runtime:
     def explain(self, prompt: str) -> dict[str, Any]:
         """Which edits were retrieved for ``prompt``, their scores, and which fired."""
         (prompt,) = check_queries([prompt], "prompt")
+        self.follow_head()
         plans, cands, regex_ids, matches = self._plans([prompt], dense=True)
         rows = []
         for c in cands[0]:
@@ -555,6 +565,26 @@ class Runtime:
                 f"checkpoint {ckpt_id} was made for another base model (fingerprint {expected}, "
                 f"loaded model {self.base_fingerprint()})"
             )
+
+    def follow_head(self) -> str | None:
+        """Serve the store's head checkpoint if another process (a consolidation job, a
+        rollback) moved it since this runtime loaded its weights; returns the checkpoint
+        served (None: the base model). One LMDB read when nothing moved. Every query entry
+        point calls it first, so a running server switches weights between calls, never
+        inside one. A head that cannot be served (a checkpoint made for another base model,
+        a corrupt file) leaves the current weights in place; :attr:`head_error` says why, and
+        the edits the head folded are still answered from their memory copies."""
+        if self.memory.store.env is None:  # closed: the bare model still answers use_memory=False
+            return self.served.head
+        head = self.memory.store.get_meta("checkpoint_head")
+        if head != self.served.head and head != self._unservable_head:
+            try:
+                self._serve_checkpoint(head)
+                self.head_error = None
+            except (CheckpointError, StoreCorruptError) as exc:
+                self._unservable_head, self.head_error = head, str(exc)
+                log.warning("cannot serve checkpoint %s: %s", head, exc)
+        return self.served.head
 
     def _serve_checkpoint(self, ckpt_id: str | None, tensors: dict | None = None) -> None:
         if ckpt_id is not None:

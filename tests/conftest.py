@@ -132,8 +132,9 @@ def run_child(code: str, *args: str, timeout: float = 120) -> str:
     return proc.stdout
 
 
-def active_key_count(store) -> int:
-    return sum(len(e.keys) for e in store.iter_edits("active"))
+def served_key_count(store) -> int:
+    """Retrieval keys of the edits the memory serves (active and consolidated)."""
+    return sum(len(e.keys) for e in store.iter_edits(None) if e.served)
 
 
 def faiss_ids(memory) -> set[int]:
@@ -145,4 +146,4 @@ def faiss_ids(memory) -> set[int]:
 def expected_faiss_ids(memory) -> set[int]:
     from recall.memory import SLOTS
 
-    return {e.num * SLOTS + j for e in memory.store.iter_edits("active") for j in range(len(e.keys))}
+    return {e.num * SLOTS + j for e in memory.store.iter_edits(None) if e.served for j in range(len(e.keys))}

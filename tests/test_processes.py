@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from conftest import FACT_PROMPT, FACT_SUBJECT, active_key_count, child_env, expected_faiss_ids, faiss_ids
+from conftest import FACT_PROMPT, FACT_SUBJECT, child_env, expected_faiss_ids, faiss_ids, served_key_count
 
 from recall.core.edits import build_edit
 from recall.gate import Gate
@@ -128,7 +128,7 @@ def test_sigkill_loses_no_acknowledged_edit(tmp_path, encoder):
         assert [g for g, _, _ in changes] == list(range(1, st.generation + 1))
 
         # the FAISS index (loaded at the old generation, then synced) matches LMDB exactly
-        assert mem.index.ntotal == active_key_count(st)
+        assert mem.index.ntotal == served_key_count(st)
         assert faiss_ids(mem) == expected_faiss_ids(mem)
         by_id = {e.id: e for e in all_edits}
         active = [(i, eid) for i, eid in added.items() if by_id[eid].status == "active"]
@@ -146,7 +146,7 @@ def test_sigkill_loses_no_acknowledged_edit(tmp_path, encoder):
             build_edit("fact", prompt="The currency of Freedonia is", target="the ducat", subject="Freedonia")
         )
         assert more.num > max(e.num for e in all_edits)
-        assert mem.index.ntotal == active_key_count(st)
+        assert mem.index.ntotal == served_key_count(st)
     finally:
         mem.close()
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from conftest import FACT_PARAPHRASE, FACT_PROMPT, FACT_SUBJECT, UNRELATED, child_env, open_cached_runtime
 
+from recall.memory import INDEX_FILE
 from recall.runtime import Runtime
 from recall.server import ServerConfig, create_app
 from recall.server.background import running
@@ -391,4 +392,4 @@ def test_recall_serve_command_sigterm(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(store)], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == repr([edit["id"]])
-    assert os.path.exists(store / "index.faiss")  # the runtime was closed cleanly
+    assert os.path.exists(store / INDEX_FILE)  # the runtime was closed cleanly

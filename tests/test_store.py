@@ -6,17 +6,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import lmdb
 import pytest
 from conftest import (
     FACT_PROMPT,
     FACT_SUBJECT,
-    active_key_count,
     child_env,
     expected_faiss_ids,
     faiss_ids,
     run_child,
+    served_key_count,
 )
 
 from recall.core.errors import EditConflictError, SchemaVersionError, StoreCorruptError
@@ -78,7 +79,7 @@ def test_add_get_list_remove(rt):
     assert retired.status == "retired" and retired.payload == fact.payload
     # a retired fact no longer fires or is retrieved
     assert ids[FACT_SUBJECT] not in [c["id"] for c in rt.explain(FACT_PROMPT)["candidates"]]
-    assert rt.memory.index.ntotal == active_key_count(rt.memory.store)
+    assert rt.memory.index.ntotal == served_key_count(rt.memory.store)
 
 
 def test_ids_and_records_stable_across_reopen(make_runtime, store_dir):
@@ -114,7 +115,7 @@ def test_export_import_round_trip(make_runtime, tmp_path):
         map(strip, dicts(src.edits(None))), key=lambda d: d["id"]
     )
     assert {e.id for e in dst.edits("retired")} == {ids["Acme Widgets"]}
-    assert dst.memory.index.ntotal == active_key_count(dst.memory.store)
+    assert dst.memory.index.ntotal == served_key_count(dst.memory.store)
     # the imported fact is live in the new store
     assert ids[FACT_SUBJECT] in dst.explain(FACT_PROMPT)["fired"]
 
@@ -229,7 +230,7 @@ def test_faiss_index_rebuilt_when_missing_or_damaged(make_runtime, store_dir, da
     damage(store_dir)
 
     rt2 = make_runtime(store_dir, gate="subject")
-    assert rt2.memory.index.ntotal == active_key_count(rt2.memory.store) == len(FACTS) - 1 + 1
+    assert rt2.memory.index.ntotal == served_key_count(rt2.memory.store) == len(FACTS) - 1 + 1
     assert faiss_ids(rt2.memory) == expected_faiss_ids(rt2.memory)
     assert retrieval_snapshot(rt2) == expected
     gen = rt2.memory.store.generation
@@ -244,14 +245,14 @@ def test_stale_index_old_copy_is_brought_up_to_date(make_runtime, store_dir):
     rt.close()
     old = store_dir.parent / "old-index"
     old.mkdir()
-    for f in (INDEX_FILE, "index.json"):
+    for f in (INDEX_FILE, Path(INDEX_FILE).with_suffix(".json").name):
         shutil.copy(store_dir / f, old / f)
     rt = make_runtime(store_dir, gate="subject")
     rt.remove_edit(ids["Eiffel Tower"])
     rt.add_edit(prompt="The currency of Freedonia is", target="the ducat", subject="Freedonia")
     expected = retrieval_snapshot(rt) + [[c["id"] for c in rt.explain("Freedonia pays with")["candidates"]]]
     rt.close()
-    for f in (INDEX_FILE, "index.json"):
+    for f in (INDEX_FILE, Path(INDEX_FILE).with_suffix(".json").name):
         shutil.copy(old / f, store_dir / f)  # an index from an older generation
 
     rt2 = make_runtime(store_dir, gate="subject")

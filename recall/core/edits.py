@@ -35,6 +35,14 @@ REGEX_SCOPES = ("input", "output")
 _PATCH_RE = re.compile(r"^\s*if\s+(?P<cond>.+?)\s*,\s*then\s+(?P<cons>.+?)\s*$", re.IGNORECASE | re.DOTALL)
 
 
+# Statuses whose edits the memory serves (indexed, retrieved, injected). A consolidated edit
+# keeps its memory copy: the weights carry it on the prompts the job verified, but its
+# paraphrases may not move with them (issue 21 measured generality .80 from memory against .60
+# from the weights alone), and where the weights already give the answer, injecting it changes
+# nothing. Retired edits are never served.
+SERVED_STATUSES = frozenset({"active", "consolidated"})
+
+
 @dataclass
 class Edit:
     """One correction held by the store.
@@ -58,6 +66,12 @@ class Edit:
     retired_by: str | None = None
     retired_reason: str | None = None
     consolidated_in: str | None = None  # checkpoint id, while status is "consolidated"
+
+    @property
+    def served(self) -> bool:
+        """Whether the memory answers with this edit: active edits, and consolidated ones,
+        whose memory copy keeps firing beside the weights (:data:`SERVED_STATUSES`)."""
+        return self.status in SERVED_STATUSES
 
     def content(self) -> tuple[str, str | None, dict[str, Any]]:
         """What the edit says (kind, subject, payload), without its id, status or history: two

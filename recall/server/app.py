@@ -26,6 +26,7 @@ from recall.server.edit_routes import edit_router
 from recall.server.errors import install_handlers
 from recall.server.limits import BodyLimit
 from recall.server.openai_routes import openai_router
+from recall.server.schedule import ConsolidationSchedule, ScheduledConsolidation
 from recall.server.state import ServerState
 from recall.server.writers import EditWriter, LocalWriter
 
@@ -38,11 +39,13 @@ def create_app(
     *,
     owns_runtime: bool = False,
     writer: EditWriter | None = None,
+    consolidation: ScheduledConsolidation | None = None,
 ) -> FastAPI:
     """An app serving ``runtime``. With ``owns_runtime`` the runtime is closed at shutdown.
 
     ``writer``: where the admin API's writes go; default: this runtime (a Ray Serve replica
-    over a read-only store passes its writer deployment instead)."""
+    over a read-only store passes its writer deployment instead). ``consolidation``: jobs to
+    start on a schedule while the app serves (:mod:`recall.server.schedule`)."""
     config = config or ServerConfig()
     worker = BatchWorker(
         runtime,
@@ -58,11 +61,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         worker.start()
+        if consolidation is not None:
+            consolidation.start()
         if config.token is None:
             log.warning("no API token (RECALL_API_TOKEN or --token-file): the edit API is read-only")
         try:
             yield
         finally:
+            if consolidation is not None:
+                consolidation.stop()
             worker.stop()
             if owns_runtime:
                 runtime.close()
@@ -90,6 +97,9 @@ def create_app(
             "queued": worker.queued,
             "auth_reads": config.auth_reads,
             "writes_enabled": config.token is not None,
+            "checkpoint": runtime.served.head or "base",  # what the last call ran on
+            "checkpoint_error": runtime.head_error,
+            "consolidation": consolidation.as_dict() if consolidation is not None else None,
             **worker.stats.as_dict(),
         }
 
@@ -105,8 +115,11 @@ def serve(
     model: str | None = None,
     device: str = "auto",
     readonly: bool = False,
+    schedule: ConsolidationSchedule | None = None,
 ) -> None:
-    """Open ``store`` and serve it until interrupted (``recall serve``)."""
+    """Open ``store`` and serve it until interrupted (``recall serve``); with ``schedule``,
+    consolidation jobs run in child processes on that schedule."""
     runtime = Runtime.open(store, model=model, device=device, readonly=readonly)
-    app = create_app(runtime, config, owns_runtime=True)
+    jobs = ScheduledConsolidation(runtime, schedule, model, device) if schedule else None
+    app = create_app(runtime, config, owns_runtime=True, consolidation=jobs)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 from recall.runtime import MIN_TEMPERATURE, Runtime
 
 T = TypeVar("T")
-Row = tuple[str, list[str]]  # generated text, ids of the edits applied to the row
+# generated text, ids of the edits applied to the row, the checkpoint whose weights answered (None: base)
+Row = tuple[str, list[str], str | None]
 
 
 class Overloaded(Exception):
@@ -262,6 +263,7 @@ class BatchWorker:
                     chat=chat,
                     should_stop=should_stop,
                 )
+                head = self.runtime.served.head  # the weights this call ran on (it follows the store's head first)
         except Exception as exc:  # the error belongs to these requests, not to the worker
             for job in jobs:
                 job.future.set_exception(exc)
@@ -271,5 +273,5 @@ class BatchWorker:
         self.stats.max_rows = max(self.stats.max_rows, len(prompts))
         start = 0
         for job in jobs:
-            job.future.set_result(out[start : start + len(job.prompts)])
+            job.future.set_result([(text, ids, head) for text, ids in out[start : start + len(job.prompts)]])
             start += len(job.prompts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from recall.core.errors import InvalidQueryError
@@ -51,7 +51,7 @@ def openai_router(state: ServerState) -> APIRouter:
         return _model_card(state.model_name, started)
 
     @router.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
+    async def completions(body: CompletionRequest, request: Request, response: Response):
         state.authorize(request, write=False)
         state.check_model(body.model)
         body.refuse_unsupported()
@@ -59,17 +59,19 @@ def openai_router(state: ServerState) -> APIRouter:
         stops, max_tokens = body.stops(), state.max_tokens(body.max_tokens)
         key = state.worker.key(max_tokens, body.temperature, body.top_p, body.seed)
         rows = await state.generate(request, prompts, key)
-        choices = [R.finish(tok, text, ids, stops, max_tokens) for text, ids in rows]
+        choices = [R.finish(tok, text, ids, stops, max_tokens) for text, ids, _ in rows]
+        checkpoint = rows[0][2]  # one runtime call answered every prompt of a request
         prompt_tokens = sum(R.count_tokens(tok, p) for p in prompts)
         rid = R.new_id("cmpl")
         if body.stream:
             events = R.completion_events(tok, rid, state.model_name, choices, prompt_tokens,
-                                         body.include_usage_in_stream())
-            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        return R.completion_body(rid, state.model_name, choices, prompt_tokens)
+                                         body.include_usage_in_stream(), checkpoint)
+            return StreamingResponse(events, media_type="text/event-stream", headers=_headers(checkpoint))
+        response.headers[R.CHECKPOINT_HEADER] = checkpoint or "base"
+        return R.completion_body(rid, state.model_name, choices, prompt_tokens, checkpoint)
 
     @router.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    async def chat_completions(body: ChatCompletionRequest, request: Request, response: Response):
         state.authorize(request, write=False)
         state.check_model(body.model)
         body.refuse_unsupported()
@@ -77,7 +79,7 @@ def openai_router(state: ServerState) -> APIRouter:
         max_tokens = state.max_tokens(body.max_completion_tokens or body.max_tokens)
         rendered, scope = chat_prompt(state.runtime, body, max_tokens)
         (prompt,) = state.check_prompts([rendered], "messages")
-        ((text, ids),) = await state.generate(
+        ((text, ids, checkpoint),) = await state.generate(
             request,
             [prompt], state.worker.key(max_tokens, body.temperature, body.top_p, body.seed), [scope]
         )
@@ -85,11 +87,17 @@ def openai_router(state: ServerState) -> APIRouter:
         prompt_tokens = R.count_tokens(tok, prompt)
         rid = R.new_id("chatcmpl")
         if body.stream:
-            events = R.chat_events(tok, rid, state.model_name, choice, prompt_tokens, body.include_usage_in_stream())
-            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        return R.chat_body(rid, state.model_name, choice, prompt_tokens)
+            events = R.chat_events(tok, rid, state.model_name, choice, prompt_tokens, body.include_usage_in_stream(),
+                                   checkpoint)
+            return StreamingResponse(events, media_type="text/event-stream", headers=_headers(checkpoint))
+        response.headers[R.CHECKPOINT_HEADER] = checkpoint or "base"
+        return R.chat_body(rid, state.model_name, choice, prompt_tokens, checkpoint)
 
     return router
+
+
+def _headers(checkpoint: str | None) -> dict[str, str]:
+    return {**SSE_HEADERS, R.CHECKPOINT_HEADER: checkpoint or "base"}
 
 
 def _model_card(name: str, created: int) -> dict:

@@ -57,7 +57,20 @@ def usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
 
 
-def completion_body(rid: str, model: str, choices: list[Choice], prompt_tokens: int) -> dict[str, Any]:
+CHECKPOINT_HEADER = "X-Recall-Checkpoint"
+
+
+def served_by(checkpoint: str | None) -> dict[str, str]:
+    """Which weights answered: the checkpoint id (``"base"`` for the unedited weights), as
+    OpenAI's ``system_fingerprint`` (clients log it to tell backend configurations apart) and
+    as ``recall_checkpoint``. Every completion body and stream chunk carries both."""
+    name = checkpoint or "base"
+    return {"system_fingerprint": name, "recall_checkpoint": name}
+
+
+def completion_body(
+    rid: str, model: str, choices: list[Choice], prompt_tokens: int, checkpoint: str | None
+) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
@@ -69,10 +82,11 @@ def completion_body(rid: str, model: str, choices: list[Choice], prompt_tokens: 
         ],
         "usage": usage(prompt_tokens, choices),
         "recall_edits": union([c.edits for c in choices]),
+        **served_by(checkpoint),
     }
 
 
-def chat_body(rid: str, model: str, choice: Choice, prompt_tokens: int) -> dict[str, Any]:
+def chat_body(rid: str, model: str, choice: Choice, prompt_tokens: int, checkpoint: str | None) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion",
@@ -88,6 +102,7 @@ def chat_body(rid: str, model: str, choice: Choice, prompt_tokens: int) -> dict[
         ],
         "usage": usage(prompt_tokens, [choice]),
         "recall_edits": choice.edits,
+        **served_by(checkpoint),
     }
 
 
@@ -111,15 +126,22 @@ def sse(data: dict[str, Any] | str) -> str:
 
 
 def completion_events(
-    tokenizer, rid: str, model: str, choices: list[Choice], prompt_tokens: int, include_usage: bool
+    tokenizer,
+    rid: str,
+    model: str,
+    choices: list[Choice],
+    prompt_tokens: int,
+    include_usage: bool,
+    checkpoint: str | None,
 ) -> Iterator[str]:
     created = int(time.time())
     edits = union([c.edits for c in choices])
+    served = served_by(checkpoint)
 
     def chunk(index: int, text: str, reason: str | None) -> str:
         choice = {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
         return sse({"id": rid, "object": "text_completion", "created": created, "model": model,
-                    "choices": [choice], "recall_edits": edits})
+                    "choices": [choice], "recall_edits": edits, **served})
 
     for i, c in enumerate(choices):
         for piece in pieces(tokenizer, c.text):
@@ -127,19 +149,20 @@ def completion_events(
         yield chunk(i, "", c.finish_reason)
     if include_usage:
         yield sse({"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [],
-                   "usage": usage(prompt_tokens, choices), "recall_edits": edits})
+                   "usage": usage(prompt_tokens, choices), "recall_edits": edits, **served})
     yield sse("[DONE]")
 
 
 def chat_events(
-    tokenizer, rid: str, model: str, choice: Choice, prompt_tokens: int, include_usage: bool
+    tokenizer, rid: str, model: str, choice: Choice, prompt_tokens: int, include_usage: bool, checkpoint: str | None
 ) -> Iterator[str]:
     created = int(time.time())
+    served = served_by(checkpoint)
 
     def chunk(delta: dict[str, str], reason: str | None) -> str:
         return sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}],
-                    "recall_edits": choice.edits})
+                    "recall_edits": choice.edits, **served})
 
     yield chunk({"role": "assistant", "content": ""}, None)
     for piece in pieces(tokenizer, choice.text):
@@ -147,5 +170,5 @@ def chat_events(
     yield chunk({}, choice.finish_reason)
     if include_usage:
         yield sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
-                   "usage": usage(prompt_tokens, [choice]), "recall_edits": choice.edits})
+                   "usage": usage(prompt_tokens, [choice]), "recall_edits": choice.edits, **served})
     yield sse("[DONE]")
