@@ -11,6 +11,7 @@ Usage: python wheel_smoke.py CHECKOUT_DIR
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -72,6 +73,17 @@ with tempfile.TemporaryDirectory() as tmp:
     rt.rollback(None)
     after = weights(rt.model)
     assert all(torch.equal(base[n], after[n]) for n in base), "rollback is not byte-identical"
+
+    # T-Patcher: its settings come from package data; a quick job grows the last FFN, rollback shrinks it
+    from recall.methods.editor import hparams_for
+
+    assert hparams_for("tpatcher", rt.spec).neighbor_negatives == 128
+    fast = Path(tmp) / "tpatcher_fast.json"
+    fast.write_text(json.dumps({"memory_tokens": 2000, "neighbor_negatives": 4, "max_steps": 300}))
+    report = rt.consolidate("tpatcher", batch_size=5, hparams=str(fast), progress=False)
+    assert report.accepted and report.metrics["patch_neurons"] >= 1, report.to_dict()
+    rt.rollback(None)
+    assert all(torch.equal(base[n], p) for n, p in weights(rt.model).items() if n in base)
     assert {e.id for e in rt.edits()} >= {e.id for e in facts}, "rollback lost an edit"
     rt.close()
 print(f"wheel smoke test passed in {time.perf_counter() - t0:.0f} s")
