@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from recall.core.models import text_config
+
 PATCH = "patch"
 PARTS = ("keys", "bias", "values")
 
@@ -77,8 +79,7 @@ def install(model: nn.Module, mlp_path: str) -> FFNPatch:
     if isinstance(existing, FFNPatch):
         return existing
     ref = next(mlp.parameters())
-    width = model.config.get_text_config().hidden_size if hasattr(model.config, "get_text_config") else None
-    width = width or model.config.hidden_size
+    width = text_config(model.config).hidden_size
     patch = FFNPatch(width, width, ref.dtype, ref.device)
     mlp.add_module(PATCH, patch)
     mlp.register_forward_hook(_add_patch)
@@ -105,10 +106,11 @@ def install_for(model: nn.Module, names: list[str]) -> list[str]:
         if name in params:
             continue
         mlp = mlp_of(name)
+        if mlp is None:
+            unknown.append(name)
+            continue
         try:
-            if mlp is None:
-                raise LookupError
             install(model, mlp)
-        except (LookupError, AttributeError):
+        except AttributeError:  # no module at that path
             unknown.append(name)
     return unknown

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recall.core.lm import cache_keyword, join_continuation, output_cache
+from recall.core.models import text_config
 from recall.methods.hparams import HyperParams, scale_layers
 from recall.methods.nethook import BatchShape, Trace, get_module, run_until
 
@@ -213,7 +214,7 @@ def query_keys(model: nn.Module, tokenizer, prompts: list[str], hp: GraceHyperPa
 
 def _n_layers(model: nn.Module) -> int:
     """The model's depth from its (text) config, which multimodal configs nest."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model.config)
     return config.num_hidden_layers
 
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from conftest import FACT_PROMPT, FACT_SUBJECT, child_env
 
+from recall.core.errors import ConsolidationError
 from recall.server import ServerConfig, create_app
 from recall.server.background import running
 from recall.server.schedule import ConsolidationSchedule, ScheduledConsolidation, parse_duration
@@ -43,6 +44,16 @@ def test_parse_duration():
             parse_duration(bad)
     with pytest.raises(ValueError):
         ConsolidationSchedule(60, method="mend-xl")
+
+
+def test_bad_job_settings_fail_at_start_up(make_runtime, store_dir, tmp_path):
+    rt = make_runtime(store_dir)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"no_such_field": 1}')
+    for path in (str(bad), str(tmp_path / "missing.json")):
+        with pytest.raises(ConsolidationError, match="scheduled consolidation"):
+            ScheduledConsolidation(rt, ConsolidationSchedule(60, method="memit", hparams=path))
+    assert rt.edits("active") == [] and rt.memory.store.get_meta("checkpoint_head") is None
 
 
 def test_scheduled_job_runs_while_the_server_answers(make_runtime, store_dir):

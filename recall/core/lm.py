@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from recall.core.errors import InvalidQueryError
+from recall.core.models import text_config
 
 
 @dataclass
@@ -224,7 +225,7 @@ def unembed(model, hidden: torch.Tensor) -> torch.Tensor:
     soft-cap logits, Cohere multiplies by ``logit_scale``, Granite divides by
     ``logits_scaling``), so these logits are the model's own."""
     logits = model.get_output_embeddings()(hidden).float()
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model.config)
     cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -295,7 +296,7 @@ def last_logits_keyword(model) -> dict[str, int]:
 def context_length(model) -> int | None:
     """The number of positions the model can attend over (its text config's
     ``max_position_embeddings``), or None when the config does not say."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model.config)
     n = getattr(config, "max_position_embeddings", None)
     return int(n) if isinstance(n, int) and n > 0 else None
 

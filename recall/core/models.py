@@ -125,6 +125,11 @@ _MLP_PARENT = re.compile(r"mlp|ffn|feed_?forward|fc\d", re.IGNORECASE)
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
 
 
+def text_config(config):
+    """The language model's part of a config (multimodal configs nest it; others are it)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Architecture facts discovered in a loaded model's module tree, never from its name.
@@ -184,7 +189,7 @@ class ModelSpec:
     def from_model(cls, model: nn.Module) -> ModelSpec:
         """Discover the spec of a loaded causal LM. Never raises for a model that loaded."""
         config = model.config
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        text = text_config(config)
         model_type = str(getattr(config, "model_type", "") or type(model).__name__)
         found: dict[str, str] = {}
         missing: dict[str, str] = {}

@@ -26,6 +26,7 @@ from recall.server.edit_routes import edit_router
 from recall.server.errors import install_handlers
 from recall.server.limits import BodyLimit
 from recall.server.openai_routes import openai_router
+from recall.server.responses import checkpoint_name
 from recall.server.schedule import ConsolidationSchedule, ScheduledConsolidation
 from recall.server.state import ServerState
 from recall.server.writers import EditWriter, LocalWriter
@@ -97,7 +98,7 @@ def create_app(
             "queued": worker.queued,
             "auth_reads": config.auth_reads,
             "writes_enabled": config.token is not None,
-            "checkpoint": runtime.served.head or "base",  # what the last call ran on
+            "checkpoint": checkpoint_name(runtime.served.head),  # what the last call ran on
             "checkpoint_error": runtime.head_error,
             "consolidation": consolidation.as_dict() if consolidation is not None else None,
             **worker.stats.as_dict(),
@@ -120,6 +121,10 @@ def serve(
     """Open ``store`` and serve it until interrupted (``recall serve``); with ``schedule``,
     consolidation jobs run in child processes on that schedule."""
     runtime = Runtime.open(store, model=model, device=device, readonly=readonly)
-    jobs = ScheduledConsolidation(runtime, schedule, model, device) if schedule else None
+    try:
+        jobs = ScheduledConsolidation(runtime, schedule, model, device) if schedule else None
+    except BaseException:
+        runtime.close()
+        raise
     app = create_app(runtime, config, owns_runtime=True, consolidation=jobs)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)

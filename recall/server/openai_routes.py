@@ -67,7 +67,7 @@ def openai_router(state: ServerState) -> APIRouter:
             events = R.completion_events(tok, rid, state.model_name, choices, prompt_tokens,
                                          body.include_usage_in_stream(), checkpoint)
             return StreamingResponse(events, media_type="text/event-stream", headers=_headers(checkpoint))
-        response.headers[R.CHECKPOINT_HEADER] = checkpoint or "base"
+        response.headers[R.CHECKPOINT_HEADER] = R.checkpoint_name(checkpoint)
         return R.completion_body(rid, state.model_name, choices, prompt_tokens, checkpoint)
 
     @router.post("/v1/chat/completions")
@@ -90,14 +90,14 @@ def openai_router(state: ServerState) -> APIRouter:
             events = R.chat_events(tok, rid, state.model_name, choice, prompt_tokens, body.include_usage_in_stream(),
                                    checkpoint)
             return StreamingResponse(events, media_type="text/event-stream", headers=_headers(checkpoint))
-        response.headers[R.CHECKPOINT_HEADER] = checkpoint or "base"
+        response.headers[R.CHECKPOINT_HEADER] = R.checkpoint_name(checkpoint)
         return R.chat_body(rid, state.model_name, choice, prompt_tokens, checkpoint)
 
     return router
 
 
 def _headers(checkpoint: str | None) -> dict[str, str]:
-    return {**SSE_HEADERS, R.CHECKPOINT_HEADER: checkpoint or "base"}
+    return {**SSE_HEADERS, R.CHECKPOINT_HEADER: R.checkpoint_name(checkpoint)}
 
 
 def _model_card(name: str, created: int) -> dict:

@@ -60,11 +60,16 @@ def usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, int]:
 CHECKPOINT_HEADER = "X-Recall-Checkpoint"
 
 
+def checkpoint_name(checkpoint: str | None) -> str:
+    """The checkpoint id, or ``"base"`` for the unedited weights (bodies, headers, /health)."""
+    return checkpoint or "base"
+
+
 def served_by(checkpoint: str | None) -> dict[str, str]:
-    """Which weights answered: the checkpoint id (``"base"`` for the unedited weights), as
-    OpenAI's ``system_fingerprint`` (clients log it to tell backend configurations apart) and
-    as ``recall_checkpoint``. Every completion body and stream chunk carries both."""
-    name = checkpoint or "base"
+    """Which weights answered (:func:`checkpoint_name`), as OpenAI's ``system_fingerprint``
+    (clients log it to tell backend configurations apart) and as ``recall_checkpoint``. Every
+    completion body and stream chunk carries both."""
+    name = checkpoint_name(checkpoint)
     return {"system_fingerprint": name, "recall_checkpoint": name}
 
 

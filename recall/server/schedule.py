@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from recall.methods.editor import DEFAULT_EDITOR, editor_class
+from recall.core.errors import ConsolidationError
+from recall.methods.editor import DEFAULT_EDITOR, editor_class, hparams_for
 from recall.runtime import Runtime
 
 log = logging.getLogger("recall.server")
@@ -84,6 +85,10 @@ class ScheduledConsolidation:
     def __init__(
         self, runtime: Runtime, schedule: ConsolidationSchedule, model: str | None = None, device: str = "auto"
     ) -> None:
+        try:  # the job's settings fail here, at start-up, not in a child process hours later
+            hparams_for(schedule.method, runtime.spec, schedule.hparams)
+        except ValueError as exc:
+            raise ConsolidationError(f"scheduled consolidation: {exc}") from exc
         self.runtime, self.schedule, self.model, self.device = runtime, schedule, model, device
         self.status = ScheduleStatus()
         self._stop = threading.Event()
