@@ -1,4 +1,4 @@
-"""One contract for every weight editor (ROME, MEMIT, AlphaEdit, FT-L, T-Patcher) and the one registry.
+"""One contract for every weight editor (ROME, MEMIT, AlphaEdit, FT-L, T-Patcher, MEND) and the one registry.
 
 Each method's math stays in its pure function (the ROME/MEMIT repositories' style)::
 
@@ -33,7 +33,7 @@ import torch
 
 from recall.core.errors import UnknownEditorError
 from recall.core.requests import EditRequest
-from recall.methods import alphaedit, ffn_patch, ft_l, memit, rome, tpatcher
+from recall.methods import alphaedit, ffn_patch, ft_l, memit, mend, rome, tpatcher
 from recall.methods.edit_requests import context_templates
 from recall.methods.hparams import HyperParams
 from recall.methods.layer_stats import StatsCache
@@ -359,8 +359,35 @@ class TPatcherEditor(ParameterEditor):
         return {"patch_neurons": self.patch.n}
 
 
+class MENDEditor(ParameterEditor):
+    """A meta-trained network maps each edit's gradient to a change of the last MLP output
+    projections (:mod:`mend`). Needs the network trained for this base model (shipped for
+    the embedded one; ``recall mend train`` for others): :meth:`prepare` raises
+    :class:`mend.EditorNotTrainedError` without it. Edits are written one after another (the
+    network was trained on single edits)."""
+
+    name = mend.MENDHyperParams.method
+    hparams_class = mend.MENDHyperParams
+    sequential = True
+
+    def __init__(
+        self, model: torch.nn.Module, tok: Any, spec: Any, hparams: HyperParams, stats: StatsCache | None = None
+    ) -> None:
+        super().__init__(model, tok, spec, hparams, stats)
+        self.network: mend.EditorNetwork | None = None
+
+    def prepare(self) -> None:
+        if self.network is None:
+            self.network = mend.load_network(self.model, self.spec, self.hparams)
+
+    def write(self, requests: list[EditRequest]) -> dict[str, torch.Tensor]:
+        self.prepare()
+        _, weights_copy = mend.apply(self.model, self.tok, self.spec, requests, self.hparams, self.network)
+        return weights_copy
+
+
 EDITORS: dict[str, type[ParameterEditor]] = {
-    cls.name: cls for cls in (ROMEEditor, MEMITEditor, AlphaEditEditor, FTLEditor, TPatcherEditor)
+    cls.name: cls for cls in (ROMEEditor, MEMITEditor, AlphaEditEditor, FTLEditor, TPatcherEditor, MENDEditor)
 }
 DEFAULT_EDITOR = AlphaEditEditor.name  # what ``rt.consolidate()`` uses when not told
 

@@ -38,7 +38,7 @@ from recall.core.models import load_model
 from recall.core.reporting import pick_threads, torch_threads
 from recall.gate import DEFAULT_GATE, GATE_KINDS
 from recall.methods.consolidation import ConsolidationParams
-from recall.methods.editor import DEFAULT_EDITOR, EDITORS
+from recall.methods.editor import DEFAULT_EDITOR, EDITORS, with_overrides
 from recall.runtime import Runtime
 from recall.server import ServerConfig
 from recall.server import serve as run_server
@@ -136,9 +136,7 @@ def demo(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write all numbers to this JSON file.")] = None,
     eval_n: Annotated[
         int | None,
-        typer.Option(
-            "--eval-n", min=1, help="How many of the streamed edits to evaluate [default: 100]."
-        ),
+        typer.Option("--eval-n", min=1, help="How many of the streamed edits to evaluate [default: 100]."),
     ] = None,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -238,13 +236,14 @@ def serve(
             raise typer.BadParameter("--consolidate-every needs a writable store (not --readonly)")
         try:
             schedule = ConsolidationSchedule(
-                parse_duration(consolidate_every), consolidate_min_edits, consolidate_method,
+                parse_duration(consolidate_every),
+                consolidate_min_edits,
+                consolidate_method,
                 hparams=consolidate_hparams,
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-    run_server(store, config, host=host, port=port, model=model, device=device, readonly=readonly,
-               schedule=schedule)
+    run_server(store, config, host=host, port=port, model=model, device=device, readonly=readonly, schedule=schedule)
 
 
 # -- edit sub-commands ------------------------------------------------------------
@@ -469,8 +468,17 @@ def bench_latency(
 
     if kind.value not in ("fact", "prompt", "codebook"):
         raise _fail("--kind must be fact, prompt or codebook")
-    latency.run(n_edits=n_edits, n_queries=n_queries, out=out, data=data, model=model, device=device,
-                threads=threads, kind=kind.value, gate=gate)
+    latency.run(
+        n_edits=n_edits,
+        n_queries=n_queries,
+        out=out,
+        data=data,
+        model=model,
+        device=device,
+        threads=threads,
+        kind=kind.value,
+        gate=gate,
+    )
 
 
 @bench_app.command("serving")
@@ -497,8 +505,17 @@ def bench_serving(
         levels = [int(c) for c in concurrency.split(",") if c.strip()]
     except ValueError as exc:
         raise typer.BadParameter(f"--concurrency must be comma-separated integers, got {concurrency!r}") from exc
-    serving.run(n_edits=n_edits, concurrency=levels, requests=requests, max_tokens=max_tokens, out=out, data=data,
-                model=model, device=device, threads=threads)
+    serving.run(
+        n_edits=n_edits,
+        concurrency=levels,
+        requests=requests,
+        max_tokens=max_tokens,
+        out=out,
+        data=data,
+        model=model,
+        device=device,
+        threads=threads,
+    )
 
 
 @bench_app.command("fuzz")
@@ -655,8 +672,11 @@ def bench_chat(
     ],
     out: Annotated[Path, typer.Option(help="Write results.json, summary.md and chat.png here.")],
     editors: Annotated[
-        str, typer.Option(help="Comma-separated: unedited, recall, recall-subject, recall-cosine, recall-sentinel, "
-                          "recall-slot, recall-context, ike.")
+        str,
+        typer.Option(
+            help="Comma-separated: unedited, recall, recall-subject, recall-cosine, recall-sentinel, "
+            "recall-slot, recall-context, ike."
+        ),
     ] = "unedited,recall,ike",
     t: Annotated[str, typer.Option("--T", help="Comma-separated stream lengths T.")] = "1,100",
     limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N cases.")] = None,
@@ -850,6 +870,59 @@ def recipe_train(
     _print_json(report)
 
 
+def _parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``--set KEY=JSON`` options as {KEY: value}; a malformed one is a usage error."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        try:
+            if not (eq and key):
+                raise ValueError("expected KEY=JSON")
+            out[key] = json.loads(value)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--set {item!r}: {exc}") from None
+    return out
+
+
+mend_app = typer.Typer(help="MEND's editor network (the mend consolidation backend).", no_args_is_help=True)
+app.add_typer(mend_app, name="mend")
+
+
+@mend_app.command("train")
+@handle_errors
+def mend_train(
+    data: Annotated[Path, typer.Option(help="The shared data folder (CounterFact train/val, zsRE train).")] = Path(
+        "../shared/data"
+    ),
+    out: Annotated[
+        Path | None, typer.Option(help="Folder to write (default: the user cache, where consolidation looks).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Setting override FIELD=JSON, e.g. training.steps=500 or rank=64."),
+    ] = None,
+    hparams: Annotated[Path | None, typer.Option(help="MEND settings JSON (default: the model family's).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue from the network in this folder.")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Meta-train MEND's editor network for a model (default: the embedded one) on the train
+    splits, keep the best by the CounterFact val split, and write it with its log and report."""
+    from recall.methods import mend
+    from recall.training import mend_training
+
+    overrides = _parse_sets(set_)
+    with torch_threads(pick_threads(threads)):
+        loaded = load_model(model, device)
+        try:
+            hp = with_overrides(mend.MENDHyperParams.for_spec(loaded[2], hparams), overrides)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        report = mend_training.train(data, out, loaded, hp, resume=resume)
+    _print_json({k: v for k, v in report.items() if k != "history"})
+
+
 @bench_app.command("consolidation")
 @handle_errors
 def bench_consolidation(
@@ -883,15 +956,11 @@ def bench_consolidation(
     if unknown or protocol not in ("single", "sequential"):
         raise typer.BadParameter(f"methods must be among {', '.join(EDITORS)} and protocol single or sequential")
     overrides: dict[str, dict[str, Any]] = {}
-    for item in set_ or []:
-        key, eq, value = item.partition("=")
+    for key, value in _parse_sets(set_).items():
         method, dot, field = key.partition(".")
-        try:
-            if not (eq and dot and field) or method not in names:
-                raise ValueError("expected METHOD.FIELD=JSON for one of the chosen methods")
-            overrides.setdefault(method, {})[field] = json.loads(value)
-        except ValueError as exc:
-            raise typer.BadParameter(f"--set {item!r}: {exc}") from None
+        if not (dot and field) or method not in names:
+            raise typer.BadParameter(f"--set {key}=...: expected METHOD.FIELD=JSON for one of the chosen methods")
+        overrides.setdefault(method, {})[field] = value
     try:
         result = consolidation.run(
             data,
@@ -959,8 +1028,12 @@ def consolidate_cmd(
     limit: Annotated[int | None, typer.Option(min=1, help="Consolidate at most N (oldest first).")] = None,
     hparams: Annotated[str | None, typer.Option(help="Hyper-parameter JSON (default: the model family's).")] = None,
     min_probe_agreement: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Accept only if argmax agreement with the base model on the "
-                            "probe texts is at least this.")
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Accept only if argmax agreement with the base model on the probe texts is at least this.",
+        ),
     ] = 0.90,
     max_ppl_ratio: Annotated[
         float, typer.Option(min=1.0, help="Accept only if probe perplexity / base perplexity is at most this.")

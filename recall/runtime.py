@@ -317,11 +317,15 @@ class Runtime:
         return plans, cands, [a for _, a in rewritten], matches
 
     def _run_partitioned(self, fn, plans: list[RowPlan], prompts: list[str], *extra, **options) -> list:
-        """Rows the memory left untouched run as one group through the bare path, so that when
-        nothing fires the result is computed exactly as with ``use_memory=False``. The codebook
-        hook (when the store has codebook edits) is installed for both groups: it rewrites only
-        the rows whose key hits an entry, and records which."""
-        plain = [i for i, (pl, p) in enumerate(zip(plans, prompts)) if pl.plain and pl.prompt == p]
+        """Rows whose model input the memory leaves as it is run as one batch: rows where
+        nothing fired, and rows whose fired facts only bias decoding (memory-conditioned
+        decoding changes a row's log-probabilities after the shared forward pass). That batch
+        has the shapes the same rows have with ``use_memory=False``, so a row the memory does
+        not touch gets exactly the result the same batch gets without memory. Rows whose input
+        changed (a context note, a patch sentence, a continuous prompt) run as a second group.
+        The codebook hook (when the store has codebook edits) is installed for both groups: it
+        rewrites only the rows whose key hits an entry, and records which."""
+        plain = [i for i, (pl, p) in enumerate(zip(plans, prompts)) if pl.prefix is None and pl.prompt == p]
         other = [i for i in range(len(plans)) if i not in set(plain)]
         groups = [plain, other] if plain and other else [list(range(len(plans)))]
         out: list = [None] * len(plans)

@@ -85,5 +85,17 @@ with tempfile.TemporaryDirectory() as tmp:
     rt.rollback(None)
     assert all(torch.equal(base[n], p) for n, p in weights(rt.model).items() if n in base)
     assert {e.id for e in rt.edits()} >= {e.id for e in facts}, "rollback lost an edit"
+
+    # MEND: the editor network for the embedded model is package data, found by fingerprint
+    from recall.methods.editor import make_editor
+
+    mend_editor = make_editor("mend", rt.model, rt.tokenizer, rt.spec)
+    mend_editor.prepare()
+    assert mend_editor.network is not None and not mend_editor.network.training
+    report = rt.consolidate("mend", batch_size=5, progress=False)
+    print(f"mend job: accepted={report.accepted} consolidated {len(report.consolidated)}/{len(FACTS)}")
+    if report.checkpoint:
+        rt.rollback(None)
+    assert all(torch.equal(base[n], p) for n, p in weights(rt.model).items() if n in base)
     rt.close()
 print(f"wheel smoke test passed in {time.perf_counter() - t0:.0f} s")

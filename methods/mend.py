@@ -1,0 +1,408 @@
+"""MEND (Mitchell et al., ICLR 2022): a trained network turns one edit's gradient into a weight change.
+
+    model, weights_copy = apply(model, tok, spec, requests, hparams, network)
+
+For each request, in turn:
+
+1. Teacher-force prompt + target once. For every edited weight W_ℓ (the MLP output projection
+   of the last layers), keep per token the layer's input u and the gradient δ of the target's
+   NLL with respect to the layer's output; ∇W_ℓ = Σ_t δ_t u_tᵀ, so (u, δ) is the gradient in
+   rank-1 factors. Tokens whose u or δ is zero are skipped (positions after the last target
+   prediction, and in the last layer every position that predicts no target token).
+2. The editor network g_φ (:class:`EditorNetwork`, one :class:`GradientTransform` per weight
+   shape, a per-layer "mode" inside it) maps each normalized [u; δ] to [ũ; δ̃].
+3. W_ℓ ← W_ℓ − α_ℓ Σ_t δ̃_t ũ_tᵀ, α_ℓ a learned per-layer step size. The paper's sign (a
+   descent step), so an untrained network (the identity) is one plain gradient step.
+
+The network is meta-trained (:mod:`recall.training.mend_training`, ``recall mend train``):
+the post-edit model must produce the target on the edit prompt and its paraphrase, and keep
+its distribution (KL) on an unrelated prompt. Training needs the post-edit model as a
+function of the network's output; :func:`edited_outputs` adds ``x Δᵀ`` to each edited
+module's output through forward hooks, which is (W + Δ) x, per row, so several edits, each
+with its own Δ, share one forward pass.
+
+A trained network belongs to one base model (keyed by :func:`layer_stats.model_fingerprint`):
+the one for the embedded SmolLM2 ships in ``recall/data/mend``; ``recall mend train`` writes
+others to the user cache, where :func:`load_network` finds them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from recall.core import resources
+from recall.core.errors import ConsolidationError
+from recall.core.lm import RowPlan, teacher_forced_batch
+from recall.methods.edit_requests import EditRequest
+from recall.methods.hparams import HyperParams
+from recall.methods.layer_stats import model_fingerprint
+from recall.methods.nethook import Trace, TraceDict, get_weight
+from recall.methods.weights import add_update, as_key_value
+
+SHIPPED = "mend"  # recall/data/mend: the network for the embedded model
+CONFIG, WEIGHTS = "config.json", "weights.safetensors"
+
+
+class EditorNotTrainedError(ConsolidationError):
+    """MEND has no meta-trained network for this base model."""
+
+
+@dataclass
+class MENDTraining:
+    """Meta-training settings (``recall mend train``); chosen on the train splits."""
+
+    steps: int = 3000  # optimizer steps
+    edits_per_step: int = 4  # edits whose losses are averaged in one step (the paper accumulates 10)
+    lr: float = 1e-4  # Adam on the network (the paper's 1e-6 is for 100k+ steps on billion-parameter models)
+    alpha_lr: float = 1e-2  # Adam on log α_ℓ
+    edit_weight: float = 0.1  # c_edit
+    loc_weight: float = 1.0  # c_loc
+    grad_clip: float = 100.0
+    val_every: int = 250  # steps between validations (CounterFact val split, the real apply path)
+    val_cases: int = 60
+    seed: int = 0
+
+
+@dataclass
+class MENDHyperParams(HyperParams):
+    method = "mend"
+
+    layers: list[int] = field(default_factory=lambda: [27, 28, 29])
+    reference_n_layers: int | None = 30
+    rank: int = 128  # of each low-rank block (the paper: min(1920, d_in + d_out))
+    edit_lr: float = 1e-4  # α_ℓ before training
+    lr_scale: float = 1.0  # multiplies α_ℓ at edit time (ROME's MEND wrapper: 1.0)
+    # a trained network's folder; None: the shipped one, else the user cache, for this base model
+    network: str | None = None
+    training: MENDTraining = field(default_factory=MENDTraining)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.training, dict):
+            self.training = MENDTraining(**self.training)
+        if self.rank < 1 or self.edit_lr <= 0 or self.lr_scale < 0:
+            raise ValueError("mend: rank and edit_lr must be positive, lr_scale non-negative")
+
+
+# -- the editor network -------------------------------------------------------------------------
+
+
+class LowRankBlock(nn.Module):
+    """y = x + act(s_m ⊙ (U V x + b) + o_m). U starts at zero, so the block starts as the identity."""
+
+    def __init__(self, dim: int, rank: int, n_modes: int, relu: bool) -> None:
+        super().__init__()
+        rank = min(rank, dim)
+        self.down = nn.Parameter(torch.randn(rank, dim) / math.sqrt(dim))  # V
+        self.up = nn.Parameter(torch.zeros(dim, rank))  # U
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.scale = nn.Parameter(torch.ones(n_modes, dim))
+        self.shift = nn.Parameter(torch.zeros(n_modes, dim))
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor, mode: int) -> torch.Tensor:
+        h = (x @ self.down.T) @ self.up.T + self.bias
+        h = h * self.scale[mode] + self.shift[mode]
+        # clamp rather than relu: its gradient at exactly 0 (every unit at initialization) is 1
+        return x + (h.clamp(min=0) if self.relu else h)
+
+
+class GradientTransform(nn.Module):
+    """g_φ for every edited weight of one shape: [u; δ] normalized by running statistics
+    (gathered in training mode only, Welford/Chan), two low-rank blocks, split back."""
+
+    def __init__(self, d_in: int, d_out: int, n_modes: int, rank: int) -> None:
+        super().__init__()
+        dim = d_in + d_out
+        self.d_in = d_in
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
+        self.blocks = nn.ModuleList([LowRankBlock(dim, rank, n_modes, True), LowRankBlock(dim, rank, n_modes, False)])
+
+    @torch.no_grad()
+    def observe(self, z: torch.Tensor) -> None:
+        z = z.double()
+        n = z.shape[0]
+        mean = z.mean(0)
+        m2 = ((z - mean) ** 2).sum(0)
+        total = self.count + n
+        diff = mean - self.mean
+        self.m2 += m2 + diff**2 * self.count * n / total
+        self.mean += diff * n / total
+        self.count += n
+
+    def forward(self, u: torch.Tensor, delta: torch.Tensor, mode: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.cat([u, delta], -1)
+        if self.training:
+            self.observe(z)
+        if self.count < 2:
+            raise EditorNotTrainedError("the MEND network has no input statistics yet (it was never trained)")
+        std = (self.m2 / (self.count - 1)).sqrt().to(z.dtype)
+        z = (z - self.mean.to(z.dtype)) / (std + 1e-7)
+        for block in self.blocks:
+            z = block(z, mode)
+        return z[:, : self.d_in], z[:, self.d_in :]
+
+
+class EditorNetwork(nn.Module):
+    """One :class:`GradientTransform` per (d_in, d_out) shape, a mode per edited module, and
+    the learned step sizes α (as logs, so they stay positive)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], rank: int, edit_lr: float) -> None:
+        super().__init__()
+        self.module_names = list(shapes)
+        self.shapes = dict(shapes)
+        groups: dict[str, list[str]] = {}
+        for name, (d_in, d_out) in shapes.items():
+            groups.setdefault(f"{d_in}x{d_out}", []).append(name)
+        self.transforms = nn.ModuleDict(
+            {key: GradientTransform(*shapes[names[0]], len(names), rank) for key, names in groups.items()}
+        )
+        self.route = {name: (key, names.index(name)) for key, names in groups.items() for name in names}
+        self.log_lr = nn.Parameter(torch.full((len(shapes),), math.log(edit_lr)))
+
+    def deltas(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], lr_scale: float = 1.0):
+        """ΔW_ℓ = −α_ℓ Σ_t δ̃_t ũ_tᵀ, (d_out, d_in), for each module in ``factors``."""
+        out = {}
+        for i, name in enumerate(self.module_names):
+            u, delta = factors[name]
+            key, mode = self.route[name]
+            u_t, d_t = self.transforms[key](u, delta, mode)
+            out[name] = -(self.log_lr[i].exp() * lr_scale) * (d_t.T @ u_t)
+        return out
+
+
+def module_shapes(model: nn.Module, spec, hparams: MENDHyperParams) -> dict[str, tuple[int, int]]:
+    """Edited module -> (d_in, d_out)."""
+    out = {}
+    for layer in hparams.layers:
+        name = spec.mlp_out_template.format(layer)
+        d_out, d_in = as_key_value(get_weight(model, name), spec.conv1d).shape
+        out[name] = (d_in, d_out)
+    return out
+
+
+def new_network(model: nn.Module, spec, hparams: MENDHyperParams) -> EditorNetwork:
+    return EditorNetwork(module_shapes(model, spec, hparams), hparams.rank, hparams.edit_lr).to(model.device)
+
+
+# -- gradients in rank-1 factors ---------------------------------------------------------------
+
+
+def target_nll(logits: torch.Tensor, spans: Sequence[tuple[int, list[int]]]) -> torch.Tensor:
+    """Per row, the mean NLL of its continuation tokens ([rows])."""
+    out = []
+    for r, (start, ids) in enumerate(spans):
+        lp = logits[r, start - 1 : start - 1 + len(ids)].float().log_softmax(-1)
+        out.append(-lp.gather(1, torch.tensor(ids, device=lp.device)[:, None]).mean())
+    return torch.stack(out)
+
+
+def edit_factors(model: nn.Module, tok, modules: list[str], requests: Sequence[EditRequest]):
+    """Per request, per module, (u, δ) on the tokens where both are non-zero (detached)."""
+    inputs, mask, spans = teacher_forced_batch(
+        model, tok, [RowPlan(r.prompt) for r in requests], [r.target for r in requests]
+    )
+    weights = [get_weight(model, m) for m in modules]
+    before = [w.requires_grad for w in weights]
+    try:
+        for w in weights:
+            w.requires_grad_(True)  # so the outputs are in the graph; the weights' grads are never taken
+        with (
+            torch.enable_grad(),
+            TraceDict(model, modules, retain_input=True, retain_output=True, keep_grad=True) as tr,
+        ):
+            logits = model(**inputs, attention_mask=mask).logits
+            # rows are independent, so the gradient of the sum is each row's own gradient
+            loss = target_nll(logits, spans).sum()
+            grads = torch.autograd.grad(loss, [tr[m].output for m in modules])
+    finally:
+        for w, b in zip(weights, before):
+            w.requires_grad_(b)
+    out = []
+    for r in range(len(requests)):
+        row = {}
+        for m, g in zip(modules, grads):
+            u, delta = tr[m].input[r].detach(), g[r].detach()
+            keep = mask[r].bool() & (u.abs().sum(-1) > 0) & (delta.abs().sum(-1) > 0)
+            row[m] = (u[keep].float(), delta[keep].float())
+        out.append(row)
+    return out
+
+
+@contextmanager
+def edited_outputs(model: nn.Module, deltas: dict[str, torch.Tensor], row_edit: torch.Tensor) -> Iterator[None]:
+    """Inside the block, module m's output on row b is (W + Δ_m[row_edit[b]]) x: ``deltas[m]``
+    is [edits, d_out, d_in] (kept in the autograd graph)."""
+    with ExitStack() as stack:
+        for name, delta in deltas.items():
+            holder: dict[str, Trace] = {}
+
+            def add(y: torch.Tensor, name=name, delta=delta, holder=holder) -> torch.Tensor:
+                x = holder["trace"].input
+                return y + torch.einsum("bti,boi->bto", x.to(delta.dtype), delta[row_edit]).to(y.dtype)
+
+            holder["trace"] = stack.enter_context(
+                Trace(model, name, retain_input=True, keep_grad=True, edit_output=add)
+            )
+        yield
+
+
+# -- applying ----------------------------------------------------------------------------------
+
+
+def apply(model, tok, spec, requests: list[EditRequest], hparams: MENDHyperParams, network: EditorNetwork):
+    """Write ``requests`` into ``model`` in place, one after another; returns ``(model, weights_copy)``."""
+    modules = list(network.module_names)
+    weights_copy = {f"{m}.weight": get_weight(model, m).detach().clone() for m in modules}
+    network.eval()
+    for req in requests:
+        (factors,) = edit_factors(model, tok, modules, [req])
+        if any(u.shape[0] == 0 for u, _ in factors.values()):
+            continue  # nothing to move: every target token is already certain
+        with torch.no_grad():
+            for name, delta in network.deltas(factors, hparams.lr_scale).items():
+                add_update(model, spec, name, delta)
+    return model, weights_copy
+
+
+# -- storage -----------------------------------------------------------------------------------
+
+
+def cache_dir(fingerprint: str) -> Path:
+    """Where ``recall mend train`` keeps a network for a model that does not ship one."""
+    root = os.environ.get("RECALL_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "recall")
+    return Path(root).expanduser() / "mend" / fingerprint
+
+
+def save_network(network: EditorNetwork, directory: str | Path, hparams: MENDHyperParams, extra: dict) -> None:
+    """``config.json`` and ``weights.safetensors`` (fp16 weights, fp64 statistics), each written atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: (v if v.dtype == torch.float64 else v.half()).contiguous() for k, v in network.state_dict().items()}
+    tmp = directory / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(directory / WEIGHTS)
+    cfg = {"shapes": network.shapes, "rank": hparams.rank, "layers": hparams.layers, **extra}
+    tmp = directory / (CONFIG + ".tmp")
+    tmp.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    tmp.replace(directory / CONFIG)
+
+
+def read_network(directory: Path, model: nn.Module, spec, hparams: MENDHyperParams, fingerprint: str) -> EditorNetwork:
+    try:
+        cfg = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+        state = load_file(str(directory / WEIGHTS))
+    except (OSError, ValueError) as exc:
+        raise EditorNotTrainedError(f"no usable MEND network in {directory}: {exc}") from exc
+    if cfg.get("llm") != fingerprint:
+        raise EditorNotTrainedError(
+            f"the MEND network in {directory} was trained for another base model "
+            f"({cfg.get('llm')}, this one is {fingerprint})"
+        )
+    shapes = module_shapes(model, spec, hparams)
+    if {k: list(v) for k, v in shapes.items()} != {k: list(v) for k, v in cfg["shapes"].items()}:
+        raise EditorNotTrainedError(
+            f"the MEND network in {directory} edits {sorted(cfg['shapes'])}, these settings edit {sorted(shapes)}"
+        )
+    network = EditorNetwork(shapes, int(cfg["rank"]), hparams.edit_lr)
+    network.load_state_dict({k: v.to(network.state_dict()[k].dtype) for k, v in state.items()})
+    return network.to(model.device).eval()
+
+
+def load_network(model: nn.Module, spec, hparams: MENDHyperParams) -> EditorNetwork:
+    """The trained network for this base model: ``hparams.network`` if set, else the shipped
+    one when it was trained for this model, else the user cache; :class:`EditorNotTrainedError`
+    says how to train one."""
+    fingerprint = model_fingerprint(model, spec)
+    if hparams.network:
+        return read_network(Path(hparams.network), model, spec, hparams, fingerprint)
+    with resources.data_path(SHIPPED) as shipped:
+        try:
+            if json.loads((shipped / CONFIG).read_text(encoding="utf-8")).get("llm") == fingerprint:
+                return read_network(shipped, model, spec, hparams, fingerprint)
+        except (OSError, ValueError):
+            pass
+    cached = cache_dir(fingerprint)
+    if (cached / CONFIG).is_file():
+        return read_network(cached, model, spec, hparams, fingerprint)
+    raise EditorNotTrainedError(
+        f"MEND needs an editor network meta-trained for this base model (fingerprint {fingerprint}); none ships "
+        f"with recall and none is in {cached}. Train one with `recall mend train --model <path>` (it writes there)."
+    )
+
+
+def edit_loss_terms(
+    model: nn.Module,
+    tok,
+    network: EditorNetwork,
+    batch: Sequence[tuple[EditRequest, str, str, str]],
+    loc_weight: float,
+    edit_weight: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The meta-training loss of a batch of (request, paraphrase, locality prompt, locality
+    answer): each edit's Δ from its own gradient, then, with every edit applied to its own rows
+    only, c_edit · NLL(target | prompt and paraphrase) + c_loc · KL(p_before ‖ p_after) on the
+    locality prompt and answer (mean over its positions plus mean over the answer's positions)."""
+    modules = list(network.module_names)
+    reqs = [b[0] for b in batch]
+    per_edit = edit_factors(model, tok, modules, reqs)
+    deltas: dict[str, list[torch.Tensor]] = {m: [] for m in modules}
+    for factors in per_edit:
+        for m, d in network.deltas(factors).items():
+            deltas[m].append(d)
+    stacked = {m: torch.stack(ds) for m, ds in deltas.items()}
+    k = len(batch)
+    plans = [RowPlan(r.prompt) for r in reqs] + [RowPlan(b[1]) for b in batch]
+    conts = [r.target for r in reqs] * 2
+    loc_plans, loc_conts = [RowPlan(b[2]) for b in batch], [b[3] for b in batch]
+    inputs, mask, spans = teacher_forced_batch(model, tok, plans + loc_plans, conts + loc_conts)
+    row_edit = torch.arange(k, device=model.device).repeat(3)
+    with torch.no_grad():
+        loc_inputs = {key: v[2 * k :] for key, v in inputs.items()}
+        before = model(**loc_inputs, attention_mask=mask[2 * k :]).logits.float().log_softmax(-1)
+    with torch.enable_grad(), edited_outputs(model, {m: d for m, d in stacked.items()}, row_edit):
+        logits = model(**inputs, attention_mask=mask).logits
+    nll = target_nll(logits[: 2 * k], spans[: 2 * k])
+    after = logits[2 * k :].float().log_softmax(-1)
+    m = mask[2 * k :].float()
+    per_token = (before.exp() * (before - after)).sum(-1)  # [rows, positions]
+    kl_all = (per_token * m).sum(-1) / m.sum(-1)
+    # and on the positions that predict the locality answer: a neighbor's answer is the one
+    # prediction an edit of the same relation is most likely to move, and a mean over the whole
+    # prompt dilutes it
+    kl_answer = torch.stack(
+        [per_token[r, start - 1 : start - 1 + len(ids)].mean() for r, (start, ids) in enumerate(spans[2 * k :])]
+    )
+    kl = kl_all + kl_answer
+    loss = edit_weight * nll.mean() + loc_weight * kl.mean()
+    stats = {
+        "edit_nll": float(nll[:k].mean().detach()),
+        "para_nll": float(nll[k:].mean().detach()),
+        "kl": float(kl_all.mean().detach()),
+        "kl_answer": float(kl_answer.mean().detach()),
+    }
+    return loss, stats
+
+
+__all__ = [
+    "EditorNetwork",
+    "EditorNotTrainedError",
+    "MENDHyperParams",
+    "MENDTraining",
+    "apply",
+    "edit_loss_terms",
+    "load_network",
+    "new_network",
+    "save_network",
+]

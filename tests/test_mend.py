@@ -1,0 +1,136 @@
+"""MEND (:mod:`recall.methods.mend`): the training path computes exactly the post-edit model
+that the apply path writes; a network serves only the base model it was trained for, and a
+missing one is a typed error that says how to train it; ``recall mend train``'s function
+meta-trains a network that consolidation then finds in the user cache. (The shipped network
+for the embedded model goes through the editor contract in ``test_editor_contract.py``.)"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import FACT_PROMPT, FACT_SUBJECT, tiny_model
+
+from recall.core import resources
+from recall.core.datasets import load_cases
+from recall.core.errors import ConsolidationError
+from recall.core.models import ModelSpec
+from recall.core.requests import EditRequest
+from recall.methods import mend
+from recall.methods.consolidation import mean_logprob
+from recall.methods.editor import make_editor
+from recall.methods.weights import add_update
+from recall.training import mend_training
+from recall.training.recipe_training import Record
+
+REQUESTS = [
+    EditRequest(FACT_PROMPT, FACT_SUBJECT, "English"),
+    EditRequest("The official religion of Edwin of Northumbria is", "Edwin of Northumbria", "Islam"),
+]
+
+
+@pytest.fixture
+def tiny(loaded_model):
+    """A tiny random Llama with the embedded tokenizer, and its spec."""
+    tok = loaded_model[1]
+    model = tiny_model("llama", len(tok)).eval()
+    model.requires_grad_(False)
+    return model, tok, ModelSpec.from_model(model)
+
+
+def _hparams(spec, **kw) -> mend.MENDHyperParams:
+    hp = mend.MENDHyperParams.for_spec(spec)
+    for key, value in kw.items():
+        setattr(hp, key, value)
+    return hp
+
+
+def _sample_records(n: int) -> list[Record]:
+    out = []
+    for rec in resources.counterfact_sample()[:n]:
+        out.append(
+            Record(
+                rec["prompt"],
+                rec["target_new"],
+                rec["rephrase_prompt"],
+                rec["locality_prompt"],
+                rec["locality_ground_truth"],
+            )
+        )
+    return out
+
+
+def test_hooked_deltas_are_the_written_weights(tiny):
+    """Training runs each edit's Δ through forward hooks, several edits in one batch; writing
+    the same Δ into the weights and running each row alone gives the same logits."""
+    model, tok, spec = tiny
+    hp = _hparams(spec, edit_lr=1e-2)
+    net = mend.new_network(model, spec, hp).train()
+    factors = mend.edit_factors(model, tok, net.module_names, REQUESTS)
+    assert all(u.shape[0] > 0 and u.shape[0] == d.shape[0] for f in factors for u, d in f.values())
+    deltas = [net.deltas(f) for f in factors]
+    stacked = {m: torch.stack([d[m] for d in deltas]).detach() for m in net.module_names}
+    texts = [r.prompt for r in REQUESTS]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad(), mend.edited_outputs(model, stacked, torch.tensor([0, 1])):
+        hooked = model(**batch).logits
+    for i, text in enumerate(texts):
+        edited = copy.deepcopy(model)
+        for m in net.module_names:
+            add_update(edited, spec, m, deltas[i][m].detach())
+        with torch.no_grad():
+            alone = edited(**tok(text, return_tensors="pt")).logits[0]
+        n = alone.shape[0]
+        assert torch.allclose(hooked[i, :n], alone, atol=1e-4), i
+        assert not torch.allclose(alone, model(**tok(text, return_tensors="pt")).logits[0], atol=1e-4)
+
+
+def test_a_model_without_a_network_gets_a_typed_error_naming_the_command(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("RECALL_CACHE", str(tmp_path / "cache"))
+    model, tok, spec = tiny
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    editor = make_editor("mend", model, tok, spec)
+    with pytest.raises(mend.EditorNotTrainedError, match="recall mend train") as err:
+        editor.apply(REQUESTS[:1])
+    assert isinstance(err.value, ConsolidationError)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_meta_training_writes_a_network_that_consolidation_finds(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("RECALL_CACHE", str(tmp_path / "cache"))
+    model, tok, spec = tiny
+    hp = _hparams(spec, edit_lr=1e-2)
+    hp.training = mend.MENDTraining(steps=60, edits_per_step=2, val_every=30, val_cases=4, lr=1e-3)
+    val = load_cases(resources.data_file(resources.COUNTERFACT_SAMPLE), "counterfact")[-4:]
+    report = mend_training.train(None, None, (model, tok, spec), hp, False, _sample_records(40), val)
+
+    folder = mend.cache_dir(report["llm"])
+    assert report["checkpoint"] == str(folder) and (folder / "weights.safetensors").is_file()
+    assert [h["step"] for h in report["history"]] == [30, 60] and report["best"] in report["history"]
+    assert json.loads((folder / "report.json").read_text())["best"] == report["best"]
+    logged = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged if "loss" in row] == [50]
+
+    # the cached network is the one make_editor finds; one edit moves the target up
+    editor = make_editor("mend", model, tok, spec)
+    lp_before = mean_logprob(model, tok, [REQUESTS[0].prompt], [REQUESTS[0].target])[0]
+    result = editor.apply(REQUESTS[:1])
+    assert result.changed == [f"{m}.weight" for m in editor.modules]
+    assert mean_logprob(model, tok, [REQUESTS[0].prompt], [REQUESTS[0].target])[0] > lp_before
+    editor.undo(result)
+
+    # a run continues from a saved network (weights and input statistics) and the records after it
+    seen = json.loads((folder / "config.json").read_text())["records_seen"]  # at the kept (best) step
+    assert seen == report["best"]["step"] * 2
+    hp.training = mend.MENDTraining(steps=10, edits_per_step=2, val_every=10, val_cases=2, lr=1e-3)
+    more = mend_training.train(None, tmp_path / "more", (model, tok, spec), hp, False, _sample_records(40), val, folder)
+    saved = json.loads((tmp_path / "more" / "config.json").read_text())
+    assert more["resumed_from"] == str(folder) and saved["records_seen"] == seen + 10 * 2
+
+    # another base model is refused, even when pointed at the folder
+    other = tiny_model("qwen2", len(tok)).eval()
+    other_spec = ModelSpec.from_model(other)
+    with pytest.raises(mend.EditorNotTrainedError, match="another base model"):
+        mend.load_network(other, other_spec, _hparams(other_spec, network=str(folder)))
