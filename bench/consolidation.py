@@ -33,29 +33,17 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from recall.bench.editors import requests_of
 from recall.checkpoints import fsync_dir, save_tensors, write_json
-from recall.core.datasets import EditCase, load_cases
+from recall.core.datasets import load_cases, requests_of
 from recall.core.models import load_model
 from recall.core.reporting import md_table, pyplot
-from recall.evaluation.metrics import ModelScorer, evaluate_cases
+from recall.evaluation.metrics import counterfact_success
 from recall.methods.consolidation import probe
 from recall.methods.editor import hparams_for, make_editor
 from recall.methods.layer_stats import generic_texts, model_fingerprint
 from recall.methods.weights import restore
 
 METRICS = ("es", "ps", "ns")
-
-
-_CF_NAMES = {"es": "efficacy_success", "ps": "paraphrase_success", "ns": "neighborhood_success"}
-
-
-def counterfact_success(model, tok, cases: list[EditCase]) -> list[dict[str, float]]:
-    """Per case: ES = P(new) > P(true) on the edit prompt, PS on the paraphrases, NS =
-    P(true) > P(new) on the neighborhood prompts (methods.md §11), averaged within the case;
-    computed by :func:`recall.evaluation.metrics.evaluate_cases` on the bare weights."""
-    rows = evaluate_cases(ModelScorer(model, tok), cases, generation=False)
-    return [{k: r[name] for k, name in _CF_NAMES.items() if name in r} for r in rows]
 
 
 def _aggregate(rows: list[dict[str, float]]) -> dict[str, float]:

@@ -33,7 +33,7 @@ import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from recall.core.datasets import EditCase
+from recall.core.datasets import EditCase, requests_of
 from recall.gate import DEFAULT_GATE
 from recall.inject import DEFAULT_INJECTION
 from recall.methods import editor as weight_editors
@@ -131,12 +131,6 @@ class RuntimeEditor(_StoreEditor):
                 rt.add_edit(
                     self.kind, prompt=r.prompt, target=r.target, subject=r.subject, provenance=case.case_id, **names
                 )
-
-
-def requests_of(cases: list[EditCase]) -> list[EditRequest]:
-    """The cases' edits as the weight editors write them (subject kept only when the prompt
-    contains it; ``edit_id`` the case id)."""
-    return [e.for_editing(str(c.case_id)) for c in cases for e in c.edits]
 
 
 class WeightEditor(_StoreEditor):

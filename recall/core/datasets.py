@@ -327,6 +327,12 @@ def load_cases(
     return out
 
 
+def requests_of(cases: list[EditCase]) -> list[EditRequest]:
+    """The cases' edits as the weight editors write them (subject kept only when the prompt
+    contains it; ``edit_id`` the case id)."""
+    return [e.for_editing(str(c.case_id)) for c in cases for e in c.edits]
+
+
 def load_texts(path: str | Path, key: str = "text", limit: int | None = None) -> list[str]:
     """Generic texts (e.g. KnowEdit WikiBio ``text`` + ``labels``) for perplexity."""
     path = Path(path)

@@ -392,3 +392,14 @@ def perplexity(scorer: Scorer, texts: Sequence[str], prefix_words: int = 8, max_
     if not pairs:
         return float("nan")
     return perplexity_of([mean(s.logprob for s in row) for row in score_pairs(scorer, pairs)])
+
+
+_CF_NAMES = {"es": "efficacy_success", "ps": "paraphrase_success", "ns": "neighborhood_success"}
+
+
+def counterfact_success(model, tok, cases: list[EditCase]) -> list[dict[str, float]]:
+    """Per case: ES = P(new) > P(true) on the edit prompt, PS on the paraphrases, NS =
+    P(true) > P(new) on the neighborhood prompts (methods.md §11), averaged within the case;
+    computed by :func:`evaluate_cases` on the bare weights."""
+    rows = evaluate_cases(ModelScorer(model, tok), cases, generation=False)
+    return [{k: r[name] for k, name in _CF_NAMES.items() if name in r} for r in rows]

@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from recall.core.datasets import EditCase, load_cases
+from recall.core.datasets import EditCase, load_cases, requests_of
 from recall.core.requests import EditRequest
+from recall.evaluation.metrics import counterfact_success
 from recall.methods import mend
 from recall.methods.layer_stats import model_fingerprint
 from recall.methods.weights import restore, snapshot_parameters
@@ -41,17 +42,12 @@ NS_SLACK = 0.03
 
 
 def _success(model, tok, cases) -> dict[str, float]:
-    # imported here: recall.bench depends on recall.training's siblings, not the reverse at import time
-    from recall.bench.consolidation import counterfact_success
-
     rows = counterfact_success(model, tok, cases)
     return {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in ("es", "ps", "ns")}
 
 
 def validate(model, tok, spec, hparams: mend.MENDHyperParams, network: mend.EditorNetwork, cases) -> dict[str, float]:
     """ES/PS/NS of single edits written by :func:`mend.apply`, each on the weights before it."""
-    from recall.bench.editors import requests_of
-
     was_training = network.training
     original = snapshot_parameters(model, [f"{m}.weight" for m in network.module_names])
     rows = []
