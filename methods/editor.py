@@ -360,10 +360,10 @@ class TPatcherEditor(ParameterEditor):
 
 
 class MENDEditor(ParameterEditor):
-    """A meta-trained network maps each edit's gradient to a change of the last MLP output
-    projections (:mod:`mend`). Needs the network trained for this base model (shipped for
+    """A meta-trained network maps each edit's gradient to a change of MLP output projections
+    (:mod:`mend`). Needs the network trained for this base model (shipped for
     the embedded one; ``recall mend train`` for others): :meth:`prepare` raises
-    :class:`mend.EditorNotTrainedError` without it. Edits are written one after another (the
+    :class:`recall.errors.EditorNotTrainedError` without it. Edits are written one after another (the
     network was trained on single edits)."""
 
     name = mend.MENDHyperParams.method

@@ -98,6 +98,11 @@ class ConsolidationError(RecallError):
 class UnknownEditorError(ConsolidationError, ValueError):
     """No weight editor is registered under this name (the message lists the registered ones)."""
 
+
+class EditorNotTrainedError(ConsolidationError):
+    """A trained editor (MEND's network) is needed and none exists for this base model."""
+
+
 __all__ = [
     "RecallError",
     "InvalidEditError",
@@ -122,4 +127,5 @@ __all__ = [
     "CheckpointError",
     "ConsolidationError",
     "UnknownEditorError",
+    "EditorNotTrainedError",
 ]

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from recall.core.datasets import EditCase, load_cases, requests_of
 from recall.core.requests import EditRequest
-from recall.evaluation.metrics import counterfact_success
+from recall.evaluation.metrics import aggregate, counterfact_success
 from recall.methods import mend
 from recall.methods.layer_stats import model_fingerprint
 from recall.methods.weights import restore, snapshot_parameters
@@ -41,9 +41,9 @@ VAL_FILE = Path("counterfact") / "easyedit_mend_format" / "counterfact-val.json"
 NS_SLACK = 0.03
 
 
-def _success(model, tok, cases) -> dict[str, float]:
-    rows = counterfact_success(model, tok, cases)
-    return {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in ("es", "ps", "ns")}
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    agg = aggregate(rows)
+    return {k: round(agg[k], 4) for k in ("es", "ps", "ns")}
 
 
 def validate(model, tok, spec, hparams: mend.MENDHyperParams, network: mend.EditorNetwork, cases) -> dict[str, float]:
@@ -54,12 +54,12 @@ def validate(model, tok, spec, hparams: mend.MENDHyperParams, network: mend.Edit
     try:
         for case in cases:
             mend.apply(model, tok, spec, requests_of([case]), hparams, network)
-            rows.append(_success(model, tok, [case]))
+            rows += counterfact_success(model, tok, [case])
             restore(model, original)
     finally:
         restore(model, original)
         network.train(was_training)
-    return {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in ("es", "ps", "ns")}
+    return _mean(rows)
 
 
 def score(val: dict[str, float], unedited_ns: float) -> float:
@@ -94,7 +94,7 @@ def train(
         val_cases = load_cases(Path(data_dir) / VAL_FILE, "counterfact", skip_invalid=True)
         random.Random(t.seed).shuffle(val_cases)
     val_cases = val_cases[: t.val_cases]
-    unedited = _success(model, tok, val_cases)
+    unedited = _mean(counterfact_success(model, tok, val_cases))
     network = mend.new_network(model, spec, hparams)
     done = 0
     if resume is not None:
