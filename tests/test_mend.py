@@ -14,7 +14,7 @@ import torch
 from conftest import FACT_PROMPT, FACT_SUBJECT, tiny_model
 
 from recall.core import resources
-from recall.core.datasets import load_cases
+from recall.core.datasets import DatasetFormatError, load_cases
 from recall.core.errors import ConsolidationError
 from recall.core.models import ModelSpec
 from recall.core.requests import EditRequest
@@ -128,6 +128,11 @@ def test_meta_training_writes_a_network_that_consolidation_finds(tiny, tmp_path,
     more = mend_training.train(None, tmp_path / "more", (model, tok, spec), hp, False, _sample_records(40), val, folder)
     saved = json.loads((tmp_path / "more" / "config.json").read_text())
     assert more["resumed_from"] == str(folder) and saved["records_seen"] == seen + 10 * 2
+
+    # no usable records: a typed error before anything is written
+    with pytest.raises(DatasetFormatError, match="0 records"):
+        mend_training.train(None, tmp_path / "empty", (model, tok, spec), hp, False, [], val)
+    assert not (tmp_path / "empty").exists()
 
     # another base model is refused, even when pointed at the folder
     other = tiny_model("qwen2", len(tok)).eval()

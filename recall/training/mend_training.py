@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from recall.core.datasets import EditCase, load_cases, requests_of
+from recall.core.datasets import DatasetFormatError, EditCase, load_cases, requests_of
 from recall.core.requests import EditRequest
 from recall.evaluation.metrics import aggregate, counterfact_success
 from recall.methods import mend
@@ -86,7 +86,6 @@ def train(
     t = hparams.training
     fingerprint = model_fingerprint(model, spec)
     out = Path(out) if out is not None else mend.cache_dir(fingerprint)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(t.seed)
     if records is None:
         records = load_records(data_dir, seed=t.seed)
@@ -94,6 +93,12 @@ def train(
         val_cases = load_cases(Path(data_dir) / VAL_FILE, "counterfact", skip_invalid=True)
         random.Random(t.seed).shuffle(val_cases)
     val_cases = val_cases[: t.val_cases]
+    if not records or not val_cases:
+        raise DatasetFormatError(
+            f"MEND training needs usable records and val cases (prompt, target, paraphrase, locality); "
+            f"got {len(records)} records and {len(val_cases)} val cases"
+        )
+    out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be usable
     unedited = _mean(counterfact_success(model, tok, val_cases))
     network = mend.new_network(model, spec, hparams)
     done = 0
