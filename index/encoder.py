@@ -1,4 +1,10 @@
-"""Sentence encoder for retrieval keys and queries (all-MiniLM-L6-v2 by default)."""
+"""Sentence encoder for retrieval keys and queries (all-MiniLM-L6-v2 by default).
+
+Large batches (bulk imports, gate training) run in bfloat16 on CPUs that multiply bfloat16
+natively (AMX or AVX512-BF16): about 3x faster there (1,790 against 610 texts/s on 2 cores),
+with vectors at cosine >= 0.9999 to the float32 ones. Short batches (a query, one edit's keys)
+stay float32, which is as fast for them; so does every batch on other CPUs and on GPUs.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,32 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from sentence_transformers import SentenceTransformer
 
 from recall.core.errors import ModelLoadError
 from recall.core.models import default_encoder_path
 
+BF16_MIN_BATCH = 64  # texts; below this, float32 is as fast
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without these probes
+        return False
+
 
 class TextEncoder:
     """Encodes texts to L2-normalized float32 vectors (cosine = inner product)."""
 
-    def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, path: str | os.PathLike | None = None, device: str = "cpu", bulk_bf16: bool | None = None
+    ) -> None:
+        """``bulk_bf16``: encode batches of ``BF16_MIN_BATCH`` texts or more in bfloat16 (module
+        doc); None decides by the hardware."""
+        self.bulk_bf16 = (str(device) == "cpu" and cpu_has_native_bf16()) if bulk_bf16 is None else bulk_bf16
         self.path = Path(path) if path is not None else default_encoder_path()
         if not self.path.exists():
             raise ModelLoadError(f"encoder path {self.path} does not exist (recall never downloads models)")
@@ -33,7 +55,9 @@ class TextEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vecs = self._model.encode(
-            list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
+        bf16 = self.bulk_bf16 and len(texts) >= BF16_MIN_BATCH
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            vecs = self._model.encode(
+                list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
         return np.ascontiguousarray(vecs, dtype=np.float32)

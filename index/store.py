@@ -7,7 +7,8 @@ Layout (named sub-databases of one LMDB environment in the store directory):
 - ``vectors``: num -> ``np.save`` bytes of that edit's key (and gate) vectors
 - ``changes``: 8-byte generation -> JSON {"op": "add"|"remove", "num": n}; lets readers in
   other processes bring their derived index up to date without a rebuild
-- ``meta``:    schema version, generation counter, next num, encoder name and dimension
+- ``meta``:    schema version, generation counter, next num, encoder name and dimension;
+  on a read replica's copy also ``replicated_generation`` (see :meth:`EditStore.apply_changes`)
 - ``supersedes``: edit id -> JSON list of the ids it retired as conflicts (for ``explain``)
 - ``tensors``: num -> ``np.savez`` bytes of the kind's learned tensors (continuous prompt edits:
   knowledge representation and prefix; codebook edits: key, value, deferral radius). A change
@@ -70,6 +71,14 @@ def _pack(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     return buf.getvalue()
+
+
+def _bytes_or_none(raw: Any) -> bytes | None:
+    return None if raw is None else bytes(raw)
+
+
+def _json_or_none(raw: Any) -> Any:
+    return None if raw is None else json.loads(raw)
 
 
 def _check_data_file(data: Path) -> None:
@@ -459,6 +468,95 @@ class EditStore:
                     change = json.loads(raw)
                     out.append((_from_u64(key), change["op"], change["num"]))
         return out
+
+    # -- replication ----------------------------------------------------------
+    def export_changes(self, after: int, limit: int = 500, meta_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+        """What a copy of this store at generation ``after`` needs to catch up, read in one
+        transaction: the *current* record, vectors and tensors of the edits changed since
+        (at most ``limit`` distinct edits, oldest change first), ``upto`` (the generation the
+        copy is at once it applied them), this store's ``generation``, and the current value of
+        ``meta_keys``. ``after=0`` walks the whole log: a snapshot of every edit, in pieces.
+        Applying a record newer than ``upto`` is harmless: later changes resend it."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        with self._txn() as txn:
+            raw = txn.get(b"generation", db=self._meta)
+            generation = 0 if raw is None else int(raw)
+            nums: list[int] = []
+            upto = after
+            cur = txn.cursor(db=self._changes)
+            if cur.set_range(_u64(after + 1)):
+                for key, value in cur:
+                    num = json.loads(value)["num"]
+                    if num not in nums:
+                        if len(nums) == limit:
+                            break
+                        nums.append(num)
+                    upto = _from_u64(key)
+            entries = []
+            for num in nums:
+                edit_id = txn.get(_u64(num), db=self._nums)
+                if edit_id is None:
+                    raise StoreCorruptError(f"change log names edit num {num}, which has no record")
+                supersedes = txn.get(edit_id, db=self._supersedes)
+                entries.append({
+                    "num": num,
+                    "record": bytes(txn.get(edit_id, db=self._edits)),
+                    "vectors": bytes(txn.get(_u64(num), db=self._vectors)),
+                    "tensors": None if self._tensors is None else _bytes_or_none(txn.get(_u64(num), db=self._tensors)),
+                    "supersedes": _bytes_or_none(supersedes),
+                })
+            meta = {k: _json_or_none(txn.get(k.encode(), db=self._meta)) for k in meta_keys}
+        return {"after": after, "upto": upto, "generation": generation, "entries": entries, "meta": meta}
+
+    def apply_changes(self, batch: dict[str, Any]) -> int:
+        """Apply :meth:`export_changes` of another store to this copy, in one transaction, and
+        record its ``upto`` as ``replicated_generation``; returns it. Each edit is upserted under
+        the source's num, with a local change entry that tells this copy's readers what to
+        redo (add, remove, update or nothing). A batch for another starting point than this
+        copy's ``replicated_generation`` is refused (:class:`StaleStateError`)."""
+
+        def body(txn: lmdb.Transaction) -> int:
+            raw = txn.get(b"replicated_generation", db=self._meta)
+            at = 0 if raw is None else json.loads(raw)
+            if batch["after"] != at:
+                raise StaleStateError(f"batch starts after generation {batch['after']}, this copy is at {at}")
+            raw = txn.get(b"next_num", db=self._meta)
+            next_num = 0 if raw is None else int(raw)
+            for entry in batch["entries"]:
+                num, edit = entry["num"], self._decode(entry["record"], f"replicated num {entry['num']}")
+                if edit.num != num:
+                    raise StoreCorruptError(f"replicated record {edit.id} has num {edit.num}, sent as {num}")
+                old_raw = txn.get(edit.id.encode(), db=self._edits)
+                old = None if old_raw is None else self._decode(old_raw, edit.id)
+                old_tensors = None if self._tensors is None else txn.get(_u64(num), db=self._tensors)
+                txn.put(edit.id.encode(), entry["record"], db=self._edits)
+                txn.put(_u64(num), edit.id.encode(), db=self._nums)
+                txn.put(_u64(num), entry["vectors"], db=self._vectors)
+                if entry["tensors"] is not None:
+                    txn.put(_u64(num), entry["tensors"], db=self._tensors)
+                if entry["supersedes"] is not None:
+                    txn.put(edit.id.encode(), entry["supersedes"], db=self._supersedes)
+                if old is None:
+                    op = "add" if edit.served else "noop"
+                elif old.served != edit.served:
+                    op = "add" if edit.served else "remove"
+                elif edit.served and entry["tensors"] is not None and bytes(old_tensors or b"") != entry["tensors"]:
+                    op = "update"
+                else:
+                    op = "noop"
+                self._bump(txn, op, num)
+                next_num = max(next_num, num + 1)
+            txn.put(b"next_num", str(next_num).encode(), db=self._meta)
+            for key, value in batch["meta"].items():
+                if value is None:
+                    txn.delete(key.encode(), db=self._meta)
+                else:
+                    txn.put(key.encode(), json.dumps(value).encode(), db=self._meta)
+            txn.put(b"replicated_generation", json.dumps(batch["upto"]).encode(), db=self._meta)
+            return batch["upto"]
+
+        return self._transact(body)
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())

@@ -11,8 +11,15 @@ For each request, in turn:
    Tokens whose u or δ is zero are skipped (positions after the last target prediction).
 2. The editor network g_φ (:class:`EditorNetwork`, one :class:`GradientTransform` per weight
    shape, a per-layer "mode" inside it) maps each normalized [u; δ] to [ũ; δ̃].
-3. W_ℓ ← W_ℓ − α_ℓ Σ_t δ̃_t ũ_tᵀ, α_ℓ a learned per-layer step size. The paper's sign (a
-   descent step), so an untrained network (the identity) is one plain gradient step.
+3. W_ℓ ← W_ℓ − α_ℓ Σ_t δ̃_t ũ_tᵀ − O_ℓ, α_ℓ a learned per-layer step size. The paper's sign
+   (a descent step), so an untrained network (the identity) is one plain gradient step.
+
+O_ℓ is our addition, the network's *edit-independent part*: the mean of the uncentred
+−α_ℓ Σ_t δ̃_t ũ_tᵀ over train-split edits (:func:`estimate_offset`, kept with the network).
+Meta-training sees single edits, and a trained network learns to add the same matrix to every
+edit (different edits' changes had cosine .56-.70 with each other at layers 4-6): harmless once,
+it adds up when edits are written in turn (probe perplexity ×680 after 10 sequential edits
+without it, ×2 with it; section 20 of docs/experiments.md). Single-edit scores barely move.
 
 The network is meta-trained (:mod:`recall.training.mend_training`, ``recall mend train``):
 the post-edit model must produce the target on the edit prompt and its paraphrase, and keep
@@ -66,6 +73,8 @@ class MENDTraining:
     grad_clip: float = 100.0
     val_every: int = 200  # steps between validations (CounterFact val split, the real apply path)
     val_cases: int = 60
+    compose: bool = True  # every row sees the sum of the step's changes (edit_loss_terms)
+    centre_edits: int = 200  # train records whose mean change is the offset O_ℓ (module doc)
     seed: int = 0
 
 
@@ -77,7 +86,7 @@ class MENDHyperParams(HyperParams):
     reference_n_layers: int | None = 30
     rank: int = 128  # of each low-rank block (the paper: min(1920, d_in + d_out))
     edit_lr: float = 1e-3  # α_ℓ before training (the paper: 1e-4)
-    lr_scale: float = 1.0  # multiplies α_ℓ at edit time (ROME's MEND wrapper: 1.0)
+    lr_scale: float = 1.25  # multiplies α_ℓ at edit time (chosen on val; ROME's MEND wrapper: 1.0)
     # a trained network's folder; None: the shipped one, else the user cache, for this base model
     network: str | None = None
     training: MENDTraining = field(default_factory=MENDTraining)
@@ -166,15 +175,27 @@ class EditorNetwork(nn.Module):
         )
         self.route = {name: (key, names.index(name)) for key, names in groups.items() for name in names}
         self.log_lr = nn.Parameter(torch.full((len(shapes),), math.log(edit_lr)))
+        # O_ℓ, the edit-independent part (module doc); zero until estimate_offset sets it
+        for i, (d_in, d_out) in enumerate(shapes.values()):
+            self.register_buffer(f"offset_{i}", torch.zeros(d_out, d_in))
 
-    def deltas(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], lr_scale: float = 1.0):
-        """ΔW_ℓ = −α_ℓ Σ_t δ̃_t ũ_tᵀ, (d_out, d_in), for each module in ``factors``."""
+    def offset(self, i: int) -> torch.Tensor:
+        return getattr(self, f"offset_{i}")
+
+    def deltas(
+        self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], lr_scale: float = 1.0, centred: bool = True
+    ):
+        """ΔW_ℓ = lr_scale · (−α_ℓ Σ_t δ̃_t ũ_tᵀ − O_ℓ), (d_out, d_in), for each module in
+        ``factors``; meta-training takes the uncentred change (``centred=False``)."""
         out = {}
         for i, name in enumerate(self.module_names):
             u, delta = factors[name]
             key, mode = self.route[name]
             u_t, d_t = self.transforms[key](u, delta, mode)
-            out[name] = -(self.log_lr[i].exp() * lr_scale) * (d_t.T @ u_t)
+            change = -self.log_lr[i].exp() * (d_t.T @ u_t)
+            if centred:
+                change = change - self.offset(i).to(change.dtype)
+            out[name] = lr_scale * change
         return out
 
 
@@ -254,6 +275,34 @@ def edited_outputs(model: nn.Module, deltas: dict[str, torch.Tensor], row_edit: 
         yield
 
 
+@torch.no_grad()
+def estimate_offset(model: nn.Module, tok, network: EditorNetwork, requests: Sequence[EditRequest]) -> None:
+    """Set each O_ℓ to the mean uncentred change over ``requests`` (train-split edits), each
+    computed on the unedited model."""
+    if not requests:
+        raise ValueError("estimate_offset needs at least one edit")
+    was_training = network.training
+    network.eval()
+    modules = list(network.module_names)
+    sums = [torch.zeros_like(network.offset(i)) for i in range(len(modules))]
+    used = 0
+    try:
+        for req in requests:
+            (factors,) = edit_factors(model, tok, modules, [req])
+            if any(u.shape[0] == 0 for u, _ in factors.values()):
+                continue
+            change = network.deltas(factors, centred=False)
+            for i, name in enumerate(modules):
+                sums[i] += change[name].to(sums[i].dtype)
+            used += 1
+    finally:
+        network.train(was_training)
+    if used == 0:
+        raise ValueError("estimate_offset: every edit's target was already certain; no change to average")
+    for i, total in enumerate(sums):
+        network.offset(i).copy_(total / used)
+
+
 # -- applying ----------------------------------------------------------------------------------
 
 
@@ -311,7 +360,15 @@ def read_network(directory: Path, model: nn.Module, spec, hparams: MENDHyperPara
             f"the MEND network in {directory} edits {sorted(cfg['shapes'])}, these settings edit {sorted(shapes)}"
         )
     network = EditorNetwork(shapes, int(cfg["rank"]), hparams.edit_lr)
-    network.load_state_dict({k: v.to(network.state_dict()[k].dtype) for k, v in state.items()})
+    own = network.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise EditorNotTrainedError(f"the MEND network in {directory} has tensors this version lacks: {unknown}")
+    # a network saved before offsets existed loads uncentred (its offsets stay zero)
+    network.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith("offset_"))
+    if missing:
+        raise EditorNotTrainedError(f"the MEND network in {directory} lacks {missing}")
     return network.to(model.device).eval()
 
 
@@ -344,25 +401,30 @@ def edit_loss_terms(
     batch: Sequence[tuple[EditRequest, str, str, str]],
     loc_weight: float,
     edit_weight: float,
+    compose: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The meta-training loss of a batch of (request, paraphrase, locality prompt, locality
     answer): each edit's Δ from its own gradient, then, with every edit applied to its own rows
     only, c_edit · NLL(target | prompt and paraphrase) + c_loc · KL(p_before ‖ p_after) on the
-    locality prompt and answer (mean over its positions plus mean over the answer's positions)."""
+    locality prompt and answer (mean over its positions plus mean over the answer's positions).
+    With ``compose`` every row sees the sum of the batch's changes instead (the paper's batched
+    edit), so a part that every edit adds is paid for once per edit in the batch."""
     modules = list(network.module_names)
     reqs = [b[0] for b in batch]
     per_edit = edit_factors(model, tok, modules, reqs)
     deltas: dict[str, list[torch.Tensor]] = {m: [] for m in modules}
     for factors in per_edit:
-        for m, d in network.deltas(factors).items():
+        for m, d in network.deltas(factors, centred=False).items():
             deltas[m].append(d)
     stacked = {m: torch.stack(ds) for m, ds in deltas.items()}
+    if compose:
+        stacked = {m: d.sum(0, keepdim=True) for m, d in stacked.items()}
     k = len(batch)
     plans = [RowPlan(r.prompt) for r in reqs] + [RowPlan(b[1]) for b in batch]
     conts = [r.target for r in reqs] * 2
     loc_plans, loc_conts = [RowPlan(b[2]) for b in batch], [b[3] for b in batch]
     inputs, mask, spans = teacher_forced_batch(model, tok, plans + loc_plans, conts + loc_conts)
-    row_edit = torch.arange(k, device=model.device).repeat(3)
+    row_edit = torch.arange(k, device=model.device).repeat(3) * (0 if compose else 1)
     with torch.no_grad():
         loc_inputs = {key: v[2 * k :] for key, v in inputs.items()}
         before = model(**loc_inputs, attention_mask=mask[2 * k :]).logits.float().log_softmax(-1)
@@ -397,6 +459,7 @@ __all__ = [
     "MENDTraining",
     "apply",
     "edit_loss_terms",
+    "estimate_offset",
     "load_network",
     "new_network",
     "save_network",

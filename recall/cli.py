@@ -25,6 +25,7 @@ from recall.bench import (
     flood,
     fuzz,
     headline,
+    ingest,
     killloop,
     latency,
     layer_sweep,
@@ -384,7 +385,7 @@ def edit_import(
         raise _fail(f"no such file: {file}")
     rt = _open(store, model, device)
     try:
-        counts = rt.import_jsonl(file)
+        counts = rt.import_jsonl(file, progress=True)
     finally:
         rt.close()
     typer.echo(f"imported {counts['imported']}, skipped {counts['skipped']} already present")
@@ -595,6 +596,23 @@ def bench_scale(
         device=device,
         threads=threads,
     )
+
+
+@bench_app.command("import")
+@handle_errors
+def bench_import(
+    n: Annotated[int, typer.Option(min=1, help="Fact edits per import.")] = 3000,
+    data: Annotated[
+        Path | None, typer.Option(help="Also import this CounterFact file's prompts and subjects.")
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Runs per path on fresh stores (the median is reported).")] = 3,
+    out: Annotated[Path | None, typer.Option(help="Write ingest.json, ingest.md and ingest.png here.")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Bulk ingestion: fact edits per second through rt.import_jsonl and POST /v1/edits/import."""
+    ingest.run(n=n, data=data, repeats=repeats, out=out, model=model, device=device, threads=threads)
 
 
 @bench_app.command("lifelong")
@@ -921,6 +939,31 @@ def mend_train(
             raise typer.BadParameter(str(exc)) from None
         report = mend_training.train(data, out, loaded, hp, resume=resume)
     _print_json({k: v for k, v in report.items() if k != "history"})
+
+
+@mend_app.command("centre")
+@handle_errors
+def mend_centre(
+    network: Annotated[Path, typer.Argument(help="Folder of a trained network (rewritten in place).")],
+    data: Annotated[Path, typer.Option(help="The shared data folder (CounterFact and zsRE train).")] = Path(
+        "../shared/data"
+    ),
+    n: Annotated[int | None, typer.Option(min=1, help="Train records to average (default: the settings').")] = None,
+    hparams: Annotated[Path | None, typer.Option(help="MEND settings JSON (default: the model family's).")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Estimate a trained network's edit-independent change on train edits and store it with
+    the network, so edits written in turn do not add it up (``recall mend train`` does this itself)."""
+    from recall.methods import mend
+    from recall.training import mend_training
+
+    with torch_threads(pick_threads(threads)):
+        loaded = load_model(model, device)
+        hp = mend.MENDHyperParams.for_spec(loaded[2], hparams)
+        extra = mend_training.centre(data, network, loaded, hp, n)
+    _print_json({"network": str(network), "centre_edits": extra["centre_edits"]})
 
 
 @bench_app.command("consolidation")

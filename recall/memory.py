@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from recall.core import regex_patch
 from recall.core.edits import LEARNED_KINDS, Edit, check_utf8
@@ -30,6 +31,7 @@ from recall.relation import RelationScorer, pair_texts
 log = logging.getLogger("recall.memory")
 
 SLOTS = 16  # FAISS id = num * SLOTS + key slot
+ENCODE_CHUNK = 4096  # texts per encoder call in a bulk add (the unit of its progress bar)
 # the derived index file; renamed when what it holds changes, so an older file is rebuilt once
 # (v2: consolidated edits are indexed too, see recall.core.edits.SERVED_STATUSES)
 INDEX_FILE = "index.v2.faiss"
@@ -276,19 +278,26 @@ class EditMemory:
         self.add_many([edit])
         return edit
 
-    def add_many(self, edits: list[Edit]) -> None:
+    def add_many(self, edits: list[Edit], progress: bool = False) -> None:
         """Store edits, in order, in one LMDB transaction: all of them or none (a bulk import
-        killed half-way leaves nothing). Keys are encoded in batches. A later edit of the batch
+        killed half-way leaves nothing). Keys are encoded in batches (each distinct text once;
+        a tqdm bar per ``ENCODE_CHUNK`` texts with ``progress``). A later edit of the batch
         supersedes an earlier one like a separate add would. Learned kinds get their tensors
         computed here, under the lock, since a codebook edit's placement depends on the
         entries already present (earlier edits of the batch included)."""
         texts = [self.edit_texts(e) for e in edits]
-        flat = [t for row in texts for t in row]
-        encoded = self.encoder.encode(flat) if flat else np.zeros((0, self.encoder.dim), np.float32)
-        vectors, at = [], 0
-        for row in texts:
-            vectors.append(encoded[at : at + len(row)].astype(np.float32).reshape(len(row), self.encoder.dim))
-            at += len(row)
+        # each distinct text once: a bulk import repeats its relation texts (subject masked)
+        unique = list(dict.fromkeys(t for row in texts for t in row))
+        chunks = range(0, len(unique), ENCODE_CHUNK)
+        encoded = np.concatenate(
+            [
+                self.encoder.encode(unique[i : i + ENCODE_CHUNK])
+                for i in tqdm(chunks, desc="encoding keys", unit="chunk", disable=not progress or len(chunks) < 2)
+            ]
+            or [np.zeros((0, self.encoder.dim), np.float32)]
+        )
+        where = {t: i for i, t in enumerate(unique)}
+        vectors = [encoded[[where[t] for t in row]].reshape(len(row), self.encoder.dim) for row in texts]
         with self._lock:
             for attempt in range(3):
                 self.sync()

@@ -233,7 +233,7 @@ class Runtime:
             raise RecallIOError(f"cannot write the export to {path}: {exc.strerror or exc}") from exc
         return n
 
-    def import_jsonl(self, path: str | Path) -> dict[str, int]:
+    def import_jsonl(self, path: str | Path, progress: bool = False) -> dict[str, int]:
         """Import edits from JSONL in one transaction: all of them or none, even if the process
         is killed half-way. Every line is validated before anything is written, so a bad line
         leaves the store unchanged. Lines whose id already exists with the same content are
@@ -278,7 +278,7 @@ class Runtime:
                 raise EditConflictError(f"{path}: id {edit.id!r} exists with different content")
             skipped += 1
         if fresh:
-            self.memory.add_many(sorted(fresh, key=lambda e: e.created_at))
+            self.memory.add_many(sorted(fresh, key=lambda e: e.created_at), progress=progress)
         return {"imported": len(fresh), "skipped": skipped}
 
     # -- queries --------------------------------------------------------------

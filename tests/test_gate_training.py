@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import re
 
-from recall.core.text import focus, relation_text, split_sentences
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from recall.core.text import SUBJECT_MASK, focus, relation_text, split_sentences
 from recall.gate import Gate, GateParams, PairFeatures
 from recall.training.gate_training import _best_threshold, fit_logistic
 
@@ -44,3 +48,17 @@ def test_focus_and_relation_text():
     assert (
         relation_text("The mother tongue of Danielle Darrieux is", "danielle darrieux") == "The mother tongue of X is"
     )
+
+
+@given(
+    st.text(alphabet=st.sampled_from("abcABC .,?'-"), max_size=30),
+    st.text(alphabet=st.sampled_from("abcABC .-"), min_size=1, max_size=6),
+    st.text(alphabet=st.sampled_from("abcABC ."), max_size=20),
+)
+def test_relation_text_masks_like_a_case_insensitive_regex(before, subject, after):
+    """The ASCII fast path (no pattern compiled per subject; bulk imports call it per edit)
+    masks the same first occurrence as the regex it replaced."""
+    text = before + subject.upper() + after
+    expected = re.compile(re.escape(subject.strip()), re.IGNORECASE).sub(SUBJECT_MASK, text, count=1)
+    assert relation_text(text, subject) == expected
+    assert relation_text("Où est Zoë? Zoë est née à", "zoë") == "Où est X? Zoë est née à"

@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 from conftest import FACT_PROMPT, FACT_SUBJECT, tiny_model
+from safetensors.torch import load_file, save_file
 
 from recall.core import resources
 from recall.core.datasets import DatasetFormatError, load_cases
@@ -21,6 +22,7 @@ from recall.core.requests import EditRequest
 from recall.methods import mend
 from recall.methods.consolidation import mean_logprob
 from recall.methods.editor import make_editor
+from recall.methods.layer_stats import model_fingerprint
 from recall.methods.weights import add_update
 from recall.training import mend_training
 from recall.training.recipe_training import Record
@@ -134,8 +136,70 @@ def test_meta_training_writes_a_network_that_consolidation_finds(tiny, tmp_path,
         mend_training.train(None, tmp_path / "empty", (model, tok, spec), hp, False, [], val)
     assert not (tmp_path / "empty").exists()
 
+    # the offset is re-estimated in place (recall mend centre) on other records
+    before = mend.read_network(folder, model, spec, hp, report["llm"]).offset(0).clone()
+    extra = mend_training.centre(None, folder, (model, tok, spec), hp, 8, _sample_records(40)[20:])
+    assert extra["centre_edits"] == 8 and json.loads((folder / "config.json").read_text())["centre_edits"] == 8
+    assert not mend.read_network(folder, model, spec, hp, report["llm"]).offset(0).equal(before)
+
     # another base model is refused, even when pointed at the folder
     other = tiny_model("qwen2", len(tok)).eval()
     other_spec = ModelSpec.from_model(other)
     with pytest.raises(mend.EditorNotTrainedError, match="another base model"):
         mend.load_network(other, other_spec, _hparams(other_spec, network=str(folder)))
+
+
+def test_the_offset_is_the_mean_change_and_survives_saving(tiny, tmp_path):
+    """O_ℓ is the mean uncentred change over the edits it was estimated on, so their centred
+    changes sum to zero; it is saved with the network, and a network saved before offsets
+    existed loads uncentred."""
+    model, tok, spec = tiny
+    hp = _hparams(spec, edit_lr=1e-2)
+    net = mend.new_network(model, spec, hp).train()
+    factors = mend.edit_factors(model, tok, net.module_names, REQUESTS)
+    for f in factors:
+        net.deltas(f)  # input statistics, as training gathers them
+    net.eval()
+    mend.estimate_offset(model, tok, net, REQUESTS)
+    with torch.no_grad():
+        raw = [net.deltas(f, centred=False) for f in factors]
+        centred = [net.deltas(f, lr_scale=2.0) for f in factors]
+    for i, m in enumerate(net.module_names):
+        assert torch.allclose(net.offset(i), (raw[0][m] + raw[1][m]) / 2, atol=1e-6)
+        assert net.offset(i).abs().max() > 0
+        assert torch.allclose(centred[0][m] + centred[1][m], torch.zeros_like(net.offset(i)), atol=1e-5)
+        assert torch.allclose(centred[0][m], 2.0 * (raw[0][m] - net.offset(i)), atol=1e-6)
+
+    fingerprint = model_fingerprint(model, spec)
+    mend.save_network(net, tmp_path / "net", hp, {"llm": fingerprint})
+    again = mend.read_network(tmp_path / "net", model, spec, hp, fingerprint)
+    for i in range(len(net.module_names)):  # fp16 on disk
+        assert torch.allclose(again.offset(i), net.offset(i).half().float())
+
+    # an older network (no offsets) loads with zero offsets; a foreign tensor is refused
+    weights = tmp_path / "net" / mend.WEIGHTS
+    state = load_file(str(weights))
+    save_file({k: v for k, v in state.items() if not k.startswith("offset_")}, str(weights))
+    old = mend.read_network(tmp_path / "net", model, spec, hp, fingerprint)
+    assert all(old.offset(i).abs().max() == 0 for i in range(len(net.module_names)))
+    save_file(state | {"stray": torch.zeros(1)}, str(weights))
+    with pytest.raises(mend.EditorNotTrainedError, match="stray"):
+        mend.read_network(tmp_path / "net", model, spec, hp, fingerprint)
+
+
+def test_a_composed_batch_of_one_is_the_single_edit_loss(tiny):
+    """``compose`` applies the sum of a step's changes to every row; for one edit that is the
+    edit's own change, so the loss is the same."""
+    model, tok, spec = tiny
+    net = mend.new_network(model, spec, _hparams(spec, edit_lr=1e-2)).train()
+    rec = _sample_records(1)[0]
+    batch = [(EditRequest(rec.prompt, None, rec.target), rec.rephrase, rec.loc_prompt, rec.loc_answer)]
+    mend.edit_loss_terms(model, tok, net, batch, 1.0, 0.25)  # input statistics
+    net.eval()  # so they stay fixed
+    alone, _ = mend.edit_loss_terms(model, tok, net, batch, 1.0, 0.25)
+    composed, _ = mend.edit_loss_terms(model, tok, net, batch, 1.0, 0.25, compose=True)
+    assert torch.allclose(alone, composed, atol=1e-6)
+    two = batch + [(REQUESTS[1], REQUESTS[1].prompt, rec.loc_prompt, rec.loc_answer)]
+    separate, _ = mend.edit_loss_terms(model, tok, net, two, 1.0, 0.25)
+    summed, _ = mend.edit_loss_terms(model, tok, net, two, 1.0, 0.25, compose=True)
+    assert not torch.allclose(separate, summed)

@@ -39,12 +39,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ray_url(tmp_path_factory):
-    from recall.server.ray_serve import build_app
-
-    store = tmp_path_factory.mktemp("ray") / "store"
-    port = free_port()
+def start_local_ray() -> None:
+    """A local Ray cluster on loopback, quiet, with the workers' environment."""
     ray.init(
         num_cpus=2,
         include_dashboard=False,
@@ -53,6 +49,15 @@ def ray_url(tmp_path_factory):
         log_to_driver=False,
         configure_logging=False,
     )
+
+
+@pytest.fixture(scope="module")
+def ray_url(tmp_path_factory):
+    from recall.server.ray_serve import build_app
+
+    store = tmp_path_factory.mktemp("ray") / "store"
+    port = free_port()
+    start_local_ray()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = ServerConfig(token=TOKEN, model_name=MODEL)

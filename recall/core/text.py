@@ -82,5 +82,9 @@ def relation_text(text: str, subject: str | None) -> str:
     """The sentence with the subject masked, e.g. "The mother tongue of X is"."""
     if not subject:
         return text
-    pattern = re.compile(re.escape(subject.strip()), re.IGNORECASE)
+    subject = subject.strip()
+    if text.isascii() and subject.isascii():  # the same match without compiling a pattern per subject
+        at = text.lower().find(subject.lower())
+        return text if at < 0 else text[:at] + SUBJECT_MASK + text[at + len(subject) :]
+    pattern = re.compile(re.escape(subject), re.IGNORECASE)
     return pattern.sub(SUBJECT_MASK, text, count=1)

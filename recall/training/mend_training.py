@@ -10,8 +10,9 @@ Per step, ``edits_per_step`` records: each edit's Δ from its own gradient
 (:func:`mend.edit_loss_terms`), L = c_edit · NLL(target | prompt, paraphrase) + c_loc ·
 KL(p_before ‖ p_after) on the locality prompt and answer; Adam on the network and on log α.
 
-Every ``val_every`` steps the network edits ``val_cases`` cases of the CounterFact **val**
-split through :func:`mend.apply` (what consolidation runs), one edit at a time on fresh
+Every ``val_every`` steps, the network's edit-independent part O_ℓ is re-estimated on the
+first ``centre_edits`` records (:func:`mend.estimate_offset`), then it edits ``val_cases``
+cases of the CounterFact **val** split through :func:`mend.apply` (what consolidation runs), one edit at a time on fresh
 weights, scored by the benchmark's ES/PS/NS. The checkpoint kept is the best by
 (ES + PS) / 2 − 3 · max(0, NS_unedited − NS − 0.03): an edit that breaks neighbors costs more
 than one that misses.
@@ -99,6 +100,7 @@ def train(
             f"got {len(records)} records and {len(val_cases)} val cases"
         )
     out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be usable
+    centre_requests = _requests(records[: t.centre_edits])
     unedited = _mean(counterfact_success(model, tok, val_cases))
     network = mend.new_network(model, spec, hparams)
     done = 0
@@ -121,7 +123,7 @@ def train(
         first = done + (step - 1) * t.edits_per_step
         picks = [records[(first + j) % len(records)] for j in range(t.edits_per_step)]
         batch = [(EditRequest(r.prompt, None, r.target), r.rephrase, r.loc_prompt, r.loc_answer) for r in picks]
-        loss, stats = mend.edit_loss_terms(model, tok, network, batch, t.loc_weight, t.edit_weight)
+        loss, stats = mend.edit_loss_terms(model, tok, network, batch, t.loc_weight, t.edit_weight, t.compose)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), t.grad_clip)
@@ -133,6 +135,7 @@ def train(
             with log_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, **{k: round(v, 4) for k, v in running.items()}}) + "\n")
         if step % t.val_every == 0 or step == t.steps:
+            mend.estimate_offset(model, tok, network, centre_requests)
             val = validate(model, tok, spec, hparams, network, val_cases)
             entry = {
                 "step": step,
@@ -171,6 +174,35 @@ def train(
     return report
 
 
+def _requests(records: list[Record]) -> list[EditRequest]:
+    return [EditRequest(r.prompt, None, r.target) for r in records]
+
+
+def centre(
+    data_dir: str | Path,
+    directory: str | Path,
+    loaded: tuple[Any, Any, Any],
+    hparams: mend.MENDHyperParams,
+    n: int | None = None,
+    records: list[Record] | None = None,
+) -> dict[str, Any]:
+    """Re-estimate the edit-independent part O_ℓ of the network in ``directory`` on the
+    first ``n`` (default ``training.centre_edits``) shuffled train records (or ``records``)
+    and rewrite it there (``recall mend centre``); returns its config."""
+    model, tok, spec = loaded
+    directory = Path(directory)
+    n = hparams.training.centre_edits if n is None else n
+    records = (load_records(data_dir, seed=hparams.training.seed) if records is None else records)[:n]
+    if not records:
+        raise DatasetFormatError(f"no usable train records under {data_dir} to estimate MEND's offset from")
+    network = mend.read_network(directory, model, spec, hparams, model_fingerprint(model, spec))
+    mend.estimate_offset(model, tok, network, _requests(records))
+    cfg = json.loads((directory / mend.CONFIG).read_text(encoding="utf-8"))
+    extra = {k: v for k, v in cfg.items() if k not in ("shapes", "rank", "layers")} | {"centre_edits": len(records)}
+    mend.save_network(network, directory, hparams, extra)
+    return extra
+
+
 def _extra(fingerprint: str, hparams: mend.MENDHyperParams, entry: dict, unedited: dict) -> dict[str, Any]:
     return {
         "llm": fingerprint,
@@ -178,4 +210,5 @@ def _extra(fingerprint: str, hparams: mend.MENDHyperParams, entry: dict, unedite
         "step": entry["step"],
         "val": {k: entry[k] for k in ("es", "ps", "ns")},
         "val_unedited": unedited,
+        "centre_edits": hparams.training.centre_edits,
     }
