@@ -482,7 +482,7 @@ class EditStore:
         with self._txn() as txn:
             raw = txn.get(b"generation", db=self._meta)
             generation = 0 if raw is None else int(raw)
-            nums: list[int] = []
+            nums: dict[int, None] = {}  # distinct, in the order of their first change
             upto = after
             cur = txn.cursor(db=self._changes)
             if cur.set_range(_u64(after + 1)):
@@ -491,7 +491,7 @@ class EditStore:
                     if num not in nums:
                         if len(nums) == limit:
                             break
-                        nums.append(num)
+                        nums[num] = None
                     upto = _from_u64(key)
             entries = []
             for num in nums:

@@ -369,12 +369,7 @@ class MENDEditor(ParameterEditor):
     name = mend.MENDHyperParams.method
     hparams_class = mend.MENDHyperParams
     sequential = True
-
-    def __init__(
-        self, model: torch.nn.Module, tok: Any, spec: Any, hparams: HyperParams, stats: StatsCache | None = None
-    ) -> None:
-        super().__init__(model, tok, spec, hparams, stats)
-        self.network: mend.EditorNetwork | None = None
+    network: mend.EditorNetwork | None = None  # loaded by prepare(), then per instance
 
     def prepare(self) -> None:
         if self.network is None:

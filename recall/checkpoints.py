@@ -98,14 +98,7 @@ class CheckpointDir:
         state: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
         """Write a complete checkpoint directory atomically; returns the manifest written."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.path(ckpt_id)
-        if final.exists():
-            raise CheckpointError(f"checkpoint {ckpt_id} already exists")
-        tmp = self.root / f".tmp-{ckpt_id}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
+        with self._staged(ckpt_id) as tmp:
             save_tensors(weights, tmp / WEIGHTS)
             manifest = {
                 **manifest,
@@ -117,13 +110,45 @@ class CheckpointDir:
                 save_tensors(state, tmp / STATE)
                 manifest["sha256"][STATE] = _sha256(tmp / STATE)
             write_json(manifest, tmp / MANIFEST, indent=1)
+        return manifest
+
+    def files(self, ckpt_id: str) -> dict[str, bytes]:
+        """Every file of a checkpoint, by name (what a store copy elsewhere installs)."""
+        folder = self.path(ckpt_id)
+        if not folder.is_dir():
+            raise CheckpointError(f"no checkpoint {ckpt_id} in {self.root}")
+        return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
+
+    def install(self, ckpt_id: str, files: dict[str, bytes]) -> None:
+        """Write another store's checkpoint (:meth:`files`) here, atomically."""
+        with self._staged(ckpt_id) as tmp:
+            for name, data in files.items():
+                if not name or "/" in name or name.startswith("."):
+                    raise CheckpointError(f"checkpoint {ckpt_id}: refusing file name {name!r}")
+                with open(tmp / name, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+
+    @contextmanager
+    def _staged(self, ckpt_id: str) -> Iterator[Path]:
+        """A scratch folder that becomes checkpoint ``ckpt_id`` (fsynced, renamed into place)
+        when the block succeeds, and is removed when it raises."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.path(ckpt_id)
+        if final.exists():
+            raise CheckpointError(f"checkpoint {ckpt_id} already exists")
+        tmp = self.root / f".tmp-{ckpt_id}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            yield tmp
             fsync_dir(tmp)
             os.rename(tmp, final)
             fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return manifest
 
     def manifest(self, ckpt_id: str) -> dict[str, Any]:
         path = self.path(ckpt_id) / MANIFEST

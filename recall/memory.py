@@ -297,7 +297,7 @@ class EditMemory:
             or [np.zeros((0, self.encoder.dim), np.float32)]
         )
         where = {t: i for i, t in enumerate(unique)}
-        vectors = [encoded[[where[t] for t in row]].reshape(len(row), self.encoder.dim) for row in texts]
+        vectors = [encoded[[where[t] for t in row]] for row in texts]
         with self._lock:
             for attempt in range(3):
                 self.sync()

@@ -5,7 +5,7 @@ applies the writer's change log to it:
 
 - the writer answers :func:`changes` (``EditStore.export_changes``: the current records,
   vectors and tensors of every edit changed after a generation, plus the served checkpoint
-  head) and :func:`checkpoint_files` (the files of one checkpoint);
+  head) and ``checkpoint_files`` (``CheckpointDir.files``: the files of one checkpoint);
 - a :class:`Follower` on the replica pulls from it (``source``: any object with those two
   methods, e.g. the Ray writer deployment's handle), fetches a checkpoint it lacks before
   the head that names it, and writes each batch into its local store in one transaction
@@ -20,15 +20,10 @@ plus one round trip and one transaction; :attr:`Follower.status` reports where i
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
-import time
-from pathlib import Path
 from typing import Any, Protocol
 
-from recall.checkpoints import CheckpointDir, fsync_dir
-from recall.core.errors import CheckpointError
+from recall.checkpoints import CheckpointDir
 from recall.index.store import EditStore
 
 log = logging.getLogger(__name__)
@@ -44,14 +39,6 @@ class ChangeSource(Protocol):
 def changes(store: EditStore, after: int, limit: int = 500) -> dict[str, Any]:
     """The writer's side of :meth:`Follower.step` (see ``EditStore.export_changes``)."""
     return store.export_changes(after, limit, META_KEYS)
-
-
-def checkpoint_files(store_path: str | Path, ckpt_id: str) -> dict[str, bytes]:
-    """Every file of one checkpoint of the store at ``store_path``, by name."""
-    folder = CheckpointDir(store_path).path(ckpt_id)
-    if not folder.is_dir():
-        raise CheckpointError(f"no checkpoint {ckpt_id} in {store_path}")
-    return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
 
 
 class Follower:
@@ -89,33 +76,11 @@ class Follower:
             self.source_generation = batch["generation"]
             head = batch["meta"].get("checkpoint_head")
             if head and not self.checkpoints.path(head).is_dir():
-                self._fetch_checkpoint(head)
+                self.checkpoints.install(head, self.source.checkpoint_files(head))
             self.store.apply_changes(batch)
             applied += len(batch["entries"])
             if batch["upto"] >= batch["generation"] or not batch["entries"]:
                 return applied
-
-    def _fetch_checkpoint(self, ckpt_id: str) -> None:
-        files = self.source.checkpoint_files(ckpt_id)
-        root = self.checkpoints.root
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".tmp-{ckpt_id}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            for name, data in files.items():
-                if "/" in name or name.startswith("."):
-                    raise CheckpointError(f"checkpoint {ckpt_id}: refusing file name {name!r}")
-                with open(tmp / name, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            fsync_dir(tmp)
-            os.rename(tmp, self.checkpoints.path(ckpt_id))
-            fsync_dir(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def start(self, interval_s: float = 0.1) -> Follower:
         """Follow in a daemon thread, polling every ``interval_s``; errors are logged and
@@ -140,12 +105,3 @@ class Follower:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-
-    def wait_for(self, generation: int, timeout_s: float = 30.0) -> bool:
-        """Block until this copy has applied ``generation`` of the writer (or the timeout)."""
-        end = time.monotonic() + timeout_s
-        while self.generation < generation:
-            if time.monotonic() > end:
-                return False
-            time.sleep(0.01)
-        return True

@@ -326,7 +326,8 @@ class Runtime:
         The codebook hook (when the store has codebook edits) is installed for both groups: it
         rewrites only the rows whose key hits an entry, and records which."""
         plain = [i for i, (pl, p) in enumerate(zip(plans, prompts)) if pl.prefix is None and pl.prompt == p]
-        other = [i for i in range(len(plans)) if i not in set(plain)]
+        taken = set(plain)
+        other = [i for i in range(len(plans)) if i not in taken]
         groups = [plain, other] if plain and other else [list(range(len(plans)))]
         out: list = [None] * len(plans)
         with self.memory.codebook_hook() as hook:

@@ -12,6 +12,7 @@ from conftest import FACT_PROMPT, FACT_SUBJECT
 from recall import replication
 from recall.bench.scale import synthetic_facts
 from recall.checkpoints import CheckpointDir
+from recall.core.errors import CheckpointError
 from recall.index.store import StaleStateError
 
 
@@ -25,7 +26,7 @@ class Direct:
         return replication.changes(self.rt.memory.store, after, limit)
 
     def checkpoint_files(self, ckpt_id: str):
-        return replication.checkpoint_files(self.rt.memory.store.path, ckpt_id)
+        return CheckpointDir(self.rt.memory.store.path).files(ckpt_id)
 
 
 def _fired(rt, prompt: str) -> list[str]:
@@ -93,3 +94,11 @@ def test_a_batch_for_another_starting_point_is_refused(make_runtime, tmp_path):
     assert replica.memory.store.generation == before
     with pytest.raises(ValueError, match="limit"):
         writer.memory.store.export_changes(0, 0)
+
+    # checkpoint files from elsewhere: a name that leaves the folder is refused, nothing stays
+    copy = CheckpointDir(replica.memory.store.path)
+    with pytest.raises(CheckpointError, match="refusing file name"):
+        copy.install("ckpt-b", {"manifest.json": b"{}", "../escape": b"x"})
+    assert not copy.root.exists() or list(copy.root.iterdir()) == []
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        CheckpointDir(writer.memory.store.path).files("ckpt-none")

@@ -32,6 +32,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from recall import replication
+from recall.checkpoints import CheckpointDir
 from recall.core import errors as rerr
 from recall.core.edits import Edit
 from recall.index import EditStore
@@ -80,7 +81,7 @@ class EditWriter:
         return replication.changes(self.runtime.memory.store, after, limit)
 
     def checkpoint_files(self, ckpt_id: str) -> dict[str, bytes]:
-        return replication.checkpoint_files(self.runtime.memory.store.path, ckpt_id)
+        return CheckpointDir(self.runtime.memory.store.path).files(ckpt_id)
 
     def __del__(self) -> None:  # Serve calls it when the replica stops: save the FAISS index
         runtime = getattr(self, "runtime", None)
