@@ -1,10 +1,8 @@
 """How the runtime's costs grow with the number of edits in the store.
 
 One store grows through the requested sizes (ascending). Up to each size it is prefilled
-through a bulk path that writes the same records as ``add_edit`` (keys encoded in batches
-with the runtime's encoder, then ``store.add(edit, vectors)`` per edit and one
-``memory.sync()``), and the last ``n_add`` edits of each size go through real, timed
-``rt.add_edit`` calls. At each size it then times:
+through the bulk-import path (the same records as ``add_edit``), and the last ``n_add``
+edits of each size go through real, timed ``rt.add_edit`` calls. At each size it then times:
 
 - single-row ``generate`` (8 new tokens) and ``score``, bare model vs runtime back to back
   (``recall.evaluation.timing.time_queries``), on stored edit prompts and on unrelated prompts;
@@ -35,13 +33,13 @@ from tqdm import tqdm
 from recall.bench.latency import peak_rss_bytes, write_report
 from recall.core.edits import build_edit
 from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, pyplot, store_dir, torch_threads
-from recall.core.text import relation_text
 from recall.evaluation.timing import summarize_pairs, time_queries
 from recall.runtime import Runtime
 
 GEN_TOKENS = 8
 DEFAULT_SIZES = (1000, 10_000, 100_000)
-PREFILL_BATCH = 256
+PREFILL_BATCH = 2048
+N_RECALL = 200  # queries for the index's recall@k at each size (questions, prompts, unrelated)
 
 # (relation name, prompt template with {} for the subject, targets)
 TEMPLATES: list[tuple[str, str, tuple[str, ...]]] = [
@@ -53,6 +51,51 @@ TEMPLATES: list[tuple[str, str, tuple[str, ...]]] = [
     ("P264", "{} records music for the label", ("Decca", "Motown", "Sub Pop", "Verve", "Atlantic")),
     ("P1412", "The language spoken by {} is", ("Polish", "Hindi", "Greek", "Dutch", "Korean")),
     ("P108", "{} works for", ("Siemens", "Nokia", "BBC", "Airbus", "Toyota")),
+    ("P69", "{} studied at", ("Oxford", "MIT", "the Sorbonne", "Yale", "ETH Zurich")),
+    ("P54", "Which club does {} play for?", ("Ajax", "Benfica", "Celtic", "Napoli", "Porto")),
+    ("P800", "The best-known work of {} is", ("a novel", "an opera", "a bridge", "a film", "a symphony")),
+    ("P1303", "{} plays the", ("cello", "piano", "oboe", "guitar", "drums")),
+    ("P140", "What religion does {} follow?", ("Buddhism", "Islam", "Judaism", "Hinduism", "Christianity")),
+    ("P551", "Where does {} live?", ("Oslo", "Lima", "Hanoi", "Quebec", "Cork")),
+    ("P26", "{} is married to", ("a painter", "a lawyer", "a dancer", "a nurse", "a pilot")),
+    ("P166", "{} received the award", ("Nobel Prize", "Pulitzer Prize", "Booker Prize", "Fields Medal", "Oscar")),
+]
+# how a user asks each relation in other words (queries that are not the stored prompt)
+QUESTIONS: dict[str, str] = {
+    "P103": "what's {}'s native language?",
+    "P27": "Which country is {} a national of?",
+    "P106": "What does {} do for a living?",
+    "P19": "where was {} born",
+    "P463": "Tell me which organisation {} belongs to.",
+    "P264": "Which record label is {} signed to?",
+    "P1412": "What language does {} speak?",
+    "P108": "Who is {}'s employer?",
+    "P69": "Where did {} go to university?",
+    "P54": "{} plays for which team?",
+    "P800": "What is {} famous for?",
+    "P1303": "Which instrument does {} play?",
+    "P140": "Is {} religious? Which faith?",
+    "P551": "In which city does {} reside?",
+    "P26": "Who is {}'s spouse?",
+    "P166": "What award did {} win?",
+}
+# questions about nothing a synthetic store holds: their neighbours are far and nearly tied, the
+# hardest case for an approximate index
+UNRELATED_QUESTIONS = [
+    "What is the capital of France?", "how hot does water need to be to boil", "Which planet is the largest?",
+    "Who wrote Hamlet?", "What's the chemical symbol for gold?", "Name the tallest mountain on Earth.",
+    "What currency do they use in Japan?", "Who was the first person on the Moon?", "How many legs does a spider have?",
+    "What year did the Second World War end?", "Explain photosynthesis in one sentence.", "Is a tomato a fruit?",
+    "What is the speed of light?", "Recommend a good book about history.", "How do I make pancakes?",
+    "Why is the sky blue?", "What's 17 times 23?", "Translate 'thank you' into Spanish.",
+    "Who painted the Mona Lisa?", "What is the boiling point of ethanol?", "How far away is the Sun?",
+    "Which ocean is the deepest?", "What does DNA stand for?", "Give me a synonym for happy.",
+    "When was the printing press invented?", "What's the population of Canada?", "How do vaccines work?",
+    "Which animal is the fastest on land?", "What is the longest river in Africa?", "Tell me a joke about cats.",
+    "What language is spoken in Brazil?", "Who discovered penicillin?", "How many continents are there?",
+    "What is the freezing point of water in Fahrenheit?", "Which element has atomic number 6?",
+    "Summarise the plot of Romeo and Juliet.", "What's the weather usually like in London?",
+    "How tall is the Eiffel Tower?", "Who invented the telephone?", "What is machine learning?",
 ]
 UNRELATED = [
     "The capital of France is",
@@ -87,37 +130,46 @@ def synthetic_facts(n: int, seed: int = 0) -> list[dict[str, str]]:
     return out
 
 
+def query_texts(facts: list[dict[str, str]], size: int, n: int, rng: random.Random) -> list[str]:
+    """Half questions about stored facts in other words, a quarter stored prompts, a quarter
+    unrelated questions."""
+    out = []
+    for j in range(n):
+        f = facts[rng.randrange(size)]
+        if j % 4 in (0, 1):
+            out.append(QUESTIONS[f["relation"]].format(f["subject"]))
+        elif j % 4 == 2:
+            out.append(f["prompt"])
+        else:
+            out.append(rng.choice(UNRELATED_QUESTIONS))
+    return out
+
+
 def prefill(rt: Runtime, facts: list[dict[str, str]], batch: int = PREFILL_BATCH, desc: str = "prefill") -> None:
-    """Store ``facts`` without ``add_edit``'s per-edit encoding: the same rows as
-    ``EditMemory.encode_edit`` (each key, then the relation text), encoded in batches, written
-    with ``store.add`` per edit (one LMDB transaction each), then one ``memory.sync()``.
-    No conflict check: the synthetic subjects are all distinct."""
-    mem = rt.memory
-    rel_cache: dict[str, np.ndarray] = {}  # relation texts repeat across subjects: once per template
+    """Store ``facts`` through the bulk-import path (``EditMemory.add_many``: the same records
+    and conflict checks as ``add_edit``, keys encoded in batches, one transaction per batch)."""
     with tqdm(total=len(facts), desc=desc, unit="edit", leave=False) as bar:
         for b in range(0, len(facts), batch):
-            edits = [build_edit("fact", **f) for f in facts[b : b + batch]]
-            n_keys = [len(e.keys) for e in edits]
-            keys = mem.encoder.encode([k for e in edits for k in e.keys])
-            rels = [relation_text(e.payload["prompt"], e.subject) for e in edits]
-            fresh = sorted({r for r in rels if r not in rel_cache})
-            if fresh:
-                rel_cache.update(zip(fresh, mem.encoder.encode(fresh)))
-            start = 0
-            for edit, n, rel in zip(edits, n_keys, rels):
-                vectors = np.vstack([keys[start : start + n], rel_cache[rel][None, :]])
-                start += n
-                mem.store.add(edit, vectors)
-            bar.update(len(edits))
-    mem.sync()
+            rt.memory.add_many([build_edit("fact", **f) for f in facts[b : b + batch]])
+            bar.update(min(batch, len(facts) - b))
+
+
+def index_recall(index: Any, queries: np.ndarray, k: int) -> float:
+    """Mean over ``queries`` of |the index's top-k ∩ the exact top-k| / k (exact: a flat scan
+    of the same keys)."""
+    ids, vectors = index.contents()
+    exact = faiss.IndexFlatIP(index.dim)
+    exact.add(vectors)
+    _, pos = exact.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    _, found = index.search(queries, k)
+    want = min(k, len(ids))
+    return float(np.mean([len(set(f[f >= 0].tolist()) & set(ids[p[p >= 0]].tolist())) / want
+                          for f, p in zip(found, pos)]))
 
 
 def index_type(rt: Runtime) -> str:
-    """E.g. "IndexIDMap2(IndexFlatIP)"."""
-    outer = rt.memory.index.index
-    name = type(outer).__name__
-    inner = getattr(outer, "index", None)
-    return f"{name}({type(faiss.downcast_index(inner)).__name__})" if inner is not None else name
+    """E.g. "flat" or "ivf(lists=1024, probes=64)"."""
+    return rt.memory.index.describe()
 
 
 def rss_bytes() -> int:
@@ -279,6 +331,8 @@ def _measure_size(
         fired.append(bool(rt.explain(prompt)["fired"]))
         explain_s.append(time.perf_counter() - t0)
 
+    recall_at_k = index_recall(rt.memory.index, encoder.encode(query_texts(facts, size, N_RECALL, rng)), rt.top_k)
+
     # superseding adds: same subject and relation as a stored fact, new target
     supersede_s = []
     for i in rng.sample(range(size), min(size, n_supersede)):
@@ -292,7 +346,7 @@ def _measure_size(
         "n_add_s": n_add_s,
         "stored_edits": rt.memory.store.count(),
         "retired_edits": retired,
-        "subjects_in_lexicon": sum(1 for nums in rt.memory.lexicon.values() if nums),
+        "subjects_in_lexicon": rt.memory.store.name_count(),
         "index": index_type(rt),
         "index_ntotal": rt.memory.index.ntotal,
         "prefill_edits": timed_from - have,
@@ -301,6 +355,7 @@ def _measure_size(
         "supersede_add_edit_ms": percentiles_ms(supersede_s),
         "retrieve_ms": percentiles_ms(retrieve_s),
         "faiss_search_ms": percentiles_ms(search_s),
+        "recall_at_k": recall_at_k,
         "explain_ms": percentiles_ms(explain_s),
         "fire_rate": {
             g: sum(f for f, (grp, _, _) in zip(fired, queries) if grp == g) / max(1, sum(q[0] == g for q in queries))
@@ -316,6 +371,10 @@ def _measure_size(
     t0 = time.perf_counter()
     rt = Runtime.from_loaded(path, loaded, encoder)
     point["reopen_s"] = time.perf_counter() - t0
+    point["reopen_index_loaded"] = rt.memory.index_loaded  # False: loaded on first use
+    t0 = time.perf_counter()
+    rt.memory.index  # noqa: B018 - the first use that needs the key index loads it
+    point["index_load_s"] = time.perf_counter() - t0
     point["reopen_index"] = index_type(rt)
     point["reopen_ntotal"] = rt.memory.index.ntotal
     point["size_s"] = time.perf_counter() - t_size
@@ -348,11 +407,12 @@ def report(result: dict[str, Any]) -> str:
         f"supersede: {result['n_supersede']} add_edit calls that retire a stored fact:",
         "",
         md_table(
-            ["edits", "FAISS index", "add_edit", "supersede", "retrieve", "FAISS search", "explain"],
+            ["edits", "FAISS index", "recall@k", "add_edit", "supersede", "retrieve", "FAISS search", "explain"],
             [
                 [
                     p["size"],
                     p["index"],
+                    f"{p['recall_at_k']:.4f}" if "recall_at_k" in p else "-",
                     f"{ms(p['add_edit_ms']):.1f} / {ms(p['add_edit_ms'], 'p95'):.1f}",
                     f"{ms(p['supersede_add_edit_ms']):.1f} / {ms(p['supersede_add_edit_ms'], 'p95'):.1f}"
                     if p["supersede_add_edit_ms"].get("n") else "-",
@@ -386,10 +446,11 @@ def report(result: dict[str, Any]) -> str:
         ),
         "",
         "footprint and lifecycle (store on disk after close: LMDB + FAISS index file; re-open: "
-        "Runtime.from_loaded over the loaded model):",
+        "Runtime.from_loaded over the loaded model; the key index is read on its first use, timed as index load):",
         "",
         md_table(
-            ["edits", "store MiB", "KiB / edit", "RSS MiB", "close s", "re-open s", "prefill s (edits)", "size s"],
+            ["edits", "store MiB", "KiB / edit", "RSS MiB", "close s", "re-open s", "index load s", "prefill s (edits)",
+             "size s"],
             [
                 [
                     p["size"],
@@ -398,6 +459,7 @@ def report(result: dict[str, Any]) -> str:
                     f"{p['rss_bytes'] / 2**20:.0f}",
                     p["close_s"],
                     p["reopen_s"],
+                    p.get("index_load_s", "-"),
                     f"{p['prefill_s']:.1f} ({p['prefill_edits']})",
                     f"{p['size_s']:.0f}",
                 ]

@@ -14,6 +14,17 @@ Layout (named sub-databases of one LMDB environment in the store directory):
   knowledge representation and prefix; codebook edits: key, value, deferral radius). A change
   to an existing edit's tensors (a codebook split shrinks a neighbour's radius) is written in
   the same transaction as the edit that caused it, with an "update" change entry.
+- ``names``: one key per (name, num) of every *served* fact with a subject (its subject and
+  aliases, normalized; see :func:`_name_key`), empty value: the subject lexicon, looked up per
+  query with a cursor, so opening a store does not read its records. Meta ``name_lengths``
+  counts these entries by word count (a query is split only into runs of those lengths).
+- ``special``: num -> kind of every served edit that is not a fact with a subject (regex,
+  prompt, codebook, patch, subject-less fact): the few the memory keeps in RAM, read at open.
+
+``names``, ``special`` and ``name_lengths`` change in the transaction that changes whether an
+edit is served (:meth:`EditStore._served_change`), so they are never out of step with the
+records. A store written before they existed gets them on its first writable open (meta
+``lookups``); a read-only open of such a store derives them in RAM from a scan instead.
 
 Every write is one LMDB transaction; LMDB fsyncs on commit, so a write that returned is on
 disk and survives SIGKILL. A write that raised was rolled back whole. A bulk import is one
@@ -26,11 +37,13 @@ transaction.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import mmap
 import struct
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +52,19 @@ from typing import Any, TypeVar
 import lmdb
 import numpy as np
 
-from recall.core.edits import SCHEMA_VERSION, Edit
+from recall.core.edits import Edit
 from recall.core.errors import EditNotFoundError, SchemaVersionError, StoreCorruptError, StoreError, StoreLockedError
+from recall.core.text import normalize
 
 T = TypeVar("T")
 _MAP_START = 1 << 30  # 1 GiB of address space to begin with; the file grows only as used
 _MAP_MAX = 1 << 40
+# meta "schema": the store's layout. 2 added the names/special sub-databases, which writers must
+# keep in step, so a recall that reads only layout 1 refuses a layout-2 store instead of writing
+# to it without them. Records carry their own schema (recall.core.edits.SCHEMA_VERSION).
+STORE_SCHEMA = 2
+LOOKUP_VERSION = 1  # meta "lookups": the names/special sub-databases are built and kept
+_NAME_KEY_MAX = 400  # bytes; LMDB keys are limited to 511, so longer names are hashed
 # LMDB errors that mean the files are damaged; anything else at open is the system refusing
 # (address space, locks, permissions) and is reported as such
 _CORRUPT = (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError, lmdb.VersionMismatchError,
@@ -65,6 +85,13 @@ def _u64(n: int) -> bytes:
 
 def _from_u64(b: bytes) -> int:
     return struct.unpack(">Q", b)[0]
+
+
+def _name_key(norm_name: str) -> bytes:
+    """The ``names`` key prefix of a normalized name: its UTF-8 bytes, or for a long name a
+    marked hash (a collision only adds a candidate; the gate matches the names themselves)."""
+    raw = norm_name.encode()
+    return raw if len(raw) <= _NAME_KEY_MAX else b"\x01#" + hashlib.blake2b(raw, digest_size=16).digest()
 
 
 def _pack(arrays: dict[str, np.ndarray]) -> bytes:
@@ -144,7 +171,7 @@ class EditStore:
             self.env = lmdb.open(
                 str(self.path),
                 map_size=max(_MAP_START, 2 * existing),
-                max_dbs=8,
+                max_dbs=16,
                 subdir=True,
                 readonly=readonly,
                 lock=True,
@@ -160,12 +187,19 @@ class EditStore:
                 self._tensors = self.env.open_db(b"tensors", create=not readonly)
             except lmdb.NotFoundError:  # a read-only open of a store made before tensors existed
                 self._tensors = None
+            try:
+                self._names = self.env.open_db(b"names", create=not readonly)
+                self._special = self.env.open_db(b"special", create=not readonly)
+            except lmdb.NotFoundError:  # read-only open of a store older than the lookups
+                self._names = self._special = None
         except _CORRUPT as exc:
             raise StoreCorruptError(f"store at {self.path} cannot be opened: {exc}") from exc
         except lmdb.Error as exc:
             raise StoreError(f"store at {self.path} cannot be opened (the system refused: {exc})") from exc
+        self._scanned: tuple[int, dict[str, set[int]], Counter[int], dict[int, str]] | None = None
         try:
             self._check_schema()
+            self.lookups_stored = self._ensure_lookups()
         except Exception:
             self.env.close()
             self.env = None
@@ -179,16 +213,16 @@ class EditStore:
             if self.readonly:
                 raise StoreCorruptError(f"store at {self.path} has no schema entry")
             with self._write() as txn:
-                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
+                txn.put(b"schema", str(STORE_SCHEMA).encode(), db=self._meta)
             return
         try:
             schema = int(raw)
         except ValueError as exc:
             raise StoreCorruptError(f"store at {self.path} has a malformed schema entry {raw!r}") from exc
-        if schema > SCHEMA_VERSION:
+        if schema > STORE_SCHEMA:
             raise SchemaVersionError(
                 f"store at {self.path} was written with schema {schema}; this recall "
-                f"reads schema {SCHEMA_VERSION} and older. Upgrade recall."
+                f"reads schema {STORE_SCHEMA} and older. Upgrade recall."
             )
 
     def get_meta(self, key: str, default: Any = None) -> Any:
@@ -204,6 +238,110 @@ class EditStore:
         with self._txn(db=self._meta) as txn:
             raw = txn.get(b"generation")
         return 0 if raw is None else int(raw)
+
+    # -- lookups: the subject lexicon and the special kinds -----------------------
+    def _ensure_lookups(self) -> bool:
+        """Build ``names``/``special``/``name_lengths`` once for a store written before them
+        (one transaction); False for a read-only open of such a store (scanned in RAM)."""
+        if self.get_meta("lookups") == LOOKUP_VERSION:
+            return True
+        if self.readonly:
+            return False
+
+        def body(txn: lmdb.Transaction) -> None:
+            txn.drop(self._names, delete=False)
+            txn.drop(self._special, delete=False)
+            txn.delete(b"name_lengths", db=self._meta)
+            for _, raw in txn.cursor(db=self._edits):
+                edit = self._decode(raw, "during the lookup build")
+                if edit.served:
+                    self._set_lookups(txn, edit, True)
+            txn.put(b"lookups", str(LOOKUP_VERSION).encode(), db=self._meta)
+            txn.put(b"schema", str(STORE_SCHEMA).encode(), db=self._meta)
+
+        self._transact(body)
+        return True
+
+    def _set_lookups(self, txn: lmdb.Transaction, edit: Edit, served: bool) -> None:
+        if edit.kind != "fact" or not edit.subject:
+            if served:
+                txn.put(_u64(edit.num), edit.kind.encode(), db=self._special)
+            else:
+                txn.delete(_u64(edit.num), db=self._special)
+            return
+        raw = txn.get(b"name_lengths", db=self._meta)
+        lengths = Counter({int(k): v for k, v in json.loads(raw).items()}) if raw else Counter()
+        for name in {normalize(n) for n in edit.names}:
+            key = _name_key(name) + b"\x00" + _u64(edit.num)
+            if served and txn.put(key, b"", db=self._names, overwrite=False):
+                lengths[len(name.split())] += 1
+            elif not served and txn.delete(key, db=self._names):
+                lengths[len(name.split())] -= 1
+        lengths = +lengths  # drops counts that reached zero
+        txn.put(b"name_lengths", json.dumps(lengths).encode(), db=self._meta)
+
+    def _served_change(self, txn: lmdb.Transaction, edit: Edit, served: bool) -> int:
+        """Log that ``edit`` became served or stopped being served, and update the lookups."""
+        self._set_lookups(txn, edit, served)
+        return self._bump(txn, "add" if served else "remove", edit.num)
+
+    def _scan(self) -> tuple[dict[str, set[int]], Counter[int], dict[int, str]]:
+        """The lookups of a store without them, derived from its records (read-only opens of an
+        older store only), rescanned when the store's generation moved."""
+        gen = self.generation
+        if self._scanned is None or self._scanned[0] != gen:
+            names: dict[str, set[int]] = {}
+            lengths: Counter[int] = Counter()
+            special: dict[int, str] = {}
+            for edit in self.iter_edits(None):
+                if not edit.served:
+                    continue
+                if edit.kind == "fact" and edit.subject:
+                    for name in {normalize(n) for n in edit.names}:
+                        names.setdefault(name, set()).add(edit.num)
+                        lengths[len(name.split())] += 1
+                else:
+                    special[edit.num] = edit.kind
+            self._scanned = (gen, names, lengths, special)
+        return self._scanned[1:]
+
+    def lookup_names(self, norm_names: Iterable[str]) -> dict[str, set[int]]:
+        """Normalized name -> nums of the served facts that have it as subject or alias, for
+        those of ``norm_names`` that some served fact has."""
+        if not self.lookups_stored:
+            names = self._scan()[0]
+            return {n: set(names[n]) for n in norm_names if names.get(n)}
+        out: dict[str, set[int]] = {}
+        with self._txn(db=self._names) as txn:
+            cur = txn.cursor()
+            for name in norm_names:
+                prefix = _name_key(name) + b"\x00"
+                if not cur.set_range(prefix):
+                    continue
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(prefix):
+                        break
+                    if len(key) == len(prefix) + 8:
+                        out.setdefault(name, set()).add(_from_u64(key[-8:]))
+        return out
+
+    def name_lengths(self) -> Counter[int]:
+        """Word count -> number of (name, served fact) entries of that many words."""
+        if not self.lookups_stored:
+            return Counter(self._scan()[1])
+        raw = self.get_meta("name_lengths")
+        return Counter({int(k): v for k, v in (raw or {}).items()})
+
+    def name_count(self) -> int:
+        """How many (name, served fact) entries the lexicon holds."""
+        return sum(self.name_lengths().values())
+
+    def special_edits(self) -> dict[int, str]:
+        """num -> kind of the served edits that are not facts with a subject."""
+        if not self.lookups_stored:
+            return dict(self._scan()[2])
+        with self._txn(db=self._special) as txn:
+            return {_from_u64(k): bytes(v).decode() for k, v in txn.cursor()}
 
     # -- transactions ---------------------------------------------------------
     def _txn(self, **kwargs: Any) -> lmdb.Transaction:
@@ -301,9 +439,13 @@ class EditStore:
         edit.num = num
         for old_id, reason in item.retire.items():
             old = self._get_in(txn, old_id)
+            was_served = old.served
             old.status, old.retired_by, old.retired_reason = "retired", edit.id, reason
             txn.put(old_id.encode(), json.dumps(old.to_dict()).encode(), db=self._edits)
-            self._bump(txn, "remove", old.num)
+            if was_served:
+                self._served_change(txn, old, False)
+            else:
+                self._bump(txn, "noop", old.num)
         txn.put(edit.id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
         if item.retire:
             txn.put(edit.id.encode(), json.dumps(sorted(item.retire)).encode(), db=self._supersedes)
@@ -317,7 +459,10 @@ class EditStore:
             current = self._tensors_in(txn, other)
             txn.put(_u64(other), _pack({**current, **changed}), db=self._tensors)
             self._bump(txn, "update", other)
-        self._bump(txn, "add" if edit.served else "noop", num)
+        if edit.served:
+            self._served_change(txn, edit, True)
+        else:
+            self._bump(txn, "noop", num)
 
     def _get_in(self, txn: lmdb.Transaction, edit_id: str) -> Edit:
         if not isinstance(edit_id, str) or not edit_id:
@@ -352,7 +497,7 @@ class EditStore:
             edit.retired_reason = reason if status == "retired" else edit.retired_reason
             txn.put(edit_id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
             if was_served != edit.served:
-                self._bump(txn, "add" if edit.served else "remove", edit.num)
+                self._served_change(txn, edit, edit.served)
             return edit
 
         return self._transact(body)
@@ -408,7 +553,7 @@ class EditStore:
             edit.consolidated_in = owner if status == "consolidated" else None
             txn.put(edit_id.encode(), json.dumps(edit.to_dict()).encode(), db=self._edits)
             if was_served != edit.served:
-                self._bump(txn, "add" if edit.served else "remove", edit.num)
+                self._served_change(txn, edit, edit.served)
         for key, value in (meta or {}).items():
             txn.put(key.encode(), json.dumps(value).encode(), db=self._meta)
 
@@ -537,15 +682,12 @@ class EditStore:
                     txn.put(_u64(num), entry["tensors"], db=self._tensors)
                 if entry["supersedes"] is not None:
                     txn.put(edit.id.encode(), entry["supersedes"], db=self._supersedes)
-                if old is None:
-                    op = "add" if edit.served else "noop"
-                elif old.served != edit.served:
-                    op = "add" if edit.served else "remove"
+                if (old is not None and old.served) != edit.served:
+                    self._served_change(txn, edit, edit.served)
                 elif edit.served and entry["tensors"] is not None and bytes(old_tensors or b"") != entry["tensors"]:
-                    op = "update"
+                    self._bump(txn, "update", num)
                 else:
-                    op = "noop"
-                self._bump(txn, op, num)
+                    self._bump(txn, "noop", num)
                 next_num = max(next_num, num + 1)
             txn.put(b"next_num", str(next_num).encode(), db=self._meta)
             for key, value in batch["meta"].items():

@@ -25,6 +25,7 @@ from recall.bench import (
     flood,
     fuzz,
     headline,
+    index_choice,
     ingest,
     killloop,
     latency,
@@ -596,6 +597,23 @@ def bench_scale(
         device=device,
         threads=threads,
     )
+
+
+@bench_app.command("index")
+@handle_errors
+def bench_index(
+    sizes: Annotated[str, typer.Option(help="Numbers of keys, comma-separated.")] = "10000,100000,1000000",
+    n_queries: Annotated[int, typer.Option(min=1, help="Queries per size.")] = 200,
+    cache: Annotated[Path | None, typer.Option(help="Keep the encoded keys here and reuse them.")] = None,
+    hnsw_max: Annotated[int, typer.Option(help="Build HNSW only up to this many keys (slow to build).")] = 200_000,
+    out: Annotated[Path | None, typer.Option(help="Write index.json, index.md and index.png here.")] = None,
+) -> None:
+    """Flat, HNSW, IVF and IVF-PQ on the runtime's key vectors: recall@8, latency, memory, updates."""
+    try:
+        size_list = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"--sizes must be comma-separated integers, got {sizes!r}") from exc
+    index_choice.run(size_list, out, n_queries=n_queries, cache=cache, hnsw_max=hnsw_max)
 
 
 @bench_app.command("import")

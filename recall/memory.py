@@ -1,13 +1,15 @@
 """The edit memory as the query path sees it: the LMDB store plus the structures derived from
-it (FAISS key index, subject lexicon, compiled regex patches), kept in step through the
-store's change log so that readers in other processes see a writer's edits."""
+it (FAISS key index, compiled regex patches, learned kinds' tables), kept in step through the
+store's change log so that readers in other processes see a writer's edits. The subject
+lexicon is not held here: it is an LMDB sub-database looked up per query
+(:meth:`EditStore.lookup_names`), so opening a large store reads neither its records nor a
+lexicon."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,13 +112,12 @@ class EditMemory:
                 f"({self.store.get_meta('encoder')}); this encoder is {encoder.dim}-d"
             )
         self._reset_derived()
-        self._load_or_rebuild_index()
+        self._open_derived()
 
     # -- derived state --------------------------------------------------------
     def _reset_derived(self) -> None:
-        self.index = VectorIndex(self.encoder.dim)
-        self.lexicon: dict[str, set[int]] = {}
-        self.name_lengths: Counter[int] = Counter()  # word counts of the lexicon's (name, edit) entries
+        self._index: VectorIndex | None = None  # loaded on first use, see index
+        self._index_generation = 0  # the change-log generation the loaded index reflects
         self.regexes: dict[int, tuple[Edit, object]] = {}
         # active facts without a subject and patches: the gate decides them on key similarity,
         # so only they need the query's embedding under the relation gate (see needs_dense)
@@ -125,32 +126,57 @@ class EditMemory:
         self.codebook = CodebookTable()
         self.generation = 0
 
-    def _load_or_rebuild_index(self) -> None:
-        current = self.store.generation
+    def _open_derived(self) -> None:
+        """Open in time that does not grow with the store: read the few served edits that are
+        not facts with a subject. The key index is loaded on first use (:attr:`index`), except
+        for a store without edits, whose index starts empty and is kept from the first write."""
+        self.generation = self.store.generation
+        for num in self.store.special_edits():
+            edit = self.store.get_by_num(num)
+            if edit is not None and edit.served:
+                self._add_lookup(edit)
+        if self.generation == 0:
+            self._index, self._index_generation = VectorIndex(self.encoder.dim), 0
+
+    @property
+    def index(self) -> VectorIndex:
+        """The FAISS key index, at the memory's generation. Loaded on first use: from its file
+        plus the changes logged since it was saved, or rebuilt from every served edit's vectors
+        when the file is missing, stale or corrupt. A query path that needs no embedding (the
+        relation gate over facts with subjects) never loads it."""
+        with self._lock:
+            if self._index is None:
+                self._index, self._index_generation = self._load_or_rebuild_index()
+            if self._index_generation < self.generation:
+                for gen, op, num in self.store.changes_since(self._index_generation):
+                    if gen > self.generation:
+                        break
+                    self._change_vectors(op, self.store.get_by_num(num))
+                    self._index_generation = gen
+            return self._index
+
+    @property
+    def index_loaded(self) -> bool:
+        """Whether the key index is in RAM (it is loaded on first use)."""
+        return self._index is not None
+
+    def _load_or_rebuild_index(self) -> tuple[VectorIndex, int]:
         loaded = VectorIndex.load(self.store.path / INDEX_FILE, self.encoder.dim, self.encoder.name)
-        active = [e for e in self.store.iter_edits(None) if e.served]
-        for edit in active:
-            self._add_lookup(edit)
-        if loaded is not None and loaded[1] <= current:
-            self.index, self.generation = loaded
-            self._apply_changes(self.store.changes_since(self.generation), index_only=True)
-        else:
-            self.index = VectorIndex(self.encoder.dim)
-            for edit in active:
-                self._add_vectors(edit)
-        self.generation = current
+        if loaded is not None and loaded[1] <= self.store.generation:
+            return loaded
+        index = VectorIndex(self.encoder.dim)
+        generation = self.store.generation  # the rebuild reads the records as of now or later
+        served = (e for e in self.store.iter_edits(None) if e.served and e.keys)
+        for edit in tqdm(served, desc="rebuilding the key index", unit="edit", disable=None, leave=False):
+            vecs = self.store.vectors(edit.num)[: len(edit.keys)]
+            index.add(np.arange(len(edit.keys)) + edit.num * SLOTS, vecs, grow=False)
+        index.grow()
+        return index, generation
 
     def _add_lookup(self, edit: Edit) -> None:
         if edit.kind == "patch" or (edit.kind == "fact" and not edit.subject):
             self.key_only.add(edit.num)
-        if edit.kind == "fact" and edit.subject:
-            for name in edit.names:
-                key = normalize(name)
-                nums = self.lexicon.setdefault(key, set())
-                if edit.num not in nums:
-                    nums.add(edit.num)
-                    self.name_lengths[len(key.split())] += 1
-        elif edit.kind == "regex":
+        if edit.kind == "regex":
             flags = regex_patch.regex.IGNORECASE if edit.payload.get("ignore_case") else 0
             try:
                 self.regexes[edit.num] = (edit, regex_patch.load_pattern(edit.payload["pattern"], flags))
@@ -162,44 +188,33 @@ class EditMemory:
             self.codebook.put(edit.num, self.store.tensors(edit.num))
 
     def _drop_lookup(self, edit: Edit) -> None:
-        if edit.kind == "fact" and edit.subject:
-            for name in edit.names:
-                key = normalize(name)
-                nums = self.lexicon.get(key, set())
-                if edit.num in nums:
-                    nums.discard(edit.num)
-                    if not nums:
-                        del self.lexicon[key]
-                    n_words = len(key.split())
-                    self.name_lengths[n_words] -= 1
-                    if not self.name_lengths[n_words]:
-                        del self.name_lengths[n_words]
         self.regexes.pop(edit.num, None)
         self.key_only.discard(edit.num)
         self.prompts.drop(edit.num)
         self.codebook.drop(edit.num)
 
-    def _add_vectors(self, edit: Edit) -> None:
-        if edit.keys:
-            vecs = self.store.vectors(edit.num)[: len(edit.keys)]
-            self.index.add(np.arange(len(edit.keys)) + edit.num * SLOTS, vecs)
+    def _change_vectors(self, op: str, edit: Edit | None) -> None:
+        """Apply one logged change (of ``edit``, None if unknown) to the loaded index."""
+        if edit is None or not edit.keys or op not in ("add", "remove"):
+            return
+        ids = np.arange(len(edit.keys)) + edit.num * SLOTS
+        if op == "add":
+            self._index.add(ids, self.store.vectors(edit.num)[: len(edit.keys)])
+        else:
+            self._index.remove(ids)
 
-    def _drop_vectors(self, edit: Edit) -> None:
-        if edit.keys:
-            self.index.remove(np.arange(len(edit.keys)) + edit.num * SLOTS)
-
-    def _apply_changes(self, changes: list[tuple[int, str, int]], index_only: bool = False) -> None:
+    def _apply_changes(self, changes: list[tuple[int, str, int]]) -> None:
+        """Bring the in-RAM state (and the index, when loaded and current) to the newest change."""
         for gen, op, num in changes:
             edit = self.store.get_by_num(num)
+            if self._index is not None and self._index_generation == self.generation:
+                self._change_vectors(op, edit)
+                self._index_generation = gen
             if edit is not None and op == "add":
-                self._add_vectors(edit)
-                if not index_only:
-                    self._add_lookup(edit)
+                self._add_lookup(edit)
             elif edit is not None and op == "remove":
-                self._drop_vectors(edit)
-                if not index_only:
-                    self._drop_lookup(edit)
-            elif edit is not None and op == "update" and edit.served and not index_only:
+                self._drop_lookup(edit)
+            elif edit is not None and op == "update" and edit.served:
                 self._add_lookup(edit)  # its tensors changed (a codebook radius)
             self.generation = gen
 
@@ -248,7 +263,8 @@ class EditMemory:
         before this one in the same transaction, that have this edit's subject as a name."""
         if edit.kind != "fact" or not edit.subject:
             return {}
-        olds = [(self.store.get_by_num(num), None) for num in list(self.lexicon.get(normalize(edit.subject), ()))]
+        subject = normalize(edit.subject)
+        olds = [(self.store.get_by_num(num), None) for num in self.store.lookup_names([subject]).get(subject, ())]
         olds += list(pending)
         out = {}
         words = normalize(relation_text(edit.payload["prompt"], edit.subject))
@@ -317,8 +333,9 @@ class EditMemory:
     def _reload_codebook(self) -> None:
         """The codebook table as the store holds it (after a batch planned entries into it)."""
         self.codebook = CodebookTable()
-        for edit in self.store.iter_edits(None):
-            if edit.kind == "codebook" and edit.served:
+        for num, kind in self.store.special_edits().items():
+            edit = self.store.get_by_num(num) if kind == "codebook" else None
+            if edit is not None and edit.served:
                 self.codebook.put(edit.num, self.store.tensors(edit.num))
 
     def _plan_batch(self, edits: list[Edit], vectors: list[np.ndarray], first: int) -> list[NewEdit]:
@@ -409,7 +426,7 @@ class EditMemory:
         """The names of active facts' subjects (and aliases) that ``text`` mentions, as written
         there, longest first: what a pronoun in the next turn most likely refers to."""
         self.sync()
-        grams = [g for g in word_ngrams(normalize(text), self.name_lengths) if self.lexicon.get(g)]
+        grams = list(self.store.lookup_names(word_ngrams(normalize(text), self.store.name_lengths())))
         found = []
         for g in sorted(grams, key=len, reverse=True):
             written = find_phrase(text, g)
@@ -436,14 +453,12 @@ class EditMemory:
         always adds the top-k and key similarities. The verdicts are the same either way."""
         self.sync()
         norms = [normalize(q) for q in queries]
-        subject_hits: list[dict[str, set[int]]] = []
-        for norm in norms:
-            grams = word_ngrams(norm, self.name_lengths)
-            subject_hits.append({g: self.lexicon[g] for g in grams if self.lexicon.get(g)})
-        if self.index.ntotal == 0 and not any(subject_hits):
-            return [[] for _ in queries]  # no fact or patch could be retrieved: skip the encoder
+        lengths = self.store.name_lengths()
+        subject_hits = [self.store.lookup_names(word_ngrams(norm, lengths)) for norm in norms]
         if not dense and not self.needs_dense:
             return self._retrieve_by_name(queries, norms, subject_hits)
+        if self.index.ntotal == 0 and not any(subject_hits):
+            return [[] for _ in queries]  # no fact or patch could be retrieved: skip the encoder
         rel_texts = [(i, s, query_relation_text(queries[i], s)) for i, hits in enumerate(subject_hits) for s in hits]
         if not self.gate.uses_relation_cosine:
             rel_texts = []  # no encoder pass for a feature the gate does not read
@@ -548,9 +563,9 @@ class EditMemory:
         with self._lock:
             if self.store.env is None:
                 return
-            if not self.store.readonly:
+            if not self.store.readonly and self._index is not None and self._index.dirty:
                 try:
-                    self.index.save(self.store.path / INDEX_FILE, self.generation, self.encoder.name)
+                    self._index.save(self.store.path / INDEX_FILE, self._index_generation, self.encoder.name)
                     for name in LEGACY_INDEX_FILES:
                         (self.store.path / name).unlink(missing_ok=True)
                 except OSError:

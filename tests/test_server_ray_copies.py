@@ -1,14 +1,16 @@
-"""Replicas with their own store copies (``build_app(local_copies=True)``), on a local Ray
-cluster on loopback: the writer deployment keeps the store in one directory, each serving
-replica keeps a copy in another and follows the writer's change log over Ray, as replicas
-on other machines do. An edit acknowledged by the writer is served by the replica within a
-measured lag; a retirement too; a replica added later bootstraps from the snapshot plus the
-log; a consolidation run against the writer's store moves the replicas to the new
-checkpoint, whose files they fetch.
+"""Replicas with their own store copies (``build_app(local_copies=True)``) on a two-node Ray
+cluster: a head node and a second node process (``ray.cluster_utils.Cluster``: separate
+raylets and object stores on this machine, joined over the host's address as on a network).
+The writer deployment is pinned to the head and keeps the store in one directory; the serving
+replicas are pinned to the second node, each keeping a copy in another directory and following
+the writer's change log over Ray. An edit acknowledged by the writer is served by a replica on
+the other node within a measured lag; a retirement too; a replica added later bootstraps from
+the snapshot plus the log; a consolidation run against the writer's store moves the replicas
+to the new checkpoint, whose files they fetch.
 
-A two-node cluster (a head and a second node process) could not be started in this
-sandbox: the nodes register under the host's address, which the driver cannot reach here,
-so both deployments share one node and the copies are only separated by directory.
+Nodes cannot be joined on 127.0.0.1 only here: the head's GCS then still advertises the host
+address, which nothing listens on (the second node waits forever), so the cluster uses the
+host's address, which is reachable from this machine.
 
 `make test` installs the `ray` extra, so this runs there; elsewhere it is skipped."""
 
@@ -25,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import FACT_PROMPT, FACT_SUBJECT, child_env
-from test_server_ray import AUTH, FAST_MEMIT, MODEL, TOKEN, complete, free_port, start_local_ray
+from test_server_ray import AUTH, FAST_MEMIT, MODEL, TOKEN, WORKER_ENV, complete, free_port
 
 from recall.bench.scale import synthetic_facts
 from recall.server import ServerConfig
@@ -37,6 +39,22 @@ FACT = {"prompt": FACT_PROMPT, "target": "English", "subject": FACT_SUBJECT}
 MAX_LAG_S = 10.0  # the bound the test holds replication to (polling every 0.1 s)
 
 
+def start_two_nodes():
+    """A head node that alone has the "writer_node" resource and a second node that alone has
+    "replica_node"; the driver connects to the head."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {"writer_node": 1}, "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=2, resources={"replica_node": 8})
+    ray.init(address=cluster.address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False,
+             configure_logging=False)
+    cluster.wait_for_nodes()
+    return cluster
+
+
 @pytest.fixture(scope="module")
 def copies(tmp_path_factory):
     from recall.server.ray_serve import build_app
@@ -44,7 +62,7 @@ def copies(tmp_path_factory):
     writer_dir = tmp_path_factory.mktemp("writer")
     copies_dir = tmp_path_factory.mktemp("copies")
     port = free_port()
-    start_local_ray()
+    cluster = start_two_nodes()
 
     def deploy(num_replicas: int) -> None:
         app = build_app(
@@ -53,16 +71,27 @@ def copies(tmp_path_factory):
             config=ServerConfig(token=TOKEN, model_name=MODEL),
             local_copies=True,
             copy_root=copies_dir,
+            writer_options={"resources": {"writer_node": 0.01}},
+            replica_options={"resources": {"replica_node": 1}},
         )
         serve.run(app, name="recall", route_prefix="/")
 
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         deploy(1)
         yield {"url": f"http://127.0.0.1:{port}", "store": writer_dir / "store", "copies": copies_dir, "deploy": deploy}
     finally:
         serve.shutdown()
         ray.shutdown()
+        cluster.shutdown()
+
+
+def test_the_cluster_has_two_nodes_and_each_deployment_its_own(copies):
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    assert len(nodes) == 2 and len({n["NodeID"] for n in nodes}) == 2
+    with_writer = [n for n in nodes if n["Resources"].get("writer_node")]
+    with_replicas = [n for n in nodes if n["Resources"].get("replica_node")]
+    assert len(with_writer) == len(with_replicas) == 1 and with_writer != with_replicas
 
 
 def _fired(url: str, prompt: str) -> list[str]:
