@@ -35,9 +35,10 @@ from tqdm import tqdm
 
 from recall.bench.latency import write_report
 from recall.bench.scale import query_texts, synthetic_facts
+from recall.core.errors import ConfigError
 from recall.core.reporting import machine_info, md_table, percentiles_ms, pyplot
 from recall.index import TextEncoder, VectorIndex
-from recall.index.vectors import FLAT_MAX_KEYS, build_ivf, ivf_lists, ivf_probes
+from recall.index.vectors import FLAT_MAX_KEYS, build_ivf, ivf_lists, ivf_probes, train_and_fill
 
 K = 8
 CHANGE_KEYS = 200
@@ -75,11 +76,7 @@ def _hnsw(dim: int) -> faiss.Index:
 def _ivf_pq(vectors: np.ndarray, ids: np.ndarray, dim: int) -> faiss.Index:
     n_lists = ivf_lists(len(vectors))
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, n_lists, PQ_BYTES, 8, faiss.METRIC_INNER_PRODUCT)
-    index.cp.niter = 10
-    sample = np.random.default_rng(0).choice(len(vectors), size=min(len(vectors), 64 * n_lists), replace=False)
-    index.train(vectors[np.sort(sample)])
-    index.set_direct_map_type(faiss.DirectMap.Hashtable)
-    index.add_with_ids(vectors, ids)
+    train_and_fill(index, vectors, ids)
     index.nprobe = n_lists // 4
     return index
 
@@ -173,7 +170,7 @@ def run(sizes: list[int], out: str | Path | None = None, *, n_queries: int = 200
     slowest by far on two cores)."""
     sizes = sorted({int(s) for s in sizes})
     if not sizes or sizes[0] < 2 * CHANGE_KEYS:
-        raise ValueError(f"sizes must be at least {2 * CHANGE_KEYS}, got {sizes}")
+        raise ConfigError(f"sizes must be at least {2 * CHANGE_KEYS}, got {sizes}")
     t_start = time.perf_counter()
     encoder = TextEncoder()
     facts = synthetic_facts(sizes[-1] + CHANGE_KEYS, seed)

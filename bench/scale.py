@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from recall.bench.latency import peak_rss_bytes, write_report
 from recall.core.edits import build_edit
+from recall.core.errors import ConfigError
 from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, pyplot, store_dir, torch_threads
 from recall.evaluation.timing import summarize_pairs, time_queries
 from recall.runtime import Runtime
@@ -167,11 +168,6 @@ def index_recall(index: Any, queries: np.ndarray, k: int) -> float:
                           for f, p in zip(found, pos)]))
 
 
-def index_type(rt: Runtime) -> str:
-    """E.g. "flat" or "ivf(lists=1024, probes=64)"."""
-    return rt.memory.index.describe()
-
-
 def rss_bytes() -> int:
     """Current resident set size of this process (Linux /proc; 0 elsewhere)."""
     try:
@@ -214,7 +210,7 @@ def run(
     every size, so an interrupted run keeps the sizes it finished."""
     sizes = sorted({int(s) for s in sizes})
     if not sizes or sizes[0] < 1:
-        raise ValueError(f"sizes must be positive integers, got {sizes}")
+        raise ConfigError(f"sizes must be positive integers, got {sizes}")
     t_start = time.perf_counter()
     facts = synthetic_facts(sizes[-1], seed)
     n_threads = pick_threads(threads)
@@ -233,7 +229,7 @@ def run(
         try:
             have = rt.memory.store.count()
             if have:
-                raise ValueError(f"store {path} already holds {have} edits; give a new directory")
+                raise ConfigError(f"store {path} already holds {have} edits; give a new directory")
             for size in tqdm(sizes, desc="sizes", unit="size"):
                 if budget_s is not None and points:
                     last = points[-1]
@@ -347,7 +343,7 @@ def _measure_size(
         "stored_edits": rt.memory.store.count(),
         "retired_edits": retired,
         "subjects_in_lexicon": rt.memory.store.name_count(),
-        "index": index_type(rt),
+        "index": rt.memory.index.describe(),
         "index_ntotal": rt.memory.index.ntotal,
         "prefill_edits": timed_from - have,
         "prefill_s": prefill_s,
@@ -375,7 +371,7 @@ def _measure_size(
     t0 = time.perf_counter()
     rt.memory.index  # noqa: B018 - the first use that needs the key index loads it
     point["index_load_s"] = time.perf_counter() - t0
-    point["reopen_index"] = index_type(rt)
+    point["reopen_index"] = rt.memory.index.describe()
     point["reopen_ntotal"] = rt.memory.index.ntotal
     point["size_s"] = time.perf_counter() - t_size
     return point, rt

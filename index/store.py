@@ -94,6 +94,14 @@ def _name_key(norm_name: str) -> bytes:
     return raw if len(raw) <= _NAME_KEY_MAX else b"\x01#" + hashlib.blake2b(raw, digest_size=16).digest()
 
 
+def _lexicon_names(edit: Edit) -> set[str] | None:
+    """The normalized names under which ``edit`` is in the subject lexicon (a fact with a
+    subject: its subject and aliases), or None for an edit that goes to ``special`` instead."""
+    if edit.kind != "fact" or not edit.subject:
+        return None
+    return {normalize(n) for n in edit.names}
+
+
 def _pack(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
@@ -263,7 +271,8 @@ class EditStore:
         return True
 
     def _set_lookups(self, txn: lmdb.Transaction, edit: Edit, served: bool) -> None:
-        if edit.kind != "fact" or not edit.subject:
+        names = _lexicon_names(edit)
+        if names is None:
             if served:
                 txn.put(_u64(edit.num), edit.kind.encode(), db=self._special)
             else:
@@ -271,7 +280,7 @@ class EditStore:
             return
         raw = txn.get(b"name_lengths", db=self._meta)
         lengths = Counter({int(k): v for k, v in json.loads(raw).items()}) if raw else Counter()
-        for name in {normalize(n) for n in edit.names}:
+        for name in names:
             key = _name_key(name) + b"\x00" + _u64(edit.num)
             if served and txn.put(key, b"", db=self._names, overwrite=False):
                 lengths[len(name.split())] += 1
@@ -296,12 +305,12 @@ class EditStore:
             for edit in self.iter_edits(None):
                 if not edit.served:
                     continue
-                if edit.kind == "fact" and edit.subject:
-                    for name in {normalize(n) for n in edit.names}:
-                        names.setdefault(name, set()).add(edit.num)
-                        lengths[len(name.split())] += 1
-                else:
+                edit_names = _lexicon_names(edit)
+                if edit_names is None:
                     special[edit.num] = edit.kind
+                for name in edit_names or ():
+                    names.setdefault(name, set()).add(edit.num)
+                    lengths[len(name.split())] += 1
             self._scanned = (gen, names, lengths, special)
         return self._scanned[1:]
 

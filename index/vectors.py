@@ -34,14 +34,12 @@ FLAT_MAX_KEYS = 65_536
 RETRAIN_GROWTH = 2
 TRAIN_PER_LIST = 64  # k-means sample: this many keys per list (FAISS warns below 39)
 KMEANS_ITERATIONS = 10
+PROBE_MARGIN = 0.2  # cosine below the nearest centroid within which a list is scanned
 
 
 def ivf_lists(n: int) -> int:
     """Number of inverted lists for ``n`` keys: the power of two nearest sqrt(n), at least 256."""
     return max(256, 2 ** round(np.log2(max(1.0, np.sqrt(n)))))
-
-
-PROBE_MARGIN = 0.2
 
 
 def ivf_probes(n_lists: int) -> tuple[int, int]:
@@ -220,17 +218,22 @@ class VectorIndex:
 
 def build_ivf(vectors: np.ndarray, ids: np.ndarray, dim: int, n_lists: int | None = None,
               seed: int = 0) -> faiss.IndexIVFFlat:
-    """An inner-product IVF-Flat index over ``vectors`` (trained on a sample of them, seeded),
-    with a hash-table direct map so that ids can be removed and reconstructed."""
+    """An inner-product IVF-Flat index over ``vectors`` (see :func:`train_and_fill`)."""
+    n_lists = n_lists or ivf_lists(len(vectors))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, n_lists, faiss.METRIC_INNER_PRODUCT)
+    train_and_fill(index, vectors, ids, seed)
+    index.nprobe = ivf_probes(n_lists)[1]
+    return index
+
+
+def train_and_fill(index: faiss.IndexIVF, vectors: np.ndarray, ids: np.ndarray, seed: int = 0) -> None:
+    """Train an empty IVF index on a seeded sample of ``vectors`` (:data:`TRAIN_PER_LIST` per
+    list, :data:`KMEANS_ITERATIONS` k-means rounds), give it a hash-table direct map (so that
+    ids can be removed and reconstructed) and add every vector under its id."""
     n = len(vectors)
-    n_lists = n_lists or ivf_lists(n)
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, n_lists, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = KMEANS_ITERATIONS
     index.cp.seed = seed
-    sample = np.random.default_rng(seed).choice(n, size=min(n, TRAIN_PER_LIST * n_lists), replace=False)
+    sample = np.random.default_rng(seed).choice(n, size=min(n, TRAIN_PER_LIST * index.nlist), replace=False)
     index.train(np.ascontiguousarray(vectors[np.sort(sample)], dtype=np.float32))
     index.set_direct_map_type(faiss.DirectMap.Hashtable)
     index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
-    index.nprobe = ivf_probes(n_lists)[1]
-    return index

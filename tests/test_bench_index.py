@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from recall.bench import index_choice
+from recall.core.errors import ConfigError
 
 
 def test_index_bench_measures_every_candidate(tmp_path):
@@ -28,3 +31,9 @@ def test_index_bench_measures_every_candidate(tmp_path):
     again = index_choice.run([400], None, n_queries=12, cache=tmp_path / "cache", hnsw_max=0)
     assert again["rows"][0]["recall_at_8"] == 1.0
     assert len(list((tmp_path / "cache").glob("keys-*.npy"))) == 1  # the first 600 keys were read from it
+
+
+def test_index_bench_refuses_sizes_too_small_to_measure_updates(tmp_path):
+    with pytest.raises(ConfigError, match="at least 400"):
+        index_choice.run([399, 1000], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
