@@ -36,7 +36,7 @@ from recall.core.requests import EditRequest
 from recall.methods import alphaedit, ffn_patch, ft_l, memit, mend, rome, tpatcher
 from recall.methods.edit_requests import context_templates
 from recall.methods.hparams import HyperParams
-from recall.methods.layer_stats import StatsCache
+from recall.methods.layer_stats import StatsCache, corpus_names
 from recall.methods.weights import distance, restore, snapshot_parameters
 
 __all__ = [
@@ -337,7 +337,7 @@ class TPatcherEditor(ParameterEditor):
     def prepare(self) -> None:
         if self.memory.generic is None:
             self.memory.generic = tpatcher.collect_memory(self.model, self.tok, self.spec, self.hparams)
-            self.names = tpatcher.corpus_names()
+            self.names = corpus_names()
 
     def write(self, requests: list[EditRequest]) -> dict[str, torch.Tensor]:
         self.prepare()
@@ -370,14 +370,19 @@ class MENDEditor(ParameterEditor):
     hparams_class = mend.MENDHyperParams
     sequential = True
     network: mend.EditorNetwork | None = None  # loaded by prepare(), then per instance
+    names: list[str] | None = None  # other subjects for hparams.neighbor_prompts
 
     def prepare(self) -> None:
         if self.network is None:
             self.network = mend.load_network(self.model, self.spec, self.hparams)
+        if self.names is None and self.hparams.neighbor_prompts:
+            self.names = corpus_names()
 
     def write(self, requests: list[EditRequest]) -> dict[str, torch.Tensor]:
         self.prepare()
-        _, weights_copy = mend.apply(self.model, self.tok, self.spec, requests, self.hparams, self.network)
+        _, weights_copy = mend.apply(
+            self.model, self.tok, self.spec, requests, self.hparams, self.network, self.names
+        )
         return weights_copy
 
 

@@ -28,6 +28,25 @@ function of the network's output; :func:`edited_outputs` adds ``x Δᵀ`` to eac
 module's output through forward hooks, which is (W + Δ) x, per row, so several edits, each
 with its own Δ, share one forward pass.
 
+**The step, searched per edit** (our addition; ``scale_grid``). With one fixed ``lr_scale``,
+easy edits get the step the hardest ones need, and the surplus moves other subjects' answers of
+the same relation (the neighborhood). Instead the change is written at the smallest multiple
+in ``scale_grid`` at which the edit prompt prefers the new target over the old answer by
+``target_margin`` nats of mean token log-probability (the old answer: the request's
+``target_true``, else the model's own greedy continuation before the edit); the largest when
+none does. One forward pass per tried step (section 23 of docs/experiments.md).
+
+**What other subjects keep** (our addition; ``neighbor_prompts``). Part of the network's change
+acts on inputs that every prompt of the relation shares (the template's tokens, the first
+position), so it also moves other subjects' answers (CounterFact's neighborhood). Before the
+step search, ΔW_ℓ loses its action on the span of the inputs K (N × d_in) the edited layer sees
+on the edit's prompt and target with the subject replaced by ``neighbor_prompts`` other names
+(T-Patcher's negatives, :func:`layer_stats.corpus_names`):
+
+    ΔW ← ΔW (I − Kᵀ (K Kᵀ + λ I)⁻¹ K),   λ = ``neighbor_ridge`` · mean ‖k‖²
+
+What is left keys on what only this subject's tokens carry.
+
 A trained network belongs to one base model (keyed by :func:`layer_stats.model_fingerprint`):
 the one for the embedded SmolLM2 ships in ``recall/data/mend``; ``recall mend train`` writes
 others to the user cache, where :func:`load_network` finds them.
@@ -37,6 +56,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -52,7 +72,7 @@ from recall.core.lm import RowPlan, teacher_forced_batch
 from recall.core.models import cache_root
 from recall.methods.edit_requests import EditRequest
 from recall.methods.hparams import HyperParams
-from recall.methods.layer_stats import model_fingerprint
+from recall.methods.layer_stats import corpus_names, model_fingerprint
 from recall.methods.nethook import Trace, TraceDict, get_weight
 from recall.methods.weights import add_update, as_key_value
 
@@ -89,13 +109,24 @@ class MENDHyperParams(HyperParams):
     lr_scale: float = 1.25  # multiplies α_ℓ at edit time (chosen on val; ROME's MEND wrapper: 1.0)
     # a trained network's folder; None: the shipped one, else the user cache, for this base model
     network: str | None = None
+    # the step search (module doc): multiples of lr_scale tried in order; None = always lr_scale
+    scale_grid: list[float] | None = None
+    target_margin: float = 2.0  # nats of mean log-prob, new target over the old answer
+    # prompts with the subject replaced whose inputs the change must leave alone (module doc); 0 = off
+    neighbor_prompts: int = 0
+    neighbor_ridge: float = 0.1
     training: MENDTraining = field(default_factory=MENDTraining)
 
     def __post_init__(self) -> None:
         if isinstance(self.training, dict):
             self.training = MENDTraining(**self.training)
+        if self.neighbor_prompts < 0 or self.neighbor_ridge <= 0:
+            raise ValueError("mend: neighbor_prompts must be >= 0 and neighbor_ridge positive")
         if self.rank < 1 or self.edit_lr <= 0 or self.lr_scale < 0:
             raise ValueError("mend: rank and edit_lr must be positive, lr_scale non-negative")
+        if self.scale_grid is not None and (not self.scale_grid or any(
+                b <= a for a, b in zip(self.scale_grid, self.scale_grid[1:])) or self.scale_grid[0] <= 0):
+            raise ValueError(f"mend: scale_grid must be positive and increasing, got {self.scale_grid}")
 
 
 # -- the editor network -------------------------------------------------------------------------
@@ -306,19 +337,78 @@ def estimate_offset(model: nn.Module, tok, network: EditorNetwork, requests: Seq
 # -- applying ----------------------------------------------------------------------------------
 
 
-def apply(model, tok, spec, requests: list[EditRequest], hparams: MENDHyperParams, network: EditorNetwork):
-    """Write ``requests`` into ``model`` in place, one after another; returns ``(model, weights_copy)``."""
+def apply(
+    model, tok, spec, requests: list[EditRequest], hparams: MENDHyperParams, network: EditorNetwork,
+    names: list[str] | None = None,
+):
+    """Write ``requests`` into ``model`` in place, one after another; returns ``(model, weights_copy)``.
+    ``names``: the other subjects for ``neighbor_prompts`` (default :func:`layer_stats.corpus_names`)."""
     modules = list(network.module_names)
+    if names is None and hparams.neighbor_prompts:
+        names = corpus_names()
     weights_copy = {f"{m}.weight": get_weight(model, m).detach().clone() for m in modules}
     network.eval()
     for req in requests:
         (factors,) = edit_factors(model, tok, modules, [req])
         if any(u.shape[0] == 0 for u, _ in factors.values()):
             continue  # nothing to move: every target token is already certain
+        old = None if hparams.scale_grid is None else (req.target_true or greedy_answer(model, tok, req))
         with torch.no_grad():
-            for name, delta in network.deltas(factors, hparams.lr_scale).items():
-                add_update(model, spec, name, delta)
+            changes = network.deltas(factors, hparams.lr_scale)
+            keys = neighbor_keys(model, tok, modules, req, names or [], hparams.neighbor_prompts)
+            if keys is not None:
+                changes = {m: without_keys(delta, keys[m], hparams.neighbor_ridge) for m, delta in changes.items()}
+            written = 0.0
+            for step in hparams.scale_grid or [1.0]:
+                for name, delta in changes.items():
+                    add_update(model, spec, name, (step - written) * delta)
+                written = step
+                if old is not None and target_margin(model, tok, req.prompt, req.target, old) >= hparams.target_margin:
+                    break
     return model, weights_copy
+
+
+def neighbor_keys(model, tok, modules: list[str], req: EditRequest, names: list[str], k: int):
+    """Per module, its inputs (N × d_in) at every token of the edit's prompt and target with the
+    subject replaced by ``k`` other names (seeded by the prompt); None when there is nothing to
+    replace."""
+    others = [n for n in names if n != req.subject]
+    if not k or not others or not req.subject or req.subject not in req.prompt:
+        return None
+    picked = random.Random(req.prompt).sample(others, min(k, len(others)))
+    plans = [RowPlan(req.prompt.replace(req.subject, name)) for name in picked]
+    inputs, mask, _ = teacher_forced_batch(model, tok, plans, [req.target] * len(plans))
+    with torch.no_grad(), TraceDict(model, modules, retain_input=True) as tr:
+        model(**inputs, attention_mask=mask)
+    keep = mask.bool()
+    return {m: tr[m].input[keep].double() for m in modules}
+
+
+def without_keys(delta: torch.Tensor, keys: torch.Tensor, ridge: float) -> torch.Tensor:
+    """ΔW (I − Kᵀ (K Kᵀ + λ I)⁻¹ K), λ = ``ridge`` · mean ‖k‖²: ΔW without its action on span(K)."""
+    d = delta.double().to(keys.device)
+    gram = keys @ keys.T
+    lam = ridge * float(gram.diagonal().mean())
+    eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    return (d - (d @ keys.T) @ torch.linalg.solve(gram + lam * eye, keys)).to(delta.dtype).to(delta.device)
+
+
+def greedy_answer(model, tok, req: EditRequest) -> str:
+    """What the model says after the prompt now, as many tokens as the target has."""
+    ids = tok(req.prompt, return_tensors="pt").input_ids.to(model.device)
+    n = len(tok(" " + req.target.strip()).input_ids)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip() or tok.eos_token
+
+
+def target_margin(model, tok, prompt: str, new: str, old: str) -> float:
+    """Mean token log-prob of ``new`` minus that of ``old``, each after ``prompt``."""
+    inputs, mask, spans = teacher_forced_batch(model, tok, [RowPlan(prompt)] * 2, [new, old])
+    with torch.no_grad():
+        nll = target_nll(model(**inputs, attention_mask=mask).logits, spans)
+    return float(nll[1] - nll[0])
 
 
 # -- storage -----------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ neuron under zero changes nothing.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -40,7 +39,7 @@ from recall.core.lm import unembed
 from recall.methods import ffn_patch
 from recall.methods.edit_requests import EditRequest, pad_rows, prompt_row
 from recall.methods.hparams import HyperParams
-from recall.methods.layer_stats import generic_texts
+from recall.methods.layer_stats import corpus_names, generic_texts
 from recall.methods.nethook import Trace, run_until
 from recall.methods.weights import snapshot_parameters
 
@@ -120,15 +119,6 @@ def collect_memory(model, tok, spec, hparams: TPatcherHyperParams, progress: boo
             break
     bar.close()
     return torch.cat(rows)[: hparams.memory_tokens]
-
-
-_NAME = re.compile(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+){1,2}\b")
-
-
-def corpus_names() -> list[str]:
-    """Capitalized two- and three-word names in the shipped generic corpus (people, places,
-    organizations: 564 of them), sorted: the other subjects of :func:`neighbor_inputs`."""
-    return sorted({m.group(0) for text in generic_texts("stats") for m in _NAME.finditer(text)})
 
 
 @torch.no_grad()

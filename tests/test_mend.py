@@ -23,7 +23,8 @@ from recall.methods import mend
 from recall.methods.consolidation import mean_logprob
 from recall.methods.editor import make_editor
 from recall.methods.layer_stats import model_fingerprint
-from recall.methods.weights import add_update
+from recall.methods.nethook import get_weight
+from recall.methods.weights import add_update, as_key_value, restore
 from recall.training import mend_training
 from recall.training.recipe_training import Record
 
@@ -203,3 +204,70 @@ def test_a_composed_batch_of_one_is_the_single_edit_loss(tiny):
     separate, _ = mend.edit_loss_terms(model, tok, net, two, 1.0, 0.25)
     summed, _ = mend.edit_loss_terms(model, tok, net, two, 1.0, 0.25, compose=True)
     assert not torch.allclose(separate, summed)
+
+
+def test_the_step_search_writes_the_smallest_step_that_lands(loaded_model):
+    """With ``scale_grid``, the shipped network's change is written at the first step of the
+    grid at which the edit prompt prefers the new target by ``target_margin`` nats over the
+    old answer (the request's target_true, else what the model said before the edit)."""
+    model, tok, spec = loaded_model
+    editor = make_editor("mend", model, tok, spec, overrides={"lr_scale": 1.0, "scale_grid": [0.25, 0.5, 1.0, 2.0],
+                                                              "target_margin": 1.0, "neighbor_prompts": 0})
+    editor.prepare()
+    req = EditRequest(FACT_PROMPT, FACT_SUBJECT, "English", target_true="French")
+    (factors,) = mend.edit_factors(model, tok, editor.network.module_names, [req])
+    with torch.no_grad():
+        change = editor.network.deltas(factors, 1.0)
+    original = editor.snapshot()
+
+    def margin_at(step: float) -> float:
+        for name, delta in change.items():
+            add_update(model, spec, name, step * delta)
+        value = mend.target_margin(model, tok, req.prompt, "English", "French")
+        restore(model, original)
+        return value
+
+    margins = {step: margin_at(step) for step in (0.25, 0.5, 1.0, 2.0)}
+    chosen = next((s for s, m in margins.items() if m >= 1.0), 2.0)
+    result = editor.apply([req])
+    module = editor.modules[0]
+    written = get_weight(model, module) - result.weights_copy[f"{module}.weight"]
+    expected = chosen * change[module]
+    assert torch.allclose(as_key_value(written, spec.conv1d), expected.to(written.dtype), atol=1e-5)
+    assert mend.target_margin(model, tok, req.prompt, "English", "French") == pytest.approx(margins[chosen], abs=1e-3)
+    editor.undo(result)
+
+    # a margin no step reaches writes the largest step; no target_true: the model's own answer
+    far = make_editor("mend", model, tok, spec, overrides={"lr_scale": 1.0, "scale_grid": [0.5, 1.0],
+                                                           "target_margin": 1e9, "neighbor_prompts": 0})
+    far.network = editor.network
+    result = far.apply([EditRequest(FACT_PROMPT, FACT_SUBJECT, "English")])
+    written = get_weight(model, module) - result.weights_copy[f"{module}.weight"]
+    assert torch.allclose(as_key_value(written, spec.conv1d), change[module].to(written.dtype), atol=1e-5)
+    far.undo(result)
+    assert mend.greedy_answer(model, tok, req)  # non-empty text
+
+    for bad in ([], [1.0, 0.5], [0.0, 1.0]):
+        with pytest.raises(ValueError, match="scale_grid"):
+            make_editor("mend", model, tok, spec, overrides={"scale_grid": bad})
+
+
+def test_the_change_leaves_other_subjects_inputs_alone(loaded_model):
+    """With ``neighbor_prompts``, the written change has (almost) no action on the inputs its
+    layers see when the edit's prompt names another subject, and still moves the edit."""
+    model, tok, spec = loaded_model
+    editor = make_editor("mend", model, tok, spec, overrides={"neighbor_prompts": 16, "neighbor_ridge": 1e-3})
+    editor.prepare()
+    req = EditRequest(FACT_PROMPT, FACT_SUBJECT, "English", target_true="French")
+    keys = mend.neighbor_keys(model, tok, editor.modules, req, editor.names, 16)
+    assert keys is not None and all(k.shape[0] >= 16 * 8 for k in keys.values())
+    lp_before = mean_logprob(model, tok, [req.prompt], [req.target])[0]
+    result = editor.apply([req])
+    for module in editor.modules:
+        written = as_key_value(get_weight(model, module) - result.weights_copy[f"{module}.weight"], spec.conv1d)
+        k = keys[module].float()
+        assert (written.float() @ k.T).norm() < 0.05 * written.norm() * k.norm(dim=1).mean() * len(k) ** 0.5
+    assert mean_logprob(model, tok, [req.prompt], [req.target])[0] > lp_before
+    editor.undo(result)
+    no_subject = EditRequest("Who is she?", None, "x")
+    assert mend.neighbor_keys(model, tok, editor.modules, no_subject, editor.names, 16) is None

@@ -4,6 +4,7 @@ real (query, edit) pairs through a real Runtime."""
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -12,7 +13,13 @@ import pytest
 
 from recall.gate import Gate, GateParams, PairFeatures
 from recall.relation import RelationScorer, edit_text, mask_names, pair_texts
-from recall.training.relation_training import FORMS_FILE, best_threshold, load_inventory
+from recall.training.relation_training import (
+    FORMS_FILE,
+    best_threshold,
+    conversation_pairs,
+    load_conversations,
+    load_inventory,
+)
 
 
 def test_mask_names_masks_every_written_form_longest_first():
@@ -125,3 +132,50 @@ def test_form_pairs_end_the_edit_side_with_an_answer_of_its_relation():
     shipped = json.loads(ANSWERS_FILE.read_text(encoding="utf-8"))["answers"]
     forms = json.loads(FORMS_FILE.read_text(encoding="utf-8"))["relations"]
     assert set(shipped) == set(forms) and all(len(v) >= 8 for v in shipped.values())
+
+
+def test_training_conversations_are_well_formed_and_apart_from_the_evaluation_sets():
+    """The hand-written training conversations have the dev set's schema, name their subject in
+    nearly every query (a few misspell it, "edisons", as people do; the lexicon does not find
+    those, so their pairs are dropped), and share no subject with the validation or dev sets
+    (those measure what the training did not see)."""
+    records = load_conversations()
+    assert len(records) >= 250
+    held_apart, unnamed, texts = set(), 0, 0
+    for name in ("conversations_dev.jsonl", "conversations_val.jsonl"):
+        for line in (Path(__file__).parents[1] / "bench" / "data" / name).read_text().splitlines():
+            r = json.loads(line)
+            held_apart |= {n.casefold() for n in [r["subject"], *r.get("aliases", [])]}
+    for r in records:
+        names = [r["subject"], *r.get("aliases", [])]
+        assert not {n.casefold() for n in names} & held_apart, r["id"]
+        assert len(r["paraphrases"]) == 4 and len(r["same_subject_other_relation"]) == 4, r["id"]
+        for text in [p["text"] for p in r["paraphrases"]] + [q["text"] for q in r["same_subject_other_relation"]]:
+            unnamed += mask_names(text, names) == text
+            texts += 1
+        assert r["edit"]["target"] not in {q["answer"] for q in r["same_subject_other_relation"]}, r["id"]
+    assert unnamed <= 0.02 * texts
+
+
+def test_conversation_pairs_label_paraphrases_and_other_relations():
+    record = {
+        "id": "t-1", "subject": "Frida Kahlo", "aliases": ["Kahlo"], "relation": "birthplace",
+        "edit": {"prompt": "Where was Frida Kahlo born?", "target": "Lima"},
+        "paraphrases": [{"form": "chat", "text": "kahlo's hometown?? which city"},
+                        {"form": "cloze", "text": "Frida Kahlo was born in"}],
+        "same_subject_other_relation": [{"text": "Who was Frida Kahlo married to?", "answer": "Diego Rivera"}],
+        "same_relation_other_subject": [
+            {"text": "Where was Diego Rivera born?", "answer": "Guanajuato"},
+            {"text": "Where was Kahlo's sister Cristina Kahlo born?", "answer": "Coyoacán"},
+        ],
+        "follow_up": {"setup": "Tell me about Frida Kahlo.", "reply": "She was a Mexican painter.",
+                      "question": "Where was she born?"},
+    }
+    pairs = conversation_pairs([record], random.Random(0))
+    by_query = {(p.edit, p.query): p.label for p in pairs}
+    assert by_query[("Where was X born?", "X's hometown?? which city")] == 1
+    assert by_query[("Where was X born?", "Where was X born?")] == 1  # the follow-up, pronoun resolved
+    assert by_query[("Where was X born?", "Who was X married to?")] == 0
+    assert by_query[("Where was X born?", "Where was X's sister Cristina X born?")] == 0
+    assert all("Diego Rivera born" not in p.query for p in pairs)  # no name of the edit: never asked
+    assert {p.label for p in pairs if p.edit == "X was born in"} == {0, 1}

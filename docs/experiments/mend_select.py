@@ -6,7 +6,10 @@ ES/PS/NS as the benchmark computes them.
 
     python docs/experiments/mend_select.py '/tmp/mend_full2/steps/800,/tmp/mend_full2/steps/1*' '[0.75, 1.0]' 150
 
-Prints one JSON line per (network, lr_scale), after the unedited scores.
+The second argument lists lr_scales or override dicts (``'[{"lr_scale": 1.0, "scale_grid": [0.5, 1, 2],
+"target_margin": 3}]'``); ``shipped`` as the first argument uses the shipped network; an optional
+fourth argument is the first case (default 60). Prints one JSON line per (network, setting),
+after the unedited scores.
 """
 
 from __future__ import annotations
@@ -34,22 +37,25 @@ def mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def main() -> None:
     folders = sorted({f for pattern in sys.argv[1].split(",") for f in glob.glob(pattern)}, key=lambda p: (len(p), p))
+    folders = [None] if sys.argv[1] == "shipped" else folders
     scales, n = json.loads(sys.argv[2]), int(sys.argv[3])
+    start = int(sys.argv[4]) if len(sys.argv) > 4 else 60
     lm, tok, spec = load_model()
     cases = load_cases(DATA / VAL_FILE, "counterfact", skip_invalid=True)
     random.Random(0).shuffle(cases)  # the training run's shuffle (seed 0); it validated on the first 60
-    cases = cases[60 : 60 + n]
+    cases = cases[start : start + n]
     print(json.dumps({"network": None, "n": len(cases), **mean(counterfact_success(lm, tok, cases))}), flush=True)
     for folder in folders:
         for scale in scales:
-            editor = make_editor("mend", lm, tok, spec, overrides={"network": folder, "lr_scale": scale})
+            setting = scale if isinstance(scale, dict) else {"lr_scale": scale}
+            editor = make_editor("mend", lm, tok, spec, overrides={"network": folder, **setting})
             original = editor.snapshot()
             rows = []
             for case in cases:
                 editor.apply(requests_of([case]))
                 rows += counterfact_success(lm, tok, [case])
                 restore(lm, original)
-            print(json.dumps({"network": folder, "lr_scale": scale, **mean(rows)}), flush=True)
+            print(json.dumps({"network": folder, **setting, **mean(rows)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -46,13 +46,16 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
+from recall.core.chat import scope_query
 from recall.core.models import default_encoder_path, pick_device
 from recall.core.text import SUBJECT_MASK
 from recall.index import TextEncoder
-from recall.relation import MeanPoolHead, edit_text, mask_names, pair_logits, tokenize_pairs
+from recall.relation import MeanPoolHead, edit_text, mask_names, pair_logits, pair_texts, tokenize_pairs
 
 FORMS_FILE = Path(__file__).with_name("relation_forms.json")
 ANSWERS_FILE = Path(__file__).with_name("relation_answers.json")
+# hand-written conversations (the dev set's schema), written for training only
+CONVERSATIONS_FILE = Path(__file__).with_name("conversations_train.jsonl")
 # the linear layers of a BERT-style encoder that get low-rank updates (templates over layers)
 TARGETS = ("encoder.layer.{}.attention.self.query", "encoder.layer.{}.attention.self.key",
            "encoder.layer.{}.attention.self.value", "encoder.layer.{}.attention.output.dense",
@@ -89,6 +92,12 @@ class RelationHParams:
     # the edit's side ends with its answer (recall.relation.edit_text); tried in stop 28 and not
     # shipped (docs/experiments.md section 17), so off: the default reproduces the shipped scorer
     with_answer: bool = False
+    # pairs from the hand-written training conversations (CONVERSATIONS_FILE), each used this
+    # many times; a held-out fraction of the conversations joins the threshold's pairs. Tried in
+    # stop 34 with 2 and not shipped (docs/experiments.md section 24: better on the validation
+    # and dev sets, zsRE chat paraphrases .88 -> .82), so off: the default reproduces the shipped scorer
+    conversation_repeat: int = 0
+    conversation_held_out_frac: float = 0.15
     seed: int = 0
 
     @classmethod
@@ -269,6 +278,46 @@ def knowedit_rel_pairs(records: list[dict], with_answer: bool = False) -> list[R
     return pairs
 
 
+def conversation_pairs(records: list[dict], rng: random.Random, with_answer: bool = False) -> list[RelPair]:
+    """Pairs from hand-written conversations (the schema of ``bench/data/conversations_dev.jsonl``).
+    The edit's side is its prompt or one of its paraphrases (users state corrections in any form).
+    Positives: another paraphrase, and the pronoun follow-up as the chat path resolves it
+    (:func:`recall.core.chat.scope_query`). Negatives: the same subject asked another relation,
+    and the same relation asked about a longer name that contains the subject's ("X Hilton").
+    Only queries in which a name of the edit occurs are kept: the gate asks the scorer nothing else."""
+    pairs: list[RelPair] = []
+    for r in records:
+        names = [r["subject"], *r.get("aliases", [])]
+        answer = r["edit"]["target"] if with_answer else None
+        sides = [r["edit"]["prompt"]] + [p["text"] for p in r["paraphrases"]]
+        turn = r["follow_up"]
+        found = [n for n in names if mask_names(turn["setup"], [n]) != turn["setup"]]
+        follow = scope_query([{"role": "user", "content": turn["setup"]},
+                              {"role": "assistant", "content": turn["reply"]},
+                              {"role": "user", "content": turn["question"]}], lambda _text, found=found: found)
+        others = [q["text"] for q in r["same_subject_other_relation"]]
+        traps = [q["text"] for q in r["same_relation_other_subject"]]
+        wanted = [(sides[0], q, 1, "conv_paraphrase") for q in sides[1:] + [follow]]
+        wanted += [(sides[0], q, 0, "conv_same_subject") for q in others]
+        wanted += [(sides[0], q, 0, "conv_longer_name") for q in traps]
+        for i, side in enumerate(sides[1:], 1):
+            rest = [x for j, x in enumerate(sides) if j != i] + [follow]
+            wanted.append((side, rng.choice(rest), 1, "conv_paraphrase"))
+            wanted.append((side, rng.choice(others), 0, "conv_same_subject"))
+        for edit, query, label, group in wanted:
+            e, q = pair_texts(edit, query, names, answer)
+            if _MASKED.search(e) and _MASKED.search(q):  # the gate asks the scorer nothing else
+                pairs.append(RelPair(e, q, label, group))
+    return pairs
+
+
+_MASKED = re.compile(rf"(?<!\w){re.escape(SUBJECT_MASK)}(?!\w)")
+
+
+def load_conversations(path: Path = CONVERSATIONS_FILE) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def build_pairs(data_dir: Path, hp: RelationHParams, encoder: TextEncoder,
                 inv: dict[str, dict]) -> tuple[list[RelPair], list[RelPair], list[str]]:
     """(train pairs, held-out-relation validation pairs, held-out relation names) from the
@@ -301,6 +350,13 @@ def build_pairs(data_dir: Path, hp: RelationHParams, encoder: TextEncoder,
         path = data_dir / "knowedit" / name
         if path.exists():
             train += knowedit_rel_pairs(json.loads(path.read_text()), hp.with_answer)
+    if hp.conversation_repeat > 0 and CONVERSATIONS_FILE.exists():
+        convs = load_conversations()
+        random.Random(hp.seed + 2).shuffle(convs)
+        n_held = int(len(convs) * hp.conversation_held_out_frac)
+        for _ in range(hp.conversation_repeat):
+            train += conversation_pairs(convs[n_held:], rng, hp.with_answer)
+        val += conversation_pairs(convs[:n_held], random.Random(hp.seed + 3), hp.with_answer)
     rng.shuffle(train)
     return train, val, held
 
@@ -410,8 +466,9 @@ def train(data_dir: str | Path, out: str | Path, report: str | Path | None = Non
     val_labels = np.array([p.label for p in val_pairs])
     threshold, val_bal = best_threshold(val_probs, val_labels)
     recipe = (f"{len(train_pairs)} train pairs ({hp.n_form_pairs} from the forms of {n_relations - len(held)} "
-              f"relations, the rest from the CounterFact/zsRE/KnowEdit train splits); threshold on "
-              f"{len(val_pairs)} pairs whose edit relation was held out ({', '.join(held)})")
+              f"relations, the rest from the CounterFact/zsRE/KnowEdit train splits and the hand-written training "
+              f"conversations); threshold on {len(val_pairs)} pairs: those whose edit relation was held out "
+              f"({', '.join(held)}) and those of the held-out training conversations")
     state = {
         "deltas": {f"{n}.{k}": getattr(m, k).detach().cpu().to(torch.float16).contiguous()
                    for n, m in wrapped.items() for k in ("A", "B")},
