@@ -70,6 +70,7 @@ from recall.core import resources
 from recall.core.errors import EditorNotTrainedError
 from recall.core.lm import RowPlan, teacher_forced_batch
 from recall.core.models import cache_root
+from recall.methods.consolidation import mean_logprob, previous_answers
 from recall.methods.edit_requests import EditRequest
 from recall.methods.hparams import HyperParams
 from recall.methods.layer_stats import corpus_names, model_fingerprint
@@ -352,7 +353,9 @@ def apply(
         (factors,) = edit_factors(model, tok, modules, [req])
         if any(u.shape[0] == 0 for u, _ in factors.values()):
             continue  # nothing to move: every target token is already certain
-        old = None if hparams.scale_grid is None else (req.target_true or greedy_answer(model, tok, req))
+        old = None
+        if hparams.scale_grid is not None:  # what the step must beat: the true answer, else the model's own
+            old = req.target_true or previous_answers(model, tok, [req])[0].strip() or tok.eos_token
         with torch.no_grad():
             changes = network.deltas(factors, hparams.lr_scale)
             keys = neighbor_keys(model, tok, modules, req, names or [], hparams.neighbor_prompts)
@@ -393,22 +396,10 @@ def without_keys(delta: torch.Tensor, keys: torch.Tensor, ridge: float) -> torch
     return (d - (d @ keys.T) @ torch.linalg.solve(gram + lam * eye, keys)).to(delta.dtype).to(delta.device)
 
 
-def greedy_answer(model, tok, req: EditRequest) -> str:
-    """What the model says after the prompt now, as many tokens as the target has."""
-    ids = tok(req.prompt, return_tensors="pt").input_ids.to(model.device)
-    n = len(tok(" " + req.target.strip()).input_ids)
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip() or tok.eos_token
-
-
 def target_margin(model, tok, prompt: str, new: str, old: str) -> float:
     """Mean token log-prob of ``new`` minus that of ``old``, each after ``prompt``."""
-    inputs, mask, spans = teacher_forced_batch(model, tok, [RowPlan(prompt)] * 2, [new, old])
-    with torch.no_grad():
-        nll = target_nll(model(**inputs, attention_mask=mask).logits, spans)
-    return float(nll[1] - nll[0])
+    lp_new, lp_old = mean_logprob(model, tok, [prompt, prompt], [new, old])
+    return lp_new - lp_old
 
 
 # -- storage -----------------------------------------------------------------------------------

@@ -25,13 +25,11 @@ import torch
 from recall.bench.consolidation import counterfact_success
 from recall.bench.editors import requests_of
 from recall.core.datasets import load_cases
-from recall.core.lm import RowPlan, teacher_forced_batch
 from recall.core.models import load_model
 from recall.methods import mend
 from recall.methods.alphaedit import null_space_projector
 from recall.methods.editor import make_editor
 from recall.methods.layer_stats import StatsCache, corpus_names
-from recall.methods.nethook import TraceDict
 from recall.methods.weights import add_update, restore
 from recall.training.mend_training import VAL_FILE
 
@@ -40,35 +38,6 @@ DATA = Path("../shared/data")
 
 def mean(rows):
     return {k: round(sum(r[k] for r in rows) / len(rows), 3) for k in ("es", "ps", "ns")}
-
-
-def margin(lm, tok, req) -> float:
-    """Mean log-prob of the new target minus that of the true one, on the edit prompt."""
-    inputs, mask, spans = teacher_forced_batch(lm, tok, [RowPlan(req.prompt)] * 2, [req.target, req.target_true])
-    with torch.no_grad():
-        nll = mend.target_nll(lm(**inputs, attention_mask=mask).logits, spans)
-    return float(nll[1] - nll[0])
-
-
-def swapped_keys(lm, tok, names_pool, req, modules, k=32):
-    """Inputs of ``modules`` at every token of the edit's prompt + target with the subject
-    replaced by ``k`` other names (rows: N x d_in per module)."""
-    others = random.Random(req.prompt).sample([n for n in names_pool if n != req.subject], k)
-    plans = [RowPlan(req.prompt.replace(req.subject, n)) for n in others]
-    inputs, mask, _ = teacher_forced_batch(lm, tok, plans, [req.target] * k)
-    with torch.no_grad(), TraceDict(lm, modules, retain_input=True) as tr:
-        lm(**inputs, attention_mask=mask)
-    keep = mask.bool()
-    return {m: tr[m].input[keep].double() for m in modules}
-
-
-def without_keys(delta, keys, eps):
-    """ΔW minus its action on the span of ``keys`` (ridge projection, λ = eps · mean ‖k‖²)."""
-    d = delta.double()
-    gram = keys @ keys.T
-    lam = eps * float(gram.diagonal().mean())
-    proj = keys.T @ torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), keys)
-    return (d - d @ proj).float()
 
 
 GRID = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -102,8 +71,8 @@ def main() -> None:
                 if kind in ("adapt", "swap") and all(u.shape[0] > 0 for u, _ in factors.values()):
                     changes = net.deltas(factors, 1.0)
                     if kind == "swap":
-                        keys = swapped_keys(lm, tok, pool, req, names)
-                        changes = {m: without_keys(d, keys[m], value) for m, d in changes.items()}
+                        keys = mend.neighbor_keys(lm, tok, names, req, pool, 32)
+                        changes = {m: mend.without_keys(d, keys[m], value) for m, d in changes.items()}
                         value_margin = 2.0
                     else:
                         value_margin = value
@@ -112,7 +81,7 @@ def main() -> None:
                         for name, delta in changes.items():
                             add_update(lm, spec, name, (s - done) * delta)
                         done = s
-                        if margin(lm, tok, req) >= value_margin:
+                        if mend.target_margin(lm, tok, req.prompt, req.target, req.target_true) >= value_margin:
                             break
                 elif all(u.shape[0] > 0 for u, _ in factors.values()):
                     with torch.no_grad():
