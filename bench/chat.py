@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from recall.bench.editors import EDITORS, Editor, make_editor
 from recall.core.datasets import EditCase, load_cases
+from recall.core.edits import ANSWER_KINDS
 from recall.core.models import load_model
 from recall.core.reporting import machine_info, md_table, pick_threads, pyplot, torch_threads
 from recall.core.requests import EditRequest
@@ -191,7 +192,7 @@ def firing(editor: Editor, cases: list[ChatCase]) -> dict[str, float]:
     text (``Runtime.render_chat``: the current turn, pronouns resolved against the previous one)
     through ``Runtime.explain``, as the chat path does."""
     rt = editor.runtime()
-    ids = {e.payload.get("prompt"): e.id for e in rt.edits() if e.kind == "fact"}
+    ids = {e.payload.get("prompt"): e.id for e in rt.edits() if e.kind in ANSWER_KINDS}
     rates: dict[str, list[bool]] = {}
     for case in cases:
         own = ids.get(case.prompt)

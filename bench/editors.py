@@ -11,8 +11,9 @@ the flag they pass to it. All share one loaded model and encoder (``Runtime.from
   the gate of stored facts), ``recall-decode`` (answer-first decoding everywhere),
   ``recall-slot`` (decoding biased at the answer slot everywhere),
   ``recall-context`` and ``recall-both`` (context injection, and context plus decoding);
-- ``recall-prompt``: every edit a continuous-prompt edit (RECIPE: trained encoder, sentinel,
-  generated prefix); ``recall-codebook``: every edit a GRACE codebook entry;
+- ``recall-prompt``: every edit a continuous-prompt edit (RECIPE's generated prefix, tuned on
+  the edit at add time, scoped by the default gate); ``recall-prompt-sentinel``: the same with
+  RECIPE's knowledge sentinel as the gate; ``recall-codebook``: every edit a GRACE codebook entry;
 - ``ike``: in-context editing: every stored fact prepended, no gate (gate="always",
   injection="context");
 - the weight editors of :data:`recall.methods.editor.EDITORS` (``rome``, ``memit``,
@@ -34,6 +35,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from recall.core.datasets import EditCase, requests_of
+from recall.core.edits import ANSWER_KINDS
 from recall.gate import DEFAULT_GATE
 from recall.inject import DEFAULT_INJECTION
 from recall.methods import editor as weight_editors
@@ -54,6 +56,7 @@ RUNTIME_VARIANTS = {
     "recall-context": (DEFAULT_GATE, "context", "fact"),
     "recall-both": (DEFAULT_GATE, "both", "fact"),
     "recall-prompt": (DEFAULT_GATE, DEFAULT_INJECTION, "prompt"),
+    "recall-prompt-sentinel": ("sentinel", DEFAULT_INJECTION, "prompt"),
     "recall-codebook": (DEFAULT_GATE, DEFAULT_INJECTION, "codebook"),
     "ike": ("always", "context", "fact"),
 }
@@ -127,7 +130,7 @@ class RuntimeEditor(_StoreEditor):
         rt = self.runtime()
         for case in cases:
             for r in requests_of([case]):
-                names = {"aliases": list(r.aliases)} if r.aliases and self.kind == "fact" else {}
+                names = {"aliases": list(r.aliases)} if r.aliases and self.kind in ANSWER_KINDS else {}
                 rt.add_edit(
                     self.kind, prompt=r.prompt, target=r.target, subject=r.subject, provenance=case.case_id, **names
                 )

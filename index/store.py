@@ -52,7 +52,7 @@ from typing import Any, TypeVar
 import lmdb
 import numpy as np
 
-from recall.core.edits import Edit
+from recall.core.edits import ANSWER_KINDS, Edit
 from recall.core.errors import EditNotFoundError, SchemaVersionError, StoreCorruptError, StoreError, StoreLockedError
 from recall.core.text import normalize
 
@@ -63,7 +63,9 @@ _MAP_MAX = 1 << 40
 # keep in step, so a recall that reads only layout 1 refuses a layout-2 store instead of writing
 # to it without them. Records carry their own schema (recall.core.edits.SCHEMA_VERSION).
 STORE_SCHEMA = 2
-LOOKUP_VERSION = 1  # meta "lookups": the names/special sub-databases are built and kept
+# meta "lookups": the names/special sub-databases are built and kept; 2: prompt edits with a
+# subject are in the lexicon (they are scoped like facts), not in ``special``
+LOOKUP_VERSION = 2
 _NAME_KEY_MAX = 400  # bytes; LMDB keys are limited to 511, so longer names are hashed
 # LMDB errors that mean the files are damaged; anything else at open is the system refusing
 # (address space, locks, permissions) and is reported as such
@@ -95,9 +97,10 @@ def _name_key(norm_name: str) -> bytes:
 
 
 def _lexicon_names(edit: Edit) -> set[str] | None:
-    """The normalized names under which ``edit`` is in the subject lexicon (a fact with a
-    subject: its subject and aliases), or None for an edit that goes to ``special`` instead."""
-    if edit.kind != "fact" or not edit.subject:
+    """The normalized names under which ``edit`` is in the subject lexicon (a fact or prompt
+    edit with a subject: its subject and aliases), or None for an edit that goes to ``special``
+    instead."""
+    if edit.kind not in ANSWER_KINDS or not edit.subject:
         return None
     return {normalize(n) for n in edit.names}
 

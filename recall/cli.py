@@ -834,10 +834,13 @@ def gate_compare(
         "recall/data/gate_sentinel_report.md"
     ),
     n_dev: Annotated[int, typer.Option(min=10, help="counterfact-edit records in the dev pairs.")] = 600,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Continuous-prompt checkpoint whose sentinel to compare (default: shipped).")
+    ] = None,
 ) -> None:
     """The shipped gates and RECIPE's knowledge sentinel, firing rates on the same dev pairs."""
 
-    result = gate_training.compare_with_sentinel(data, report, n_dev=n_dev)
+    result = gate_training.compare_with_sentinel(data, report, n_dev=n_dev, recipe_dir=recipe)
     typer.echo(result["report"])
 
 
@@ -880,6 +883,13 @@ def recipe_train(
     retrieval_batch: Annotated[int, typer.Option(min=2, help="Records per contrastive step.")] = 32,
     prompt_steps: Annotated[int, typer.Option(min=0, help="Steps of the prompt-generator phase.")] = 150,
     prompt_batch: Annotated[int, typer.Option(min=1, help="Records per prompt-generator step.")] = 8,
+    scope_steps: Annotated[
+        int, typer.Option(min=0, help="Steps of the sentinel's scope phase (hard negatives; 0: skip).")
+    ] = 0,
+    scope_batch: Annotated[int, typer.Option(min=2, help="(query, edit) pairs per scope step.")] = 64,
+    trainable_layers: Annotated[
+        int | None, typer.Option(min=0, help="Top encoder layers to fine-tune (default: the checkpoint's).")
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue from this checkpoint (e.g. --retrieval-steps 0 --prompt-steps 300).")
     ] = None,
@@ -900,6 +910,9 @@ def recipe_train(
             retrieval_batch=retrieval_batch,
             prompt_steps=prompt_steps,
             prompt_batch=prompt_batch,
+            scope_steps=scope_steps,
+            scope_batch=scope_batch,
+            trainable_layers=trainable_layers,
             seed=seed,
             resume=resume,
         )

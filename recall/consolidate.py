@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from recall.checkpoints import new_checkpoint_id
+from recall.core.edits import ANSWER_KINDS
 from recall.core.errors import ConsolidationError
 from recall.index.store import StaleStateError
 from recall.methods.consolidation import ConsolidationParams, previous_answers, probe, verify
@@ -71,10 +72,10 @@ def run_job(
         raise ConsolidationError(f"limit must be a positive int or None, got {limit!r}")
     params = replace(params or ConsolidationParams(), batch_size=batch_size)
     started = time.time()
-    edits = [e for e in rt.edits("active") if e.kind == "fact"]
+    edits = [e for e in rt.edits("active") if e.kind in ANSWER_KINDS]
     edits = edits[:limit] if limit else edits
     if not edits:
-        return ConsolidationReport(method, False, rt.served.head, reason="no active fact edits")
+        return ConsolidationReport(method, False, rt.served.head, reason="no active fact or prompt edits")
 
     with rt.served.dir.job_lock():
         return _run_locked(rt, method, edits, params, hparams, progress, started)
@@ -86,7 +87,7 @@ def _run_locked(rt: Runtime, method, edits, params, hparams, progress: bool, sta
     rt.memory.sync()  # another process may have moved the head or retired an edit before the lock
     edits = [e for e in edits if store.get(e.id).status == "active"]
     if not edits:
-        return ConsolidationReport(method, False, served.head, reason="no active fact edits")
+        return ConsolidationReport(method, False, served.head, reason="no active fact or prompt edits")
     if store.get_meta("checkpoint_head") != served.head:
         raise ConsolidationError(
             f"this process serves checkpoint {served.head}, the store's head is {store.get_meta('checkpoint_head')}: "

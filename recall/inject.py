@@ -4,7 +4,8 @@
   (bias toward the stored answer: at the first position, "decode", or where the model is about
   to state an answer, "slot"; "auto" takes "slot" for chat replies and "decode" for text
   continuations), or context and decode together: ``Injector(mode=...)``;
-- patches: the consequence stated before the query (context only: there is no answer to bias to).
+- patches: the consequence stated before the query (context only: there is no answer to bias to);
+- prompt edits: the edit's tuned prefix embeddings before the row (:meth:`Injector.attach_prefix`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,17 @@ class Injector:
         if self.mode != "auto":
             return self.mode
         return "slot" if chat else "decode"
+
+    def attach_prefix(self, plan: RowPlan, edit: Edit, prefix: torch.Tensor) -> None:
+        """A fired prompt edit: its tuned prefix goes before the row, and in generation it is
+        released once the row has stated the edit's answer (see ``RowPlan.prefix_answers``)."""
+        t = edit.payload["target"].strip()
+        q = plan.prompt
+        answers = [answer_tokens(self.tokenizer, q, " " + t), answer_tokens(self.tokenizer, q, t),
+                   answer_tokens(self.tokenizer, "", " " + t)]
+        plan.prefix = prefix
+        plan.prefix_answers = [a for i, a in enumerate(answers) if a and a not in answers[:i]]
+        plan.word_glue = self.word_glue
 
     def plan(self, query: str, fired: list[Edit], chat: bool = False) -> RowPlan:
         """``chat``: ``query`` is a rendered conversation and the row generates the reply."""

@@ -2,8 +2,10 @@
 (the tensors the store keeps) and how the query path uses the derived in-memory tables.
 
 - ``prompt`` (RECIPE, :mod:`recall.methods.recipe`): adding costs one pass of the knowledge
-  encoder; a query is matched against every active prompt edit's knowledge representation and
-  the knowledge sentinel, and the winning edit's prefix embeddings are placed before the row.
+  encoder (the generator's prefix) and a few prefix-tuning steps on the edit itself
+  (:mod:`recall.methods.prompt_tuning`); the edit is scoped like a fact (retrieval and the
+  runtime's gate, RECIPE's sentinel under ``gate="sentinel"``), and a fired edit's prefix
+  embeddings are placed before the row.
 - ``codebook`` (GRACE, :mod:`recall.methods.grace`): adding trains one value vector; queries
   go through a hook on one module that replaces its output at the last prompt token for rows
   whose key falls inside an entry's radius.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,28 +25,24 @@ import torch
 
 from recall.core.edits import Edit
 from recall.core.errors import ConfigError
-from recall.methods import grace, recipe
+from recall.methods import grace, prompt_tuning, recipe
 from recall.methods.grace import CodebookHook, GraceHyperParams
 from recall.methods.recipe import statement, target_embedding
-
-
-@dataclass
-class PromptMatch:
-    num: int
-    similarity: float
-    sentinel: float
 
 
 class KnowledgeKinds:
     """Owns the trained continuous-prompt model (loaded on first use) and the GRACE settings
     for one loaded LLM."""
 
-    def __init__(self, llm, tokenizer, spec, recipe_checkpoint: str | Path | None = None) -> None:
+    def __init__(self, llm, tokenizer, spec, recipe_checkpoint: str | Path | None = None,
+                 tuning_file: str | Path | None = None) -> None:
         self.llm, self.tokenizer, self.spec = llm, tokenizer, spec
         self.recipe_checkpoint = recipe_checkpoint
+        self.tuning_file = tuning_file
         self._recipe = None
         self._sentinel: torch.Tensor | None = None
         self._grace_hp = None
+        self._tuning_hp = None
         self._lock = threading.Lock()
 
     # -- continuous prompts ---------------------------------------------------------
@@ -65,15 +62,26 @@ class KnowledgeKinds:
                     self._sentinel = model.sentinel_rep()
             return self._recipe
 
-    @torch.no_grad()
+    @property
+    def tuning_hp(self) -> prompt_tuning.PromptTuningHyperParams:
+        if self._tuning_hp is None:
+            try:
+                self._tuning_hp = prompt_tuning.PromptTuningHyperParams.for_spec(self.spec, self.tuning_file)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"prompt tuning hyper-parameters: {exc}") from exc
+        return self._tuning_hp
+
     def prompt_tensors(self, edit: Edit) -> dict[str, np.ndarray]:
-        """One encoder pass: the knowledge representation and the generated prefix."""
+        """The edit's prefix: the generator's (one encoder pass), then tuned on the edit's
+        prompt and target (:func:`recall.methods.prompt_tuning.tune_prefix`)."""
 
         model = self.recipe
         p, t = edit.payload["prompt"], edit.payload["target"]
-        r_k = model.knowledge([statement(p, t)])
-        prefix = model.prompts(r_k, target_embedding(self.llm, self.tokenizer, [p], [t]))[0]
-        return {"rep": r_k[0].float().cpu().numpy(), "prefix": prefix.float().cpu().numpy()}
+        with torch.no_grad():
+            r_k = model.knowledge([statement(p, t)])
+            init = model.prompts(r_k, target_embedding(self.llm, self.tokenizer, [p], [t]))[0]
+        prefix, _ = prompt_tuning.tune_prefix(self.llm, self.tokenizer, init, p, t, self.tuning_hp)
+        return {"prefix": prefix.numpy()}
 
     @torch.no_grad()
     def query_reps(self, queries: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,20 +89,6 @@ class KnowledgeKinds:
         model = self.recipe
         r_q = model.query(queries)
         return r_q, model.similarity(r_q, self._sentinel)[:, 0]
-
-    @torch.no_grad()
-    def match_prompts(
-        self, r_q: torch.Tensor, sentinel_sim: torch.Tensor, reps: torch.Tensor | None, nums: list[int]
-    ) -> list[PromptMatch | None]:
-        """Top-1 stored knowledge per query, kept only when it beats the sentinel."""
-        if reps is None or not nums:
-            return [None] * r_q.shape[0]
-        sims = self.recipe.similarity(r_q, reps.to(r_q.device))
-        best, idx = sims.max(-1)
-        return [
-            PromptMatch(nums[int(i)], float(s), float(k)) if s > k else None
-            for s, i, k in zip(best.tolist(), idx.tolist(), sentinel_sim.tolist())
-        ]
 
     @torch.no_grad()
     def statement_reps(self, edits: list[Edit]) -> torch.Tensor:
@@ -205,13 +199,8 @@ class CodebookTable(TensorTable):
 
 
 class PromptTable(TensorTable):
-    """Active continuous-prompt edits: num -> rep, prefix."""
-
-    def _stack(self, nums, rows):
-        return (torch.from_numpy(np.stack([r["rep"] for r in rows])).float() if nums else None), nums
-
-    def reps(self) -> tuple[torch.Tensor | None, list[int]]:
-        return self.stacked()
+    """Active continuous-prompt edits: num -> prefix (and, for edits stored before prefix
+    tuning, the knowledge representation they were matched by, now unused)."""
 
     def prefix(self, num: int) -> torch.Tensor:
         return torch.from_numpy(self.entries[num]["prefix"])

@@ -19,14 +19,14 @@ import torch
 from tqdm.auto import tqdm
 
 from recall.core import regex_patch
-from recall.core.edits import LEARNED_KINDS, Edit, check_utf8
+from recall.core.edits import ANSWER_KINDS, LEARNED_KINDS, Edit, check_utf8
 from recall.core.errors import ConfigError, InvalidQueryError, InvalidRegexError, StoreError
 from recall.core.limits import LIMITS
 from recall.core.text import contains_phrase, find_phrase, focus, normalize, relation_text, word_ngrams
 from recall.gate import Gate, PairFeatures
 from recall.index import EditStore, TextEncoder, VectorIndex
 from recall.index.store import NewEdit, NumsMoved
-from recall.learned import CodebookTable, KnowledgeKinds, PromptMatch, PromptTable
+from recall.learned import CodebookTable, KnowledgeKinds, PromptTable
 from recall.methods import grace
 from recall.relation import RelationScorer, pair_texts
 
@@ -61,7 +61,7 @@ def resolve_conflicts(cands: list[Candidate]) -> None:
     answers at once blends them ("Babur-Lahima"), so the fact whose key is closest to the query
     keeps firing, the newest when keys tie to two decimals, and the others are marked
     ``shadowed_by`` it."""
-    fired = [c for c in cands if c.fired and c.edit.kind == "fact" and c.edit.subject]
+    fired = [c for c in cands if c.fired and c.edit.kind in ANSWER_KINDS and c.edit.subject]
     if len(fired) < 2:
         return
     fired.sort(key=lambda c: (round(c.features.cos_key, 2), c.edit.num), reverse=True)
@@ -174,7 +174,7 @@ class EditMemory:
         return index, generation
 
     def _add_lookup(self, edit: Edit) -> None:
-        if edit.kind == "patch" or (edit.kind == "fact" and not edit.subject):
+        if edit.kind == "patch" or (edit.kind in ANSWER_KINDS and not edit.subject):
             self.key_only.add(edit.num)
         if edit.kind == "regex":
             flags = regex_patch.regex.IGNORECASE if edit.payload.get("ignore_case") else 0
@@ -236,9 +236,9 @@ class EditMemory:
     @staticmethod
     def edit_texts(edit: Edit) -> list[str]:
         """What an edit's vector rows encode: one per retrieval key, then the relation text
-        (facts with a subject)."""
+        (facts and prompt edits with a subject)."""
         texts = list(edit.keys)
-        if edit.kind == "fact":
+        if edit.kind in ANSWER_KINDS and edit.keys:
             texts.append(relation_text(edit.payload["prompt"], edit.subject))
         return texts
 
@@ -261,7 +261,7 @@ class EditMemory:
         correction of the same relation in other words says so with ``relation=``, or retires
         the old fact. ``pending``: active facts (with their vectors) of the same batch, stored
         before this one in the same transaction, that have this edit's subject as a name."""
-        if edit.kind != "fact" or not edit.subject:
+        if edit.kind not in ANSWER_KINDS or not edit.subject:
             return {}
         subject = normalize(edit.subject)
         olds = [(self.store.get_by_num(num), None) for num in self.store.lookup_names([subject]).get(subject, ())]
@@ -343,7 +343,7 @@ class EditMemory:
         retired: set[str] = set()  # by earlier edits of the batch: not retired twice
         named: dict[str, list[tuple[Edit, np.ndarray]]] = {}  # the batch's active facts, keyed as the lexicon
         for k, (edit, vecs) in enumerate(zip(edits, vectors)):
-            subject = normalize(edit.subject) if edit.kind == "fact" and edit.subject else None
+            subject = normalize(edit.subject) if edit.kind in ANSWER_KINDS and edit.subject else None
             pending = [(e, v) for e, v in named.get(subject, ()) if e.id not in retired]
             found = self.conflicts(edit, vecs, pending) if edit.status == "active" else {}
             retire = {old: why for old, why in found.items() if old not in retired}
@@ -383,22 +383,11 @@ class EditMemory:
 
     def query_knowledge(self, queries: list[str]) -> tuple | None:
         """The queries' knowledge-encoder representations and sentinel similarities, when the
-        sentinel gate or any prompt edit needs them (else None: no encoder pass)."""
+        sentinel gate needs them (else None: no encoder pass)."""
         self.sync()
-        if self.knowledge is None or (self.gate.kind != "sentinel" and not self.prompts.entries):
+        if self.knowledge is None or self.gate.kind != "sentinel":
             return None
         return self.knowledge.query_reps(queries)
-
-    def prompt_matches(self, n_queries: int, knowledge_q: tuple | None) -> list[tuple[Edit, PromptMatch] | None]:
-        """Per query, the continuous-prompt edit that beats the sentinel (top-1), if any."""
-        if knowledge_q is None or not self.prompts.entries:
-            return [None] * n_queries
-        reps, nums = self.prompts.reps()
-        out = []
-        for m in self.knowledge.match_prompts(*knowledge_q, reps, nums):
-            edit = self.store.get_by_num(m.num) if m is not None else None
-            out.append((edit, m) if edit is not None and edit.served else None)
-        return out
 
     def _sentinel_margins(self, queries: list[str], retrieved: list[list[Edit]], knowledge_q: tuple | None):
         """Per query and retrieved fact or patch: sim(query, its knowledge statement) minus
@@ -599,7 +588,8 @@ def pair_features(
     vectors are not needed."""
     n_keys = len(edit.keys)
     cos_key = key_similarity(q_vec, edit, edit_vecs) if q_vec is not None else None
-    if edit.kind != "fact" or not edit.subject:
+    # a prompt edit stored before prompt edits had keys has no vectors: it is never in scope
+    if edit.kind not in ANSWER_KINDS or not edit.subject or not n_keys:
         return PairFeatures(cos_key=cos_key)
     names = [normalize(n) for n in edit.names]
     norm_focus = normalize(focus(query))

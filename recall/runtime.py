@@ -103,6 +103,7 @@ class Runtime:
         readonly: bool = False,
         gate_params: str | Path | GateParams | None = None,
         recipe: str | Path | None = None,
+        prompt_tuning: str | Path | None = None,
     ) -> Runtime:
         """Open (or create) a store directory and load the model and encoder.
 
@@ -121,6 +122,7 @@ class Runtime:
             readonly=readonly,
             gate_params=gate_params,
             recipe=recipe,
+            prompt_tuning=prompt_tuning,
             _owns_model=True,
         )
 
@@ -138,6 +140,7 @@ class Runtime:
         readonly: bool = False,
         gate_params: str | Path | GateParams | None = None,
         recipe: str | Path | None = None,
+        prompt_tuning: str | Path | None = None,
         _owns_model: bool = False,
     ) -> Runtime:
         """Open a store over an already loaded ``(model, tokenizer, spec)`` and encoder, so
@@ -151,13 +154,15 @@ class Runtime:
         "both";
         ``bias_weight``: λ of memory-conditioned decoding; ``recipe``: the continuous-prompt
         checkpoint directory (default: the one shipped for the embedded model), loaded on first
-        use by prompt edits or the sentinel gate.
+        use by prompt edits or the sentinel gate; ``prompt_tuning``: a JSON file of
+        :class:`recall.methods.prompt_tuning.PromptTuningHyperParams` for the prefix tuned at
+        each prompt edit's add (default: ``methods/hparams/prompt_tuning/<family>.json``).
 
         A store whose consolidation left a checkpoint serves it: the runtime then works on
         its own copy of the model, so the shared one is never modified."""
         lm, tok, spec = loaded
         params = gate_params if isinstance(gate_params, GateParams) else GateParams.load(gate_params)
-        knowledge = KnowledgeKinds(lm, tok, spec, recipe)
+        knowledge = KnowledgeKinds(lm, tok, spec, recipe, prompt_tuning)
         relation = RelationScorer(device=str(lm.device)) if gate == "relation" else None
         memory = EditMemory(path, encoder, Gate(gate, params), readonly=readonly, knowledge=knowledge,
                             relation=relation)
@@ -176,9 +181,10 @@ class Runtime:
     def add_edit(self, kind: str = "fact", *, provenance: str | None = None, **fields: Any) -> Edit:
         """Validate and store an edit; returns after the LMDB transaction has committed.
 
-        A fact with the same subject and relation as an active fact retires the older one.
-        ``kind="prompt"`` costs one knowledge-encoder pass; ``kind="codebook"`` trains one
-        GRACE value (up to ``n_iter`` steps of the model)."""
+        A fact or prompt edit with the same subject and relation as an active one retires the
+        older. ``kind="prompt"`` costs one knowledge-encoder pass and a few prefix-tuning steps
+        of the model (``methods/hparams/prompt_tuning``); ``kind="codebook"`` trains one GRACE
+        value (up to ``n_iter`` steps of the model)."""
         edit = build_edit(kind, provenance=provenance, **fields)
         self.check_special_tokens(edit)
         return self.memory.add(edit)
@@ -297,7 +303,7 @@ class Runtime:
         self, prompts: list[str], scopes: list[str] | None = None, chat: list[bool] | None = None, dense: bool = False
     ) -> tuple[list[RowPlan], list[list], list[list[str]], list]:
         """Per row: the plan, the retrieved candidates, the input regexes applied, and the
-        continuous-prompt edit matched (or None). ``scopes``: per row, the text retrieval and
+        continuous-prompt edit whose prefix the row got (or None). ``scopes``: per row, the text retrieval and
         the gate judge when it is not the prompt itself (a chat turn inside a rendered template);
         ``chat``: per row, whether the prompt is a rendered conversation awaiting its reply;
         ``dense``: retrieve by key similarity even where no verdict needs it (explain shows it)."""
@@ -306,15 +312,19 @@ class Runtime:
         judged = queries if scopes is None else [self._rewrite_input(s)[0] for s in scopes]
         knowledge_q = self.memory.query_knowledge(judged)
         cands = self.memory.retrieve(judged, self.top_k, knowledge_q, dense=dense)
-        matches = self.memory.prompt_matches(len(queries), knowledge_q)
-        plans = []
-        for i, (q, row, match) in enumerate(zip(queries, cands, matches)):
+        plans, prompt_edits = [], []
+        for i, (q, row) in enumerate(zip(queries, cands)):
             fired = [c.edit for c in row if c.fired][: self.max_fired]
             plan = self.injector.plan(q, fired, chat=bool(chat and chat[i]))
-            if match is not None:
-                plan.prefix = self.memory.prompts.prefix(match[0].num).to(self.model.device, self.model.dtype)
+            # the best-scored fired prompt edit gives the row its prefix (one prefix per row:
+            # a prompt edit fires in place of a fact, and conflicts keep one per subject)
+            prompt_edit = next((e for e in fired if e.kind == "prompt" and e.num in self.memory.prompts.entries), None)
+            if prompt_edit is not None:
+                prefix = self.memory.prompts.prefix(prompt_edit.num).to(self.model.device, self.model.dtype)
+                self.injector.attach_prefix(plan, prompt_edit, prefix)
             plans.append(plan)
-        return plans, cands, [a for _, a in rewritten], matches
+            prompt_edits.append(prompt_edit)
+        return plans, cands, [a for _, a in rewritten], prompt_edits
 
     def _run_partitioned(self, fn, plans: list[RowPlan], prompts: list[str], *extra, **options) -> list:
         """Rows whose model input the memory leaves as it is run as one batch: rows where
@@ -339,12 +349,12 @@ class Runtime:
                         out[i] = v
         return out
 
-    def _learned_ids(self, plan: RowPlan, match) -> list[str]:
-        """Ids of the learned-kind edits applied to a row (a prompt edit, a codebook entry)."""
-        ids = [match[0].id] if match is not None else []
+    def _codebook_ids(self, plan: RowPlan) -> list[str]:
+        """The id of the codebook entry's edit that rewrote a row, if one did (a fired prompt
+        edit is among the row's fired candidates)."""
         num = self.memory.codebook.entry_for(plan.codebook_hit)
         edit = self.memory.store.get_by_num(num) if num is not None else None
-        return ids + ([edit.id] if edit is not None else [])
+        return [edit.id] if edit is not None else []
 
     def check_fit(self, texts: list[str], reserve: list[int], what: str = "a prompt") -> list[int]:
         """Refuse, before any work, a row whose tokens plus ``reserve`` (tokens to generate, or
@@ -446,13 +456,13 @@ class Runtime:
             bare = generate_rows(self.model, self.tokenizer, [RowPlan(p) for p in prompts], max_new_tokens, sampling,
                                  should_stop=should_stop)
             return [(text, []) for text in bare]
-        plans, cands, regex_ids, matches = self._plans(prompts, scopes, chat)
+        plans, cands, regex_ids, _ = self._plans(prompts, scopes, chat)
         texts = self._run_partitioned(generate_rows, plans, prompts, max_new_tokens, sampling, should_stop=should_stop)
         outputs = self.memory.regex_edits("output")
         rows = []
-        for text, row_cands, applied, plan, match in zip(texts, cands, regex_ids, plans, matches):
+        for text, row_cands, applied, plan in zip(texts, cands, regex_ids, plans):
             ids = list(applied) + [c.edit.id for c in row_cands if c.fired][: self.max_fired]
-            ids += self._learned_ids(plan, match)
+            ids += self._codebook_ids(plan)
             for edit, compiled in outputs:
                 text, hit = regex_patch.apply(compiled, edit.payload["replacement"], text)
                 if hit:
@@ -509,7 +519,7 @@ class Runtime:
         """Which edits were retrieved for ``prompt``, their scores, and which fired."""
         (prompt,) = check_queries([prompt], "prompt")
         self.follow_head()
-        plans, cands, regex_ids, matches = self._plans([prompt], dense=True)
+        plans, cands, regex_ids, prompt_edits = self._plans([prompt], dense=True)
         rows = []
         for c in cands[0]:
             rows.append(
@@ -539,11 +549,7 @@ class Runtime:
             "candidates": rows,
             "fired": [r["id"] for r in rows if r["fired"]][: self.max_fired],
             "model_prompt": plans[0].prompt,
-            "prompt_edit": None if matches[0] is None else {
-                "id": matches[0][0].id,
-                "similarity": round(matches[0][1].similarity, 4),
-                "sentinel": round(matches[0][1].sentinel, 4),
-            },
+            "prompt_edit": None if prompt_edits[0] is None else prompt_edits[0].id,
             "codebook": self.memory.codebook_explain(self.model, self.tokenizer, plans[0].prompt),
         }
 

@@ -14,6 +14,7 @@ from recall.core.edits import build_edit
 from recall.core.text import normalize
 from recall.index import EditStore
 from recall.index import vectors as vectors_mod
+from recall.index.store import LOOKUP_VERSION
 from recall.memory import INDEX_FILE
 
 DIM = 4
@@ -99,7 +100,7 @@ def test_store_written_before_the_lookups_is_upgraded_once(tmp_path):
     assert reader.lookup_names(["lady ada"]) == {"lady ada": {0}} and reader.special_edits() == {1: "regex"}
     reader.close()
     writer = EditStore(path)
-    assert writer.lookups_stored and writer.get_meta("lookups") == 1
+    assert writer.lookups_stored and writer.get_meta("lookups") == LOOKUP_VERSION
     assert writer.get_meta("schema") == 2  # a recall that does not keep the lookups now refuses it
     assert writer.lookup_names(["ada lovelace", "lady ada"]) == {"ada lovelace": {0}, "lady ada": {0}}
     assert writer.special_edits() == {1: "regex"} and writer.name_lengths() == {2: 2}

@@ -10,6 +10,7 @@ import torch
 from conftest import FACT_PARAPHRASE, FACT_PROMPT, FACT_SUBJECT, UNRELATED
 
 from recall.core.errors import ConfigError, MissingFieldError, UnknownKindError
+from recall.evaluation.metrics import starts_with_target
 
 OTHER = "My favourite colour is"
 
@@ -20,33 +21,37 @@ def _logits(rt, prompt: str, use_memory: bool) -> list[float]:
 
 
 # -- continuous prompts (RECIPE) -------------------------------------------------------------
-def test_prompt_edits_change_their_answers_and_leave_unrelated_logits(make_runtime, store_dir):
-    """Twelve CounterFact edits as continuous prompts in one store. The shipped generator is
-    under-trained (see README), so the test asks what it does deliver: each edit prompt
-    retrieves its own edit over the sentinel, the answer changes, and the new target's mean
-    log-prob rises; unrelated prompts keep bit-identical logits."""
+def test_prompt_edits_state_their_answers_and_leave_unrelated_logits(make_runtime, store_dir):
+    """Twelve CounterFact edits as continuous prompts in one store: each edit's prefix is tuned
+    at add time, so greedy generation states the new answer on the edit prompt and on most
+    paraphrases, goes on in words of its own after it (the prefix is released), and leaves
+    unrelated prompts and a same-subject question about another relation bit-identical."""
     from recall.core.resources import counterfact_sample
 
     rt = make_runtime(store_dir)
     records = counterfact_sample()[:12]
     edits = [rt.add_edit("prompt", prompt=r["prompt"], target=r["target_new"], subject=r["subject"])
              for r in records]
-    assert edits[0].kind == "prompt" and edits[0].keys == []
+    assert edits[0].kind == "prompt" and edits[0].keys == [records[0]["prompt"]]
     assert rt.memory.store.tensors(edits[0].num)["prefix"].shape == (3, rt.model.config.hidden_size)
     prompts = [r["prompt"] for r in records]
     targets = [r["target_new"] for r in records]
-    rows = rt.generate_with_edits(prompts, max_new_tokens=3)
-    bare = rt.generate(prompts, max_new_tokens=3, use_memory=False)
+    rows = rt.generate_with_edits(prompts, max_new_tokens=8)
     assert [ids for _, ids in rows] == [[e.id] for e in edits]  # each prompt got its own edit
-    assert sum(text != b for (text, _), b in zip(rows, bare)) >= 9
+    assert all(starts_with_target(text, t) for (text, _), t in zip(rows, targets))
+    # after the answer the row is not the answer over and over
+    assert sum(text.lower().count(t.lower()) >= 3 for (text, _), t in zip(rows, targets)) <= 1
+    para = rt.generate([r["rephrase_prompt"] for r in records], max_new_tokens=4)
+    assert sum(starts_with_target(text, t) for text, t in zip(para, targets)) >= 9
     gain = np.array(rt.score(prompts, targets)) - np.array(rt.score(prompts, targets, use_memory=False))
-    assert gain.mean() > 2.0 and (gain > 0).sum() >= 9
-    ex = rt.explain(prompts[1])
-    assert ex["prompt_edit"]["id"] == edits[1].id and ex["prompt_edit"]["similarity"] > ex["prompt_edit"]["sentinel"]
+    assert (gain > 1.0).all()
+    assert rt.explain(prompts[1])["prompt_edit"] == edits[1].id
 
-    # an unrelated prompt: the sentinel wins, no prefix, logits bit-identical to the bare model
-    assert rt.explain(UNRELATED)["prompt_edit"] is None
-    assert _logits(rt, UNRELATED, True) == _logits(rt, UNRELATED, False)
+    # unrelated and same-subject/other-relation prompts: no prefix, logits bit-identical
+    other_relation = f"{records[0]['subject']} was born in the year"
+    for prompt in (UNRELATED, other_relation):
+        assert rt.explain(prompt)["prompt_edit"] is None
+        assert _logits(rt, prompt, True) == _logits(rt, prompt, False)
     # and in a batch where the edited row does get its prefix
     rows = rt.generate_with_edits([prompts[1], UNRELATED], max_new_tokens=4)
     assert rows[0][1] == [edits[1].id]

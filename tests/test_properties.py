@@ -13,7 +13,16 @@ from conftest import open_cached_runtime
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from recall.core.edits import KINDS, LEARNED_KINDS, REGEX_SCOPES, Edit, build_edit, split_patch, validate_record
+from recall.core.edits import (
+    ANSWER_KINDS,
+    KINDS,
+    LEARNED_KINDS,
+    REGEX_SCOPES,
+    Edit,
+    build_edit,
+    split_patch,
+    validate_record,
+)
 from recall.core.errors import InvalidEditError
 from recall.core.limits import LIMITS
 from recall.core.regex_patch import compile_pattern
@@ -115,8 +124,8 @@ def check_valid(edit: Edit) -> None:
     if edit.kind in ("fact", *LEARNED_KINDS):
         for name, limit in (("prompt", LIMITS.max_prompt_chars), ("target", LIMITS.max_target_chars)):
             assert isinstance(p[name], str) and p[name] == p[name].strip() and p[name] and len(p[name]) <= limit
-        # learned kinds are retrieved by their own encoder/hook, not through the FAISS keys
-        assert edit.keys == ([p["prompt"]] if edit.kind == "fact" else [])
+        # facts and prompt edits are retrieved by their prompt; codebook entries by their hook
+        assert edit.keys == ([p["prompt"]] if edit.kind in ANSWER_KINDS else [])
         if edit.subject is not None:
             assert edit.subject == edit.subject.strip() and edit.subject
             assert edit.subject.casefold() in p["prompt"].casefold()

@@ -29,6 +29,12 @@ from recall.core.limits import LIMITS
 SCHEMA_VERSION = 1
 KINDS = ("fact", "patch", "regex", "prompt", "codebook")
 LEARNED_KINDS = ("prompt", "codebook")  # kinds whose edit is a learned tensor kept in the store
+# Kinds that answer a question (a prompt, its target, a subject and relation) and are scoped the
+# way facts are: indexed by their prompt and relation text, in the subject lexicon, judged by
+# the runtime's gate, superseding each other on the same subject and relation. They differ in
+# what fires: a fact's answer is injected (inject.py), a prompt edit's tuned prefix is placed
+# before the row.
+ANSWER_KINDS = ("fact", "prompt")
 STATUSES = ("active", "retired", "consolidated")
 REGEX_SCOPES = ("input", "output")
 
@@ -178,7 +184,7 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
         "fact": {"prompt", "target", "subject", "relation", "aliases"},
         "patch": {"text", "condition", "consequence"},
         "regex": {"pattern", "replacement", "scope", "ignore_case"},
-        "prompt": {"prompt", "target", "subject"},
+        "prompt": {"prompt", "target", "subject", "relation", "aliases"},
         "codebook": {"prompt", "target", "subject"},
     }[kind]
     unknown = set(fields) - allowed
@@ -189,7 +195,7 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
             raise InvalidEditError("provenance must be a string of at most 200 characters")
         check_utf8(provenance, "provenance", InvalidEditError)
     subject = None
-    if kind == "fact":
+    if kind in ANSWER_KINDS:
         prompt = _text(fields, "prompt", LIMITS.max_prompt_chars)
         target = _text(fields, "target", LIMITS.max_target_chars)
         subject = _text(fields, "subject", LIMITS.max_prompt_chars, required=False)
@@ -202,7 +208,7 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
         if aliases:
             payload["aliases"] = aliases
         keys = [payload["prompt"]]
-    elif kind in LEARNED_KINDS:
+    elif kind == "codebook":
         prompt = _text(fields, "prompt", LIMITS.max_prompt_chars)
         target = _text(fields, "target", LIMITS.max_target_chars)
         subject = _text(fields, "subject", LIMITS.max_prompt_chars, required=False)
@@ -210,7 +216,7 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
             raise InvalidEditError(f"subject {subject!r} does not occur in prompt {prompt!r}")
         payload = {"prompt": prompt.strip(), "target": target.strip()}
         subject = subject.strip() if subject else None
-        keys = []  # retrieved by the learned knowledge encoder (prompt) or the codebook hook
+        keys = []  # matched by the codebook hook, not retrieved
     elif kind == "patch":
         if "text" in fields:
             text = _text(fields, "text", LIMITS.max_prompt_chars)

@@ -35,6 +35,11 @@ class RowPlan:
     bias_targets: list[list[int]] = field(default_factory=list)
     bias_weight: float = 0.0
     prefix: torch.Tensor | None = None  # [P, hidden] continuous prompt placed before the tokens
+    # Generation only: token sequences of the prompt edit's answer. Once the row has produced
+    # one of them, later tokens no longer attend to the prefix (its columns but the first leave
+    # the attention mask; ``word_glue`` applies to the next token), so the model goes on in
+    # its own words instead of restating the answer.
+    prefix_answers: list[list[int]] = field(default_factory=list)
     codebook_hit: int | None = None  # set by the run: the codebook entry that fired on this row
     # bool [vocab]: tokens that would glue onto the word before them (no leading space or
     # punctuation). Masked for the one step after a biased answer is complete, so the answer
@@ -88,14 +93,18 @@ def _embed_rows(model, rows: list[list[int]], plans: list[RowPlan], left_pad: bo
     return {"inputs_embeds": torch.stack(embs)}, mask
 
 
-def teacher_forced_batch(model, tokenizer, plans: list[RowPlan], continuations: list[str]):
-    """Right-padded [prefix; prompt; continuation] rows for teacher forcing. Returns (model input
+def teacher_forced_batch(model, tokenizer, plans: list[RowPlan], continuations: list[str] | list[list[int]]):
+    """Right-padded [prefix; prompt; continuation] rows for teacher forcing (a continuation is
+    text, or its token ids as already tokenized after the prompt). Returns (model input
     kwargs, attention mask, per row (position of the first continuation token, its token ids));
     the logits at positions [start - 1, start - 1 + len(ids)) score the continuation."""
     seqs, spans = [], []
     for plan, cont in zip(plans, continuations):
         p_ids = tokenizer(plan.prompt).input_ids
-        c_ids = answer_tokens(tokenizer, plan.prompt, cont) or [tokenizer.eos_token_id]
+        if isinstance(cont, list):
+            c_ids = list(cont)
+        else:
+            c_ids = answer_tokens(tokenizer, plan.prompt, cont) or [tokenizer.eos_token_id]
         seqs.append(p_ids + c_ids)
         spans.append((plan.n_prefix + len(p_ids), c_ids))
     inputs, mask = _embed_rows(model, seqs, plans, left_pad=False, pad=tokenizer.pad_token_id)
@@ -334,6 +343,13 @@ def generate_rows(
     # where each row's biased answer began in ``produced`` (answer-first rows: at 0)
     begun: list[int | None] = [None if p.slot_rank is not None else 0 for p in plans]
     done = [False] * len(plans)
+    # per row with a releasable prefix: its prefix's columns in the left-padded input
+    width = mask.shape[1]
+    # (all but the first: the first position is where attention rests when nothing else
+    # is relevant, and a row that loses it degenerates)
+    release = {r: range(width - len(encoded[r]) - p.n_prefix + 1, width - len(encoded[r]))
+               for r, p in enumerate(plans) if p.prefix is not None and p.prefix_answers}
+    released: dict[int, int] = {}  # row -> len(produced) when its prefix was released
     _arm(hook, [mask.shape[1] - 1] * len(plans), device)
     out = model(**inputs, attention_mask=mask, position_ids=pos, use_cache=True, **last_logits_keyword(model))
     _collect(hook, plans)
@@ -353,7 +369,8 @@ def generate_rows(
                 lp = _mix(lp, boost, plan.bias_weight)
                 if begun[r] is None and boost:
                     begun[r] = len(produced[r])  # the slot: the answer begins here
-            if plan.word_glue is not None and begun[r] is not None and produced[r][begun[r]:] in plan.bias_targets:
+            answered = begun[r] is not None and produced[r][begun[r]:] in plan.bias_targets
+            if plan.word_glue is not None and (answered or released.get(r) == len(produced[r])):
                 lp = lp.masked_fill(plan.word_glue.to(lp.device), float("-inf"))
             next_tokens.append(_choose(lp, sampling, gen))
         for r, tok in enumerate(next_tokens):
@@ -368,10 +385,17 @@ def generate_rows(
             break
         step = torch.tensor(next_tokens, device=device)[:, None]
         mask = torch.cat([mask, torch.ones_like(step)], dim=-1)
+        for r in [r for r in release if any(_ends_with(produced[r], a) for a in plans[r].prefix_answers)]:
+            mask[r, release.pop(r)] = 0
+            released[r] = len(produced[r])  # the next token must not glue onto the answer
         pos = pos[:, -1:] + 1
         out = model(input_ids=step, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: past})
         past = output_cache(out)
     return [tokenizer.decode(p, skip_special_tokens=True) for p in produced]
+
+
+def _ends_with(seq: list[int], tail: list[int]) -> bool:
+    return bool(tail) and len(seq) >= len(tail) and seq[-len(tail) :] == tail
 
 
 def _choose(logp: torch.Tensor, s: SamplingOptions, gen: torch.Generator) -> int:

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from recall.core.edits import ANSWER_KINDS
 from recall.core.errors import ConsolidationError
 from recall.methods.editor import DEFAULT_EDITOR, editor_class, hparams_for
 from recall.runtime import Runtime
@@ -128,12 +129,13 @@ class ScheduledConsolidation:
                 self.status.last_error = repr(exc)
                 log.exception("scheduled consolidation failed")
 
-    def active_facts(self) -> int:
-        return sum(e.kind == "fact" for e in self.runtime.memory.store.iter_edits("active"))
+    def active_answer_edits(self) -> int:
+        """Active edits a consolidation job would fold (facts and prompt edits)."""
+        return sum(e.kind in ANSWER_KINDS for e in self.runtime.memory.store.iter_edits("active"))
 
     def run_once(self) -> int | None:
         """Start one job now if enough edits wait; returns its exit code (None: skipped)."""
-        if self.active_facts() < self.schedule.min_edits:
+        if self.active_answer_edits() < self.schedule.min_edits:
             self.status.skipped += 1
             return None
         st = self.status

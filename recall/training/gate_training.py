@@ -117,6 +117,54 @@ def distracting_pairs(records: list[dict]) -> list[Pair]:
     return pairs
 
 
+def conversation_gate_pairs(records: list[dict], rng: random.Random) -> list[Pair]:
+    """Gate pairs from hand-written conversations (``recall/training/conversations_train.jsonl``;
+    :func:`recall.training.relation_training.conversation_queries`): chat, question and
+    instruction paraphrases and resolved follow-ups (+), same subject asked another relation and
+    longer names that contain the subject's (-)."""
+    from recall.training.relation_training import conversation_queries
+
+    pairs = []
+    for r in records:
+        for side, query, label, group in conversation_queries(r, rng):
+            fields = {"prompt": side, "target": r["edit"]["target"], "subject": r["subject"]}
+            pairs.append(Pair(fields, query, label, group))
+    return pairs
+
+
+def prefixed_paraphrase_pairs(records: list[dict], rng: random.Random) -> list[Pair]:
+    """Positives in the form of CounterFact's generation prompts (ROME's paraphrases): an
+    unrelated sentence, then the edit's paraphrase. The sentence is another record's fact
+    stated, so scope has to follow the question at the end, not any fact the text mentions
+    (the mirror of the "distracting neighborhood" negatives)."""
+    pairs = []
+    for r in records:
+        other = rng.choice(records)
+        if other is r or not r.get("rephrase_prompt"):
+            continue
+        fields = {"prompt": r["prompt"], "target": r["target_new"], "subject": r["subject"]}
+        sentence = f"{other['prompt']} {other['target_new']}."
+        pairs.append(Pair(fields, f"{sentence} {r['rephrase_prompt']}", 1, "prefixed_rephrase"))
+    return pairs
+
+
+def sentinel_train_pairs(data_dir: Path, n_counterfact: int, rng: random.Random) -> list[Pair]:
+    """What the knowledge sentinel learns scope from (train splits only): the gate's CounterFact
+    and zsRE pairs (:func:`counterfact_pairs`, :func:`zsre_pairs`), paraphrases after an
+    unrelated sentence (:func:`prefixed_paraphrase_pairs`) and the hand-written training
+    conversations (:func:`conversation_gate_pairs`)."""
+    from recall.training.relation_training import load_conversations
+
+    cf = json.loads((data_dir / "counterfact/easyedit_mend_format/counterfact-train.json").read_text())
+    zs = json.loads((data_dir / "zsre/zsre_mend_train-1k.json").read_text())
+    sample = rng.sample(cf, min(n_counterfact, len(cf)))
+    pairs = counterfact_pairs(sample, data_dir, rng)
+    pairs += prefixed_paraphrase_pairs(sample, rng)
+    pairs += zsre_pairs(zs, rng)
+    pairs += conversation_gate_pairs(load_conversations(), rng)
+    return pairs
+
+
 def featurize(pairs: list[Pair], encoder, batch: int = 256, cache: dict | None = None) -> list[PairFeatures]:
     """Features exactly as the runtime computes them (same helpers, same encoder)."""
     edits = [build_edit("fact", **p.edit_fields) for p in pairs]
@@ -244,7 +292,8 @@ def compare_with_sentinel(data_dir: str | Path, out_report: str | Path | None = 
     fired = sentinel_fired(pairs, load(recipe_dir))
     table["sentinel"] = _rates(pairs, fired)
     recipe = (f"dev = first {n_dev} counterfact-edit records + {len(distract)} distracting-neighbor records "
-              f"({len(pairs)} pairs); learned/cosine/subject from gate.json, sentinel from recall/data/recipe")
+              f"({len(pairs)} pairs); learned/cosine/subject from gate.json, sentinel from "
+              f"{recipe_dir or 'recall/data/recipe'}")
     md = report_markdown(table, pairs, recipe)
     if out_report:
         Path(out_report).write_text(md + f"\nWall time {time.time() - t0:.0f} s (`recall gate compare`).\n")

@@ -130,6 +130,44 @@ def retrieval_losses(model: KnowledgeModel, batch: list[Record], rng: random.Ran
     return {"q1": l_q1, "q2": l_q2, "q3": l_q3}
 
 
+def scope_margins(model: KnowledgeModel, pairs: list) -> torch.Tensor:
+    """Per (query, edit) pair: sim(query, edit's knowledge statement) - sim(query, sentinel),
+    the value the sentinel gate fires on when positive (``gate="sentinel"``)."""
+    queries = sorted({p.query for p in pairs})
+    texts = sorted({statement(p.edit_fields["prompt"], p.edit_fields["target"]) for p in pairs})
+    r_q = model.query(queries)
+    r_k = model.knowledge(texts)
+    qi = torch.tensor([queries.index(p.query) for p in pairs], device=r_q.device)
+    ki = torch.tensor([texts.index(statement(p.edit_fields["prompt"], p.edit_fields["target"])) for p in pairs],
+                      device=r_q.device)
+    own = (r_q[qi] * r_k[ki]).sum(-1) / (model.cfg.rep_dim ** 0.5)
+    return own - model.similarity(r_q[qi], model.sentinel_rep())[:, 0]
+
+
+def scope_losses(model: KnowledgeModel, batch: list) -> dict:
+    """The sentinel's scope loss: logistic loss of the gate margin (:func:`scope_margins`)
+    against the pair's label, positives and negatives weighted equally. RECIPE trains the
+    sentinel only against other-subject locality prompts; these pairs add the hard negatives
+    the fact gate is trained on (same subject/other relation, a fact stated then a neighbour
+    asked, longer names that contain the subject's) and question and chat forms."""
+    m = scope_margins(model, batch)
+    y = torch.tensor([float(p.label) for p in batch], device=m.device)
+    losses = F.binary_cross_entropy_with_logits(m, y, reduction="none")
+    pos, neg = y == 1, y == 0
+    parts = [losses[mask].mean() for mask in (pos, neg) if mask.any()]
+    return {"scope": torch.stack(parts).mean()}
+
+
+@torch.no_grad()
+def scope_accuracy(model: KnowledgeModel, pairs: list, batch: int = 256) -> float:
+    """Balanced accuracy of the sentinel gate (margin > 0) on labelled pairs."""
+    model.eval()
+    fired = torch.cat([scope_margins(model, pairs[i : i + batch]) > 0 for i in range(0, len(pairs), batch)])
+    y = torch.tensor([p.label for p in pairs], device=fired.device) == 1
+    model.train()
+    return float((fired[y].float().mean() + (~fired[~y]).float().mean()) / 2)
+
+
 def prompt_losses(model: KnowledgeModel, llm, tokenizer, batch: list[Record]) -> dict:
     """The edit losses of the prompt generator (the KRM is held fixed)."""
     b = len(batch)
@@ -217,17 +255,23 @@ def train(
     lr: float = 3e-4,
     encoder_lr: float = 3e-5,
     prompt_lr: float = 1e-3,
+    scope_steps: int = 0,
+    scope_batch: int = 64,
+    scope_counterfact: int = 4000,
+    trainable_layers: int | None = None,
     n_holdout: int = 200,
     seed: int = 0,
     cfg: RecipeConfig | None = None,
     resume: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train in two phases (the KRM and sentinel on the contrastive losses, then the prompt
-    generator on the edit losses with the KRM fixed: the paper trains them jointly, which
+    """Train in phases (the KRM and sentinel on the contrastive losses; then, with
+    ``scope_steps``, the KRM and sentinel on the scope loss of :func:`scope_losses`; then the
+    prompt generator on the edit losses with the KRM fixed: the paper trains them jointly, which
     costs an LLM backward pass per retrieval step), and write the checkpoint plus
     ``train_log.jsonl`` and ``report.json`` to ``out_dir``. ``resume``: continue from a
-    checkpoint (its report's step counts are carried over, and its log is appended to)."""
+    checkpoint (its report's step counts are carried over, and its log is appended to);
+    ``trainable_layers``: fine-tune this many top encoder layers (default: the checkpoint's)."""
 
     llm, tokenizer, spec = llm_loaded
     for p in llm.parameters():
@@ -251,7 +295,17 @@ def train(
         cfg.llm_hidden = llm.get_input_embeddings().weight.shape[1]
         cfg.llm = model_fingerprint(llm, spec)
         model = KnowledgeModel(encoder, enc_tok, cfg).to(llm.device)
+    if trainable_layers is not None:
+        model.cfg.trainable_layers = trainable_layers
     model.freeze_encoder_base()
+    scope_train, scope_val = [], []
+    if scope_steps:
+        from recall.training.gate_training import sentinel_train_pairs
+
+        pairs = sentinel_train_pairs(Path(data_dir), scope_counterfact, random.Random(seed + 3))
+        random.Random(seed + 4).shuffle(pairs)
+        n_val = max(1, len(pairs) // 20)
+        scope_train, scope_val = pairs[n_val:], pairs[:n_val]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     before = previous.get("holdout_before") or evaluate(model, llm, tokenizer, holdout)
@@ -267,6 +321,11 @@ def train(
             log.write(json.dumps({"resumed": previous.get("holdout_after")}) + "\n")
         _run_phase("retrieval", krm, lambda b: retrieval_losses(model, b, rng), retrieval_steps,
                    lambda: rng.sample(train_set, retrieval_batch), log, t0, progress, lr)
+        t_scope = time.time()
+        scope_before = scope_accuracy(model, scope_val) if scope_steps else None
+        _run_phase("scope", krm, lambda b: scope_losses(model, b), scope_steps,
+                   lambda: rng.sample(scope_train, scope_batch), log, t0, progress, lr)
+        scope_after = scope_accuracy(model, scope_val) if scope_steps else None
         t1 = time.time()
         model.encoder.eval()  # the KRM is fixed in this phase: no dropout in the representations it feeds
         _run_phase("prompt", generator, lambda b: prompt_losses(model, llm, tokenizer, b), prompt_steps,
@@ -275,6 +334,13 @@ def train(
     after = evaluate(model, llm, tokenizer, holdout)
     report = {
         "retrieval_steps": retrieval_steps + previous.get("retrieval_steps", 0),
+        "scope_steps": scope_steps + previous.get("scope_steps", 0),
+        "scope_batch": scope_batch,
+        "scope_pairs": f"{len(scope_train)} train pairs (gate_training.sentinel_train_pairs, "
+        f"{scope_counterfact} CounterFact-train records + zsRE train + training conversations), "
+        f"{len(scope_val)} held out",
+        "scope_val_balanced_accuracy": {"before": scope_before, "after": scope_after},
+        "trainable_layers": model.cfg.trainable_layers,
         "retrieval_batch": retrieval_batch,
         "prompt_steps": prompt_steps + previous.get("prompt_steps", 0),
         "prompt_batch": prompt_batch,
@@ -283,7 +349,8 @@ def train(
         "prompt_lr": prompt_lr,
         "seed": seed,
         "split_seed": split_seed,
-        "retrieval_seconds": round(t1 - t0 + previous.get("retrieval_seconds", 0), 1),
+        "retrieval_seconds": round(t_scope - t0 + previous.get("retrieval_seconds", 0), 1),
+        "scope_seconds": round(t1 - t_scope + previous.get("scope_seconds", 0), 1),
         "prompt_seconds": round(t2 - t1 + previous.get("prompt_seconds", 0), 1),
         "resumed_from": previous or None,
         "torch_threads": torch.get_num_threads(),

@@ -278,35 +278,43 @@ def knowedit_rel_pairs(records: list[dict], with_answer: bool = False) -> list[R
     return pairs
 
 
-def conversation_pairs(records: list[dict], rng: random.Random, with_answer: bool = False) -> list[RelPair]:
-    """Pairs from hand-written conversations (the schema of ``bench/data/conversations_dev.jsonl``).
-    The edit's side is its prompt or one of its paraphrases (users state corrections in any form).
-    Positives: another paraphrase, and the pronoun follow-up as the chat path resolves it
+def conversation_queries(r: dict, rng: random.Random) -> list[tuple[str, str, int, str]]:
+    """(edit side, query, label, group) from one hand-written conversation (the schema of
+    ``bench/data/conversations_dev.jsonl``), names not masked. The edit's side is its prompt or
+    one of its paraphrases (users state corrections in any form). Positives: another
+    paraphrase, and the pronoun follow-up as the chat path resolves it
     (:func:`recall.core.chat.scope_query`). Negatives: the same subject asked another relation,
-    and the same relation asked about a longer name that contains the subject's ("X Hilton").
-    Only queries in which a name of the edit occurs are kept: the gate asks the scorer nothing else."""
+    and the same relation asked about a longer name that contains the subject's ("X Hilton")."""
+    names = [r["subject"], *r.get("aliases", [])]
+    sides = [r["edit"]["prompt"]] + [p["text"] for p in r["paraphrases"]]
+    turn = r["follow_up"]
+    found = [n for n in names if mask_names(turn["setup"], [n]) != turn["setup"]]
+    follow = scope_query([{"role": "user", "content": turn["setup"]},
+                          {"role": "assistant", "content": turn["reply"]},
+                          {"role": "user", "content": turn["question"]}], lambda _text, found=found: found)
+    others = [q["text"] for q in r["same_subject_other_relation"]]
+    traps = [q["text"] for q in r["same_relation_other_subject"]]
+    wanted = [(sides[0], q, 1, "conv_paraphrase") for q in sides[1:] + [follow]]
+    wanted += [(sides[0], q, 0, "conv_same_subject") for q in others]
+    wanted += [(sides[0], q, 0, "conv_longer_name") for q in traps]
+    for i, side in enumerate(sides[1:], 1):
+        rest = [x for j, x in enumerate(sides) if j != i] + [follow]
+        wanted.append((side, rng.choice(rest), 1, "conv_paraphrase"))
+        wanted.append((side, rng.choice(others), 0, "conv_same_subject"))
+    return wanted
+
+
+def conversation_pairs(records: list[dict], rng: random.Random, with_answer: bool = False) -> list[RelPair]:
+    """Relation-scorer pairs from hand-written conversations (:func:`conversation_queries`),
+    names masked. Only queries in which a name of the edit occurs are kept: the gate asks the
+    scorer nothing else."""
     pairs: list[RelPair] = []
     for r in records:
         names = [r["subject"], *r.get("aliases", [])]
         answer = r["edit"]["target"] if with_answer else None
-        sides = [r["edit"]["prompt"]] + [p["text"] for p in r["paraphrases"]]
-        turn = r["follow_up"]
-        found = [n for n in names if mask_names(turn["setup"], [n]) != turn["setup"]]
-        follow = scope_query([{"role": "user", "content": turn["setup"]},
-                              {"role": "assistant", "content": turn["reply"]},
-                              {"role": "user", "content": turn["question"]}], lambda _text, found=found: found)
-        others = [q["text"] for q in r["same_subject_other_relation"]]
-        traps = [q["text"] for q in r["same_relation_other_subject"]]
-        wanted = [(sides[0], q, 1, "conv_paraphrase") for q in sides[1:] + [follow]]
-        wanted += [(sides[0], q, 0, "conv_same_subject") for q in others]
-        wanted += [(sides[0], q, 0, "conv_longer_name") for q in traps]
-        for i, side in enumerate(sides[1:], 1):
-            rest = [x for j, x in enumerate(sides) if j != i] + [follow]
-            wanted.append((side, rng.choice(rest), 1, "conv_paraphrase"))
-            wanted.append((side, rng.choice(others), 0, "conv_same_subject"))
-        for edit, query, label, group in wanted:
+        for edit, query, label, group in conversation_queries(r, rng):
             e, q = pair_texts(edit, query, names, answer)
-            if _MASKED.search(e) and _MASKED.search(q):  # the gate asks the scorer nothing else
+            if _MASKED.search(e) and _MASKED.search(q):
                 pairs.append(RelPair(e, q, label, group))
     return pairs
 

@@ -59,6 +59,9 @@ with tempfile.TemporaryDirectory() as tmp:
 
     out = rt.generate([FACTS[0][0]], max_new_tokens=4)[0]
     assert out.strip().startswith("English"), out
+    # the prompt edit's prefix was tuned with the hyper-parameters read from the wheel's package data
+    out, ids = rt.generate_with_edits(["The capital of Freedonia is"], max_new_tokens=4)[0]
+    assert out.strip().startswith("Fredville") and ids == [prompt_edit.id], (out, ids)
     reply = rt.chat([{"role": "user", "content": "What is the mother tongue of Danielle Darrieux?"}], max_new_tokens=16)
     print(f"chat reply: {reply!r}")
     edited, bare = rt.score([FACTS[0][0]], ["English"]), rt.score([FACTS[0][0]], ["English"], use_memory=False)
