@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recall.core.lm import RowPlan, answer_tokens, teacher_forced_batch, unembed
+from recall.core.lm import RowPlan, answer_tokens, target_and_runner_up, teacher_forced_batch, unembed
 from recall.methods.hparams import HyperParams
 
 
@@ -55,9 +55,8 @@ class PromptTuningHyperParams(HyperParams):
 
 def _target_margins(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Per scored token: log-prob of the target minus the best other token's."""
-    tgt = logp.gather(1, ids[:, None])[:, 0]
-    other = logp.scatter(1, ids[:, None], float("-inf")).max(-1).values
-    return tgt - other
+    target, other = target_and_runner_up(logp, ids)
+    return target - other
 
 
 @torch.no_grad()

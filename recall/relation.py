@@ -17,6 +17,7 @@ relation alone, so it transfers to subjects never seen in training.
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,13 +117,15 @@ class RelationScorer:
                 state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
             self.tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
             self.encoder = AutoModel.from_pretrained(str(base), local_files_only=True)
-        except (OSError, RuntimeError, ValueError) as exc:
+            merge_low_rank(self.encoder, state["deltas"], float(state["scale"]))
+            self.head = MeanPoolHead(self.encoder.config.hidden_size)
+            self.head.load_state_dict(state["head"])
+            self.threshold = float(state["threshold"])
+        # a missing or unreadable file, one that is not a torch checkpoint (pickle's errors),
+        # or one without the scorer's entries or with other shapes
+        except (OSError, RuntimeError, ValueError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as exc:
             where = checkpoint or "shipped"
-            raise ModelLoadError(f"could not load the relation scorer ({where}, base {base}): {exc}") from exc
-        merge_low_rank(self.encoder, state["deltas"], float(state["scale"]))
-        self.head = MeanPoolHead(self.encoder.config.hidden_size)
-        self.head.load_state_dict(state["head"])
-        self.threshold = float(state["threshold"])
+            raise ModelLoadError(f"could not load the relation scorer ({where}, base {base}): {exc!r}") from exc
         # trained on edit texts that end with the edit's answer (edit_text); older checkpoints: not
         self.reads_answer = bool(state.get("reads_answer", False))
         self.trained_on = str(state.get("trained_on", ""))

@@ -104,6 +104,7 @@ class Runtime:
         gate_params: str | Path | GateParams | None = None,
         recipe: str | Path | None = None,
         prompt_tuning: str | Path | None = None,
+        relation_scorer: str | Path | None = None,
     ) -> Runtime:
         """Open (or create) a store directory and load the model and encoder.
 
@@ -123,6 +124,7 @@ class Runtime:
             gate_params=gate_params,
             recipe=recipe,
             prompt_tuning=prompt_tuning,
+            relation_scorer=relation_scorer,
             _owns_model=True,
         )
 
@@ -141,6 +143,7 @@ class Runtime:
         gate_params: str | Path | GateParams | None = None,
         recipe: str | Path | None = None,
         prompt_tuning: str | Path | None = None,
+        relation_scorer: str | Path | None = None,
         _owns_model: bool = False,
     ) -> Runtime:
         """Open a store over an already loaded ``(model, tokenizer, spec)`` and encoder, so
@@ -156,14 +159,16 @@ class Runtime:
         checkpoint directory (default: the one shipped for the embedded model), loaded on first
         use by prompt edits or the sentinel gate; ``prompt_tuning``: a JSON file of
         :class:`recall.methods.prompt_tuning.PromptTuningHyperParams` for the prefix tuned at
-        each prompt edit's add (default: ``methods/hparams/prompt_tuning/<family>.json``).
+        each prompt edit's add (default: ``methods/hparams/prompt_tuning/<family>.json``);
+        ``relation_scorer``: the relation gate's scorer checkpoint (default: the shipped one,
+        ``recall/data/relation_scorer.pt``; ``recall gate train-relation`` writes others).
 
         A store whose consolidation left a checkpoint serves it: the runtime then works on
         its own copy of the model, so the shared one is never modified."""
         lm, tok, spec = loaded
         params = gate_params if isinstance(gate_params, GateParams) else GateParams.load(gate_params)
         knowledge = KnowledgeKinds(lm, tok, spec, recipe, prompt_tuning)
-        relation = RelationScorer(device=str(lm.device)) if gate == "relation" else None
+        relation = RelationScorer(relation_scorer, device=str(lm.device)) if gate == "relation" else None
         memory = EditMemory(path, encoder, Gate(gate, params), readonly=readonly, knowledge=knowledge,
                             relation=relation)
         rt = cls(memory, lm, tok, spec, Injector(tok, injection, bias_weight), top_k=top_k)

@@ -87,6 +87,13 @@ def test_a_pronoun_follow_up_is_resolved_to_the_subject_named_before():
     )
     unrelated = [user("Tell me a joke."), {"role": "assistant", "content": "No."}, user("Where was she born?")]
     assert scope_query(unrelated, names) == "Tell me a joke. Where was she born?"
+    # a turn that names a known subject stands alone, whatever pronoun it holds
+    aside = [user("What is the capital of France?"), {"role": "assistant", "content": "Paris."}]
+    own = "Which was the position that Danielle Darrieux held?"
+    assert scope_query(aside + [user(own)], names) == own
+    assert scope_query(convo + [user("Is it true that Danielle Darrieux spoke German?")], names) == (
+        "Is it true that Danielle Darrieux spoke German?"
+    )
 
 
 def test_aliases_put_a_query_in_scope_and_survive_export(make_runtime, store_dir, tmp_path):

@@ -140,3 +140,18 @@ def test_prompt_edits_are_consolidated_like_facts(make_runtime, store_dir, tmp_p
     prompt, target = {i: (p, t) for i, (p, t, _) in zip(ids, [(FACT_PROMPT, "English", 0), RELIGION])}[
         report.consolidated[0]]
     assert starts_with_target(rt.generate([prompt], max_new_tokens=3, use_memory=False)[0], target)
+
+
+def test_a_bad_prompt_tuning_file_refuses_the_add_and_leaves_the_store(make_runtime, tmp_path):
+    from recall.core.errors import ConfigError
+
+    bad = tmp_path / "tuning.json"
+    bad.write_text(json.dumps({"max_steps": -3}))
+    rt = make_runtime(tmp_path / "store", prompt_tuning=str(bad))
+    fact = rt.add_edit(prompt=FACT_PROMPT, target="English", subject=FACT_SUBJECT)
+    for text in ("{not json", json.dumps({"max_steps": -3})):
+        bad.write_text(text)
+        with pytest.raises(ConfigError):
+            rt.add_edit("prompt", prompt=RELIGION[0], target=RELIGION[1], subject=RELIGION[2])
+    assert [e.id for e in rt.edits(status=None)] == [fact.id]
+    assert rt.explain(FACT_PROMPT)["fired"] == [fact.id]

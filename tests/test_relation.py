@@ -179,3 +179,48 @@ def test_conversation_pairs_label_paraphrases_and_other_relations():
     assert by_query[("Where was X born?", "Where was X's sister Cristina X born?")] == 0
     assert all("Diego Rivera born" not in p.query for p in pairs)  # no name of the edit: never asked
     assert {p.label for p in pairs if p.edit == "X was born in"} == {0, 1}
+
+
+def test_descriptions_replace_the_mask_and_reach_both_labels():
+    import random
+
+    from recall.training.relation_training import DESCRIPTIONS, _describe, _with_adjunct, form_pairs
+
+    rng = random.Random(0)
+    described = _describe("Who directed X?", "work", rng)
+    assert described != "Who directed X?" and described.endswith("?") and re.search(r"\bX\b", described)
+    assert _describe("What sport do the X play?", "team", rng) == "What sport do the X play?"  # "the X": left
+    assert _describe("X was born in", "person", rng)[0].isupper()
+    assert re.fullmatch(r"X was created in \d{4} by", _with_adjunct("X was created by", rng))
+    assert _with_adjunct("Which city did X die in?", rng) == "Which city did X die in?"
+    inv = {
+        "birthplace": {"forms": ["Where was X born?", "X was born in"], "type": "person", "pid": "P19"},
+        "employer": {"forms": ["Who does X work for?", "X works for"], "type": "person", "pid": "P108"},
+    }
+    phrases = [d.replace("X", "").replace("{year}", "").strip(" ,") for d in DESCRIPTIONS["person"]]
+
+    def has_description(text: str) -> bool:
+        return any(p and p.lower() in text.lower() for p in phrases)
+
+    plain = form_pairs(inv, sorted(inv), 200, random.Random(1), {}, {})
+    assert not any(has_description(p.query) for p in plain)
+    pairs = form_pairs(inv, sorted(inv), 200, random.Random(1), {}, {}, describe=0.5)
+    for label in (0, 1):
+        group = [p for p in pairs if p.label == label and p.group.startswith("forms_") and "relation" in p.group]
+        assert any(has_description(p.query) for p in group), label
+
+
+def test_runtime_takes_a_relation_scorer_file_and_refuses_a_bad_one(make_runtime, tmp_path):
+    from recall.core import resources
+    from recall.core.errors import ModelLoadError
+
+    with resources.data_path(resources.RELATION_SCORER) as shipped:
+        rt = make_runtime(tmp_path / "own", relation_scorer=shipped)
+        rt.add_edit(prompt="Where was Barack Obama born?", target="Seattle", subject="Barack Obama")
+        assert rt.explain("Where was Barack Obama born again?")["fired"]
+    bad = tmp_path / "scorer.pt"
+    bad.write_bytes(b"not a checkpoint" * 10)
+    for path in (bad, tmp_path / "missing.pt"):
+        with pytest.raises(ModelLoadError):
+            make_runtime(tmp_path / "refused", relation_scorer=path)
+    assert not (tmp_path / "refused").exists()

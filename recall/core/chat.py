@@ -77,11 +77,14 @@ def resolve_pronoun(text: str, name: str) -> str:
 def scope_query(messages: Sequence[dict[str, Any]], names_in: Callable[[str], list[str]] | None = None) -> str:
     """The text retrieval and the gate judge: the last user turn. When it refers back with a
     pronoun, the previous user turn resolves it: ``names_in(text)`` lists the known subjects
-    named there (longest first, e.g. the memory's subject lexicon), and the first one takes the
-    pronoun's place; without one, the previous turn is put before the last."""
+    named in a text (longest first, e.g. the memory's subject lexicon), and the first one
+    named in the previous turn takes the pronoun's place; without one, the previous turn is
+    put before the last. A last turn that names a known subject itself stands alone: its
+    "that" or "it" is its own ("Which position was it that X held?"), and an earlier question
+    put before it would only blur what it asks."""
     users = [m["content"].strip() for m in messages if m["role"] == "user"]
     current = users[-1]
-    if len(users) > 1 and _PRONOUN.search(current):
+    if len(users) > 1 and _PRONOUN.search(current) and not (names_in is not None and names_in(current)):
         names = names_in(users[-2]) if names_in is not None else []
         if names and _PERSONAL.search(current):
             return resolve_pronoun(current, names[0])

@@ -279,6 +279,15 @@ def score_tokens_rows(
     return out
 
 
+def target_and_runner_up(scores: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``scores`` [n, vocab] (log-probs, probabilities or logits): the score of the
+    row's target token ``ids[i]`` and the best score of any other token. Prefix tuning stops on
+    their difference; RECIPE's training hinges on their ratio."""
+    target = scores.gather(1, ids[:, None])[:, 0]
+    other = scores.scatter(1, ids[:, None], float("-inf")).max(-1).values
+    return target, other
+
+
 def _stop_ids(model, tokenizer) -> set[int]:
     ids = model.generation_config.eos_token_id if model.generation_config is not None else None
     ids = ids if isinstance(ids, list) else [ids]

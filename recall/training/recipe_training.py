@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from recall.core.datasets import load_cases
-from recall.core.lm import RowPlan, teacher_forced_batch
+from recall.core.lm import RowPlan, target_and_runner_up, teacher_forced_batch
 from recall.methods.layer_stats import model_fingerprint
 from recall.methods.recipe import KnowledgeModel, RecipeConfig, base_encoder, load, save, statement, target_embedding
 
@@ -72,9 +72,7 @@ def _hinge_ce(logits: torch.Tensor, labels: torch.Tensor, hinge: bool) -> torch.
     HINGE x the runner-up contribute nothing."""
     loss = F.cross_entropy(logits, labels, reduction="none")
     if hinge:
-        p = logits.softmax(-1)
-        p_t = p.gather(1, labels[:, None])[:, 0]
-        p_other = p.scatter(1, labels[:, None], -1.0).max(-1).values
+        p_t, p_other = target_and_runner_up(logits.softmax(-1), labels)
         loss = loss * (p_t < HINGE * p_other).float()
     return loss.mean()
 
@@ -93,9 +91,7 @@ def _target_nll(logits: torch.Tensor, spans) -> torch.Tensor:
         lp = logits[r, start - 1 : start - 1 + len(c_ids)].float().log_softmax(-1)
         tgt = torch.tensor(c_ids, device=lp.device)
         nll = -lp.gather(1, tgt[:, None])[:, 0]
-        p = lp.exp()
-        p_t = p.gather(1, tgt[:, None])[:, 0]
-        p_other = p.scatter(1, tgt[:, None], -1.0).max(-1).values
+        p_t, p_other = target_and_runner_up(lp.exp(), tgt)
         keep = (p_t < HINGE * p_other).float()
         losses.append((nll * keep).sum() / len(c_ids))
     return torch.stack(losses).mean()

@@ -11,13 +11,16 @@ asks for the edit's relation about the edit's subject. Sources, train splits onl
   another relation (half of them the nearest relation by encoder cosine: birthplace vs place of
   death); the relation asked about another name after a sentence that mentions the subject
   ("X was born in Honolulu. Where was Joe Biden born?"); the subject inside a longer name
-  ("Where was X Hilton born?").
+  ("Where was X Hilton born?"). A share of the queries of both labels describe the subject
+  ("the animated film X", "X, the physicist,") or date it ("X was created in 1991 by";
+  :data:`DESCRIPTIONS`), so that neither reads as another relation.
 - CounterFact train: prompt vs rephrase (+); prompt vs a same-subject prompt of another
   ParaRel relation (-).
 - zsRE train: question vs rephrase (+); question vs another record's question put on this
-  subject (-).
+  subject (-). The file's last ``zsre_held_out`` records stay out, to check a choice on.
 - KnowEdit ``wiki_counterfact`` and ``wiki_recent`` train: prompt vs its relation-specificity
   prompts (same subject, other relation, -).
+- The hand-written training conversations (``conversations_train.jsonl``; :func:`conversation_pairs`).
 
 With ``with_answer`` (an option, off by default: tried in stop 28, not shipped) the edit's side ends with its answer
 (:func:`recall.relation.edit_text`): for the forms, a typical answer of the relation
@@ -74,6 +77,31 @@ OTHER_NAMES = ("Joe Biden", "Marie Curie", "Toyota", "the Danube", "Portugal", "
 EXTENSIONS = ("X Hilton", "X Airport", "University of X", "X FC", "X Street", "New X", "X Jr.", "X Records",
               "X Tower", "Saint X", "X Museum", "X County")
 PRONOUNS = {"person": ("he", "his"), "default": ("it", "its")}
+# How people describe the subject they ask about, by its type ("the animated film X", "X,
+# Africa's highest peak,"): put on queries of both labels, so that a description is no cue
+# either way. ``{year}`` is filled with a year. Written for this purpose, not from any data set.
+DESCRIPTIONS = {
+    "person": ("the French painter X", "the American writer X", "the late X", "the Japanese novelist X",
+               "the singer X", "X, the physicist,", "the footballer X", "X, who won a Nobel Prize,",
+               "the former prime minister X", "the actor X", "the famous composer X", "the chess player X",
+               "the rapper X", "X, the tech executive,", "the poet X", "the Brazilian striker X"),
+    "place": ("the city of X", "X, the largest city in the region,", "the ancient town of X", "X, the capital,",
+              "the river X", "X, the country's highest peak,", "the island of X", "the region of X",
+              "X, a popular tourist destination,", "the lake X", "the historic city of X", "the mountain X"),
+    "work": ("the {year} film X", "the novel X", "the album X", "the animated film X", "the painting X",
+             "the song X", "the video game X", "X, released in {year},", "the Korean film X", "the TV series X",
+             "the classic book X", "the opera X"),
+    "organization": ("the tech company X", "the carmaker X", "X, the German company,", "the conglomerate X",
+                     "the retailer X", "X, founded in {year},", "the bank X", "the airline X", "the brand X",
+                     "the university X", "the record label X"),
+    "product": ("the {year} model X", "the smartphone X", "the programming language X", "X, launched in {year},",
+                "the game console X", "the software X", "the drug X", "the car X"),
+    "team": ("the football club X", "the rugby side X", "X, the national team,", "the basketball team X",
+             "the cricket team X", "the club X"),
+    "other": ("the well-known X", "X, as it is known,", "the famous X", "X, first described in {year},",
+              "the so-called X"),
+}
+ADJUNCT_BEFORE = ("by", "in", "of", "to", "for", "at", "from", "as", "on", "with")
 
 
 @dataclass
@@ -93,11 +121,20 @@ class RelationHParams:
     # shipped (docs/experiments.md section 17), so off: the default reproduces the shipped scorer
     with_answer: bool = False
     # pairs from the hand-written training conversations (CONVERSATIONS_FILE), each used this
-    # many times; a held-out fraction of the conversations joins the threshold's pairs. Tried in
-    # stop 34 with 2 and not shipped (docs/experiments.md section 24: better on the validation
-    # and dev sets, zsRE chat paraphrases .88 -> .82), so off: the default reproduces the shipped scorer
-    conversation_repeat: int = 0
+    # many times; a held-out fraction of the conversations joins the threshold's pairs (stop 34
+    # tried 2 alone: zsRE chat paraphrases fell to .82; shipped since stop 36 with the
+    # descriptions below, docs/experiments.md section 26)
+    conversation_repeat: int = 2
     conversation_held_out_frac: float = 0.15
+    # the share of the forms' queries whose subject is described ("the animated film X") or
+    # dated ("X was created in 1991 by"): the scorer before them (v4) read such queries as another relation
+    describe_frac: float = 0.3
+    # zsRE train records (the file's last N) kept out of training, to check a choice on
+    # zsRE-style questions (``recall bench chat --data`` on them) without the evaluation split
+    zsre_held_out: int = 150
+    # a fixed threshold instead of the one chosen on the held-out pairs: for a final run on
+    # every relation (held_out_frac 0), the threshold an otherwise equal run chose on held-out ones
+    threshold: float | None = None
     seed: int = 0
 
     @classmethod
@@ -170,6 +207,43 @@ def _noisy(text: str, rng: random.Random) -> str:
     return text
 
 
+def _describe(text: str, kind: str, rng: random.Random) -> str:
+    """The subject's mask replaced by a description of it (:data:`DESCRIPTIONS`), when the mask
+    stands alone (not after "the", not lower-cased by :func:`_noisy`)."""
+    m = re.search(rf"(?<![\w-])(?<!the )(?<!The ){re.escape(SUBJECT_MASK)}(?!\w)", text)
+    if m is None:
+        return text
+    phrase = rng.choice(DESCRIPTIONS.get(kind, DESCRIPTIONS["other"])).format(year=rng.randint(1850, 2020))
+    if m.start() == 0:
+        phrase = phrase[:1].upper() + phrase[1:]
+    if phrase.endswith(",") and re.match(r"\s*[?.!,;:']", text[m.end():]):
+        phrase = phrase[:-1]  # "X, the singer,?" -> "X, the singer?"
+    return text[: m.start()] + phrase + text[m.end():]
+
+
+def _with_adjunct(text: str, rng: random.Random) -> str:
+    """A time adjunct where it reads naturally: before a cloze's final preposition ("X was
+    created in 1991 by"), or before a question's mark ("Where did X die in 1986?")."""
+    year = rng.randint(1850, 2020)
+    words = text.rstrip().split(" ")
+    if len(words) > 2 and words[-1].lower() in ADJUNCT_BEFORE:
+        return " ".join(words[:-1] + [f"in {year}", words[-1]])
+    if text.rstrip().endswith("?") and words[-1].rstrip("?").lower() not in ADJUNCT_BEFORE:
+        return text.rstrip()[:-1] + f" in {year}?"
+    return text
+
+
+def _decorated(text: str, kind: str, rng: random.Random, frac: float) -> str:
+    """With probability ``frac`` a description of the subject, with ``frac / 2`` a time adjunct."""
+    if frac <= 0:
+        return text
+    if rng.random() < frac:
+        text = _describe(text, kind, rng)
+    if rng.random() < frac / 2:
+        text = _with_adjunct(text, rng)
+    return text
+
+
 def _pronoun_form(form: str, kind: str) -> str:
     subj, poss = PRONOUNS.get(kind, PRONOUNS["default"])
     form = re.sub(r"\bX's\b", poss, form, count=1)
@@ -178,19 +252,24 @@ def _pronoun_form(form: str, kind: str) -> str:
 
 def form_pairs(inv: dict[str, dict], relations: list[str], n: int, rng: random.Random,
                near: dict[str, list[str]], statements: dict[str, list[str]],
-               answers: dict[str, list[str]] | None = None) -> list[RelPair]:
+               answers: dict[str, list[str]] | None = None, describe: float = 0.0) -> list[RelPair]:
     """Pairs from the inventory, restricted to ``relations`` (both sides); with ``answers``, the
-    edit's side ends with one of its relation's answers (none where the relation has none)."""
+    edit's side ends with one of its relation's answers (none where the relation has none).
+    ``describe``: the share of same- and other-relation queries whose subject is described
+    (:func:`_decorated`; a third of that share on the edit's side)."""
     pairs = []
     rel_set = set(relations)
     for _ in range(n):
         r = rng.choice(relations)
         forms = inv[r]["forms"]
+        kind = inv[r]["type"]
         form = rng.choice(forms)
+        if describe > 0 and rng.random() < describe / 3:
+            form = _describe(form, kind, rng)
         edit = edit_text(form, rng.choice(answers[r])) if answers and answers.get(r) else form
         u = rng.random()
         if u < 0.40:
-            q = rng.choice([f for f in forms if f != form] or forms)
+            q = _decorated(rng.choice([f for f in forms if f != form] or forms), kind, rng, describe)
             pairs.append(RelPair(edit, _noisy(q, rng), 1, "forms_same_relation", r))
         elif u < 0.47:
             q = _pronoun_form(rng.choice(forms), inv[r]["type"])
@@ -203,7 +282,8 @@ def form_pairs(inv: dict[str, dict], relations: list[str], n: int, rng: random.R
             usable = [x for x in relations if _negative_for(inv, r, x)]
             pool = [x for x in near.get(r, []) if x in rel_set and x in usable] if rng.random() < 0.5 else []
             other = rng.choice(pool or usable or [x for x in relations if x != r])
-            pairs.append(RelPair(edit, _noisy(rng.choice(inv[other]["forms"]), rng), 0, "forms_other_relation", r))
+            q = _decorated(rng.choice(inv[other]["forms"]), kind, rng, describe)
+            pairs.append(RelPair(edit, _noisy(q, rng), 0, "forms_other_relation", r))
         elif u < 0.92:
             q = rng.choice(forms).replace(SUBJECT_MASK, rng.choice(OTHER_NAMES), 1)
             lead = rng.choice(statements.get(r) or MENTIONS)
@@ -291,7 +371,8 @@ def conversation_queries(r: dict, rng: random.Random) -> list[tuple[str, str, in
     found = [n for n in names if mask_names(turn["setup"], [n]) != turn["setup"]]
     follow = scope_query([{"role": "user", "content": turn["setup"]},
                           {"role": "assistant", "content": turn["reply"]},
-                          {"role": "user", "content": turn["question"]}], lambda _text, found=found: found)
+                          {"role": "user", "content": turn["question"]}],
+                         lambda text, found=found: [n for n in found if mask_names(text, [n]) != text])
     others = [q["text"] for q in r["same_subject_other_relation"]]
     traps = [q["text"] for q in r["same_relation_other_subject"]]
     wanted = [(sides[0], q, 1, "conv_paraphrase") for q in sides[1:] + [follow]]
@@ -332,7 +413,7 @@ def build_pairs(data_dir: Path, hp: RelationHParams, encoder: TextEncoder,
     relation inventory ``inv`` (:func:`load_inventory`) and the data sets' train splits."""
     rng = random.Random(hp.seed)
     names = sorted(inv)
-    held = sorted(rng.sample(names, max(2, int(len(names) * hp.held_out_frac))))
+    held = sorted(rng.sample(names, max(2, int(len(names) * hp.held_out_frac)))) if hp.held_out_frac > 0 else []
     train_rels = [n for n in names if n not in held]
     near = nearest_relations(inv, encoder)
     known = json.loads((data_dir / "counterfact/rome_known_1000.json").read_text())
@@ -344,16 +425,17 @@ def build_pairs(data_dir: Path, hp: RelationHParams, encoder: TextEncoder,
         t2r[r["template"]] = rel
         statements[rel].append(mask_names(f"{r['prompt']} {r['attribute']}.", [r["subject"]]))
     answers = load_answers(inv, known) if hp.with_answer else None
-    train = form_pairs(inv, train_rels, hp.n_form_pairs, rng, near, statements, answers)
+    train = form_pairs(inv, train_rels, hp.n_form_pairs, rng, near, statements, answers, hp.describe_frac)
     # validation mixes held-out relations with negatives from any relation
     val = form_pairs(inv, held + rng.sample(train_rels, len(held)), max(2000, hp.n_form_pairs // 10),
-                     random.Random(hp.seed + 1), near, statements, answers)
+                     random.Random(hp.seed + 1), near, statements, answers, hp.describe_frac) if held else []
     held_set = set(held)
     val = [p for p in val if p.relation in held_set]
     cf = json.loads((data_dir / "counterfact/easyedit_mend_format/counterfact-train.json").read_text())
     train += counterfact_rel_pairs(rng.sample(cf, min(hp.n_counterfact, len(cf))),
                                    {n: inv[n] for n in train_rels}, t2r, rng, hp.with_answer)
-    train += zsre_rel_pairs(json.loads((data_dir / "zsre/zsre_mend_train-1k.json").read_text()), rng, hp.with_answer)
+    zsre = json.loads((data_dir / "zsre/zsre_mend_train-1k.json").read_text())
+    train += zsre_rel_pairs(zsre[: len(zsre) - hp.zsre_held_out], rng, hp.with_answer)
     for name in ("wiki_counterfact/train_cf.json", "wiki_recent/recent_train.json"):
         path = data_dir / "knowedit" / name
         if path.exists():
@@ -407,15 +489,22 @@ def predict(encoder, head, tokenizer, pairs: list[RelPair], device, batch: int =
     for i in range(0, len(pairs), batch):
         b = tokenize_pairs(tokenizer, [(p.edit, p.query) for p in pairs[i:i + batch]], device)
         out.append(torch.sigmoid(pair_logits(encoder, head, b)).cpu().numpy())
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def balanced_accuracy(probs: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    """Mean of the firing rate on positives and the silence rate on negatives (0 with no pairs)."""
+    if len(labels) == 0:
+        return 0.0
+    fire = probs >= threshold
+    return float((fire[labels == 1].mean() + (~fire[labels == 0]).mean()) / 2)
 
 
 def best_threshold(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(threshold, balanced accuracy) maximizing balanced accuracy."""
     best = (0.5, -1.0)
     for t in np.arange(0.05, 0.96, 0.01):
-        fire = probs >= t
-        bal = (fire[labels == 1].mean() + (~fire[labels == 0]).mean()) / 2
+        bal = balanced_accuracy(probs, labels, t)
         if bal > best[1] + 1e-9:
             best = (float(round(t, 2)), float(bal))
     return best
@@ -472,11 +561,17 @@ def train(data_dir: str | Path, out: str | Path, report: str | Path | None = Non
         losses.append(loss.item())
     val_probs = predict(encoder, head, tokenizer, val_pairs, dev)
     val_labels = np.array([p.label for p in val_pairs])
-    threshold, val_bal = best_threshold(val_probs, val_labels)
+    if hp.threshold is not None:
+        threshold = hp.threshold
+        val_bal = balanced_accuracy(val_probs, val_labels, threshold)
+    else:
+        threshold, val_bal = best_threshold(val_probs, val_labels)
     recipe = (f"{len(train_pairs)} train pairs ({hp.n_form_pairs} from the forms of {n_relations - len(held)} "
               f"relations, the rest from the CounterFact/zsRE/KnowEdit train splits and the hand-written training "
-              f"conversations); threshold on {len(val_pairs)} pairs: those whose edit relation was held out "
-              f"({', '.join(held)}) and those of the held-out training conversations")
+              f"conversations); " + (f"threshold {threshold:.2f} given (hparams); checked " if hp.threshold is not None
+                                     else "threshold ") +
+              f"on {len(val_pairs)} pairs: those whose edit relation was held out "
+              f"({', '.join(held) or 'none'}) and those of the held-out training conversations")
     state = {
         "deltas": {f"{n}.{k}": getattr(m, k).detach().cpu().to(torch.float16).contiguous()
                    for n, m in wrapped.items() for k in ("A", "B")},

@@ -70,7 +70,8 @@ with tempfile.TemporaryDirectory() as tmp:
 
     report = rt.consolidate("memit", batch_size=5, hparams=str(FAST_MEMIT), progress=False)
     assert report.checkpoint, report.to_dict()
-    print(f"consolidated {len(report.consolidated)}/{len(FACTS)}; still active {len(report.still_active)}")
+    foldable = len(FACTS) + 1  # the facts and the prompt edit (folded like a fact)
+    print(f"consolidated {len(report.consolidated)}/{foldable}; still active {len(report.still_active)}")
     assert any(not torch.equal(base[n], p) for n, p in weights(rt.model).items()), "the weights did not change"
 
     rt.rollback(None)
@@ -96,7 +97,7 @@ with tempfile.TemporaryDirectory() as tmp:
     mend_editor.prepare()
     assert mend_editor.network is not None and not mend_editor.network.training
     report = rt.consolidate("mend", batch_size=5, progress=False)
-    print(f"mend job: accepted={report.accepted} consolidated {len(report.consolidated)}/{len(FACTS)}")
+    print(f"mend job: accepted={report.accepted} consolidated {len(report.consolidated)}/{foldable}")
     if report.checkpoint:
         rt.rollback(None)
     assert all(torch.equal(base[n], p) for n, p in weights(rt.model).items() if n in base)
