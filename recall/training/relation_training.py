@@ -77,8 +77,8 @@ OTHER_NAMES = ("Joe Biden", "Marie Curie", "Toyota", "the Danube", "Portugal", "
 EXTENSIONS = ("X Hilton", "X Airport", "University of X", "X FC", "X Street", "New X", "X Jr.", "X Records",
               "X Tower", "Saint X", "X Museum", "X County")
 PRONOUNS = {"person": ("he", "his"), "default": ("it", "its")}
-# How people describe the subject they ask about, by its type ("the animated film X", "X,
-# Africa's highest peak,"): put on queries of both labels, so that a description is no cue
+# How people describe the subject they ask about, by its type ("the animated film X", "X, the
+# country's highest peak,"): put on queries of both labels, so that a description is no cue
 # either way. ``{year}`` is filled with a year. Written for this purpose, not from any data set.
 DESCRIPTIONS = {
     "person": ("the French painter X", "the American writer X", "the late X", "the Japanese novelist X",
@@ -272,7 +272,7 @@ def form_pairs(inv: dict[str, dict], relations: list[str], n: int, rng: random.R
             q = _decorated(rng.choice([f for f in forms if f != form] or forms), kind, rng, describe)
             pairs.append(RelPair(edit, _noisy(q, rng), 1, "forms_same_relation", r))
         elif u < 0.47:
-            q = _pronoun_form(rng.choice(forms), inv[r]["type"])
+            q = _pronoun_form(rng.choice(forms), kind)
             pairs.append(RelPair(edit, f"{rng.choice(MENTIONS)} {q}", 1, "forms_pronoun", r))
         elif u < 0.80:
             # Same-subject questions are about a subject of one type, so the other relation is one
@@ -564,13 +564,13 @@ def train(data_dir: str | Path, out: str | Path, report: str | Path | None = Non
     if hp.threshold is not None:
         threshold = hp.threshold
         val_bal = balanced_accuracy(val_probs, val_labels, threshold)
+        chosen = f"threshold {threshold:.2f} given (hparams); checked"
     else:
         threshold, val_bal = best_threshold(val_probs, val_labels)
+        chosen = "threshold"
     recipe = (f"{len(train_pairs)} train pairs ({hp.n_form_pairs} from the forms of {n_relations - len(held)} "
               f"relations, the rest from the CounterFact/zsRE/KnowEdit train splits and the hand-written training "
-              f"conversations); " + (f"threshold {threshold:.2f} given (hparams); checked " if hp.threshold is not None
-                                     else "threshold ") +
-              f"on {len(val_pairs)} pairs: those whose edit relation was held out "
+              f"conversations); {chosen} on {len(val_pairs)} pairs: those whose edit relation was held out "
               f"({', '.join(held) or 'none'}) and those of the held-out training conversations")
     state = {
         "deltas": {f"{n}.{k}": getattr(m, k).detach().cpu().to(torch.float16).contiguous()
