@@ -31,6 +31,7 @@ import math
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,20 +187,44 @@ def reply_perplexity(editor: Editor, convs: list[Conversation], texts: list[str]
     return math.exp(-sum(logps) / len(logps))
 
 
-def firing(editor: Editor, cases: list[ChatCase]) -> dict[str, float]:
-    """The gate alone, per group: ask groups, the share of conversations where the case's own
-    edit fires; keep groups, the share where it does not. Decided on the conversation's scope
-    text (``Runtime.render_chat``: the current turn, pronouns resolved against the previous one)
-    through ``Runtime.explain``, as the chat path does."""
-    rt = editor.runtime()
+@dataclass
+class GateVerdict:
+    """The gate's decision on one conversation of a case, about the case's own edit."""
+
+    case: ChatCase
+    group: str
+    scope: str  # the text the gate judged (``Runtime.render_chat``)
+    ask: bool  # True: the edit should fire (ask groups); False: it should stay silent (keep groups)
+    explained: dict[str, Any]  # ``Runtime.explain(scope)``
+    own: str | None  # the case's edit id
+
+    @property
+    def fired(self) -> bool:
+        return self.own in self.explained["fired"]
+
+    @property
+    def ok(self) -> bool:
+        return self.fired == self.ask
+
+
+def gate_verdicts(rt, cases: list[ChatCase]) -> Iterator[GateVerdict]:
+    """Every conversation of ``cases`` judged on its scope text (the current turn, pronouns
+    resolved against the previous one) through ``Runtime.explain``, as the chat path decides."""
     ids = {e.payload.get("prompt"): e.id for e in rt.edits() if e.kind in ANSWER_KINDS}
-    rates: dict[str, list[bool]] = {}
     for case in cases:
         own = ids.get(case.prompt)
-        for group, conv in case.asks:
-            rates.setdefault(f"fire_{group}", []).append(own in rt.explain(rt.render_chat(conv)[1])["fired"])
-        for group, conv in case.keeps:
-            rates.setdefault(f"fire_{group}", []).append(own not in rt.explain(rt.render_chat(conv)[1])["fired"])
+        for ask, groups in ((True, case.asks), (False, case.keeps)):
+            for group, conv in groups:
+                scope = rt.render_chat(conv)[1]
+                yield GateVerdict(case, group, scope, ask, rt.explain(scope), own)
+
+
+def firing(editor: Editor, cases: list[ChatCase]) -> dict[str, float]:
+    """The gate alone, per group (:func:`gate_verdicts`): ask groups, the share of
+    conversations where the case's own edit fires; keep groups, the share where it does not."""
+    rates: dict[str, list[bool]] = {}
+    for verdict in gate_verdicts(editor.runtime(), cases):
+        rates.setdefault(f"fire_{verdict.group}", []).append(verdict.ok)
     return {k: mean(v) for k, v in rates.items()}
 
 

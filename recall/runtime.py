@@ -18,6 +18,7 @@ from recall.core.chat import check_messages, scope_query
 from recall.core.edits import Edit, build_edit, validate_record
 from recall.core.errors import (
     CheckpointError,
+    ConfigError,
     EditConflictError,
     ImportFormatError,
     InvalidEditError,
@@ -161,11 +162,14 @@ class Runtime:
         :class:`recall.methods.prompt_tuning.PromptTuningHyperParams` for the prefix tuned at
         each prompt edit's add (default: ``methods/hparams/prompt_tuning/<family>.json``);
         ``relation_scorer``: the relation gate's scorer checkpoint (default: the shipped one,
-        ``recall/data/relation_scorer.pt``; ``recall gate train-relation`` writes others).
+        ``recall/data/relation_scorer.pt``; ``recall gate train-relation`` writes others); a
+        ``ConfigError`` with any other gate.
 
         A store whose consolidation left a checkpoint serves it: the runtime then works on
         its own copy of the model, so the shared one is never modified."""
         lm, tok, spec = loaded
+        if relation_scorer is not None and gate != "relation":
+            raise ConfigError(f"relation_scorer is read by the relation gate only; this runtime's gate is {gate!r}")
         params = gate_params if isinstance(gate_params, GateParams) else GateParams.load(gate_params)
         knowledge = KnowledgeKinds(lm, tok, spec, recipe, prompt_tuning)
         relation = RelationScorer(relation_scorer, device=str(lm.device)) if gate == "relation" else None

@@ -128,6 +128,15 @@ def test_answer_slot_decoding_states_the_answer_as_a_whole_word_inside_the_reply
     assert rt.chat(unrelated, max_new_tokens=12) == rt.chat(unrelated, max_new_tokens=12, use_memory=False)
 
 
+def test_answer_slot_waits_while_the_reply_restates_a_long_name(make_runtime, store_dir):
+    """The reply restates "The mother tongue of Danielle Darrieux" (9 tokens) before its slot;
+    with a deadline of 8 the answer went in after the name ("... Darrieux English is French")."""
+    rt = make_runtime(store_dir, injection="slot")
+    rt.add_edit(prompt="The mother tongue of Danielle Darrieux is", target="English", subject="Danielle Darrieux")
+    reply = rt.chat([user("What is the mother tongue of Danielle Darrieux?")], max_new_tokens=16)
+    assert "Darrieux is English" in reply, reply
+
+
 def test_slot_firsts_waits_for_the_slot_then_takes_the_spaced_form():
     vocab = 50
     plan = RowPlan("q", [[7, 8], [9, 8]], 0.9, slot_rank=3, slot_deadline=5, slot_enders=torch.zeros(vocab, dtype=bool))

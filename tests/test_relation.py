@@ -212,7 +212,7 @@ def test_descriptions_replace_the_mask_and_reach_both_labels():
 
 def test_runtime_takes_a_relation_scorer_file_and_refuses_a_bad_one(make_runtime, tmp_path):
     from recall.core import resources
-    from recall.core.errors import ModelLoadError
+    from recall.core.errors import ConfigError, ModelLoadError
 
     with resources.data_path(resources.RELATION_SCORER) as shipped:
         rt = make_runtime(tmp_path / "own", relation_scorer=shipped)
@@ -223,4 +223,6 @@ def test_runtime_takes_a_relation_scorer_file_and_refuses_a_bad_one(make_runtime
     for path in (bad, tmp_path / "missing.pt"):
         with pytest.raises(ModelLoadError):
             make_runtime(tmp_path / "refused", relation_scorer=path)
+    with pytest.raises(ConfigError, match="relation gate only"):  # another gate would ignore it
+        make_runtime(tmp_path / "refused", gate="learned", relation_scorer=bad)
     assert not (tmp_path / "refused").exists()

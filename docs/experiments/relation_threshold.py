@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from recall.bench.chat import load_chat_cases
+from recall.bench.chat import gate_verdicts, load_chat_cases
 from recall.runtime import Runtime
 
 
@@ -25,17 +25,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         rt = Runtime.open(d, gate="relation", device="cpu")
-        ids = {c.case_id: rt.add_edit(prompt=c.prompt, target=c.target, subject=c.subject,
-                                      aliases=list(c.aliases)).id for c in cases}
-        shipped = rt.memory.relation.threshold
         for c in cases:
-            for label, groups in ((1, c.asks), (0, c.keeps)):
-                for group, conv in groups:
-                    scope = rt.render_chat(conv)[1]
-                    own = next((x for x in rt.memory.retrieve([scope], k=rt.top_k)[0]
-                                if x.edit.id == ids[c.case_id]), None)
-                    margin = None if own is None else own.features.relation_margin
-                    rows.append((group, label, -1.0 if margin is None else margin + shipped))
+            rt.add_edit(prompt=c.prompt, target=c.target, subject=c.subject, aliases=list(c.aliases))
+        shipped = rt.memory.relation.threshold
+        for v in gate_verdicts(rt, cases):
+            own = next((x for x in v.explained["candidates"] if x["id"] == v.own), None)
+            margin = None if own is None else own["features"].get("relation_margin")
+            rows.append((v.group, int(v.ask), -1.0 if margin is None else margin + shipped))
         rt.close()
     groups = sorted({g for g, _, _ in rows})
     print(f"shipped threshold {shipped:.2f}; groups {groups}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import tempfile
 
-from recall.bench.chat import load_chat_cases
+from recall.bench.chat import gate_verdicts, load_chat_cases
 from recall.runtime import Runtime
 
 
@@ -25,20 +25,14 @@ def main() -> None:
     rates: dict[str, list[bool]] = {}
     with tempfile.TemporaryDirectory() as d:
         rt = Runtime.open(d, gate="relation", device="cpu", relation_scorer=scorer)
-        ids = {c.case_id: rt.add_edit(prompt=c.prompt, target=c.target, subject=c.subject,
-                                      aliases=list(c.aliases)).id for c in cases}
         for c in cases:
-            own = ids[c.case_id]
-            for group, conv, ask in [(g, v, True) for g, v in c.asks] + [(g, v, False) for g, v in c.keeps]:
-                scope = rt.render_chat(conv)[1]
-                ex = rt.explain(scope)
-                ok = (own in ex["fired"]) == ask
-                rates.setdefault(group, []).append(ok)
-                if not ok:
-                    cand = [x for x in ex["candidates"] if x["id"] == own]
-                    margin = cand[0]["features"].get("relation_margin") if cand else None
-                    where = "NOT-RETRIEVED" if not cand else f"margin {margin}"
-                    print(f"MISS {group:14s} {where} | edit: {c.prompt} -> {c.target} | asked: {scope!r}")
+            rt.add_edit(prompt=c.prompt, target=c.target, subject=c.subject, aliases=list(c.aliases))
+        for v in gate_verdicts(rt, cases):
+            rates.setdefault(v.group, []).append(v.ok)
+            if not v.ok:
+                cand = [x for x in v.explained["candidates"] if x["id"] == v.own]
+                where = "NOT-RETRIEVED" if not cand else f"margin {cand[0]['features'].get('relation_margin')}"
+                print(f"MISS {v.group:14s} {where} | edit: {v.case.prompt} -> {v.case.target} | asked: {v.scope!r}")
         rt.close()
     for group, v in rates.items():
         print(f"{group:14s} {sum(v) / len(v):.3f} of {len(v)}")

@@ -51,7 +51,7 @@ class RowPlan:
     # tokens, or at ``slot_deadline`` steps if no such step came. Once begun, the answer is
     # completed as in answer-first decoding, and nothing is biased after it.
     slot_rank: int | None = None
-    slot_deadline: int = 8
+    slot_deadline: int = 16
     # bool [vocab]: tokens that end a line; when one (or a stop token) is the model's next token
     # and the answer has not begun, the answer begins there instead (it is never left out)
     slot_enders: torch.Tensor | None = None
