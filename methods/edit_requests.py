@@ -13,14 +13,15 @@ containing ``{}`` are safe:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 
 import torch
 
 from recall.core.lm import RowPlan, SamplingOptions, answer_tokens, generate_rows
 from recall.core.requests import EditRequest
 
-__all__ = ["EditRequest", "Row", "context_templates", "kl_row", "pad_rows", "prompt_row"]
+__all__ = ["EditRequest", "Row", "context_templates", "kl_row", "pad_rows", "prompt_row", "with_other_subjects"]
 
 CONTEXT_SEEDS = ("The", "Therefore", "Because", "I", "You")
 
@@ -55,6 +56,19 @@ def kl_row(tok, req: EditRequest, index: int) -> Row | None:
         return None
     ids = tok(req.subject).input_ids
     return Row(ids + tok(" is a", add_special_tokens=False).input_ids, len(ids) - 1, index, [], [])
+
+
+def with_other_subjects(req: EditRequest, names: list[str], k: int, seed: str) -> list[EditRequest]:
+    """``req`` about up to ``k`` other names instead of its subject, sampled with ``seed``:
+    "The mother tongue of Tony Blair is" for an edit of "The mother tongue of Danielle
+    Darrieux is". They ask the edited relation about someone else, the neighbors an edit of
+    the relation must leave alone (MEND's preserved keys, T-Patcher's negative inputs). Empty
+    when the prompt does not contain the subject or there is no other name."""
+    others = [n for n in names if n != req.subject]
+    if not k or not others or not req.subject or req.subject not in req.prompt:
+        return []
+    picked = random.Random(seed).sample(others, min(k, len(others)))
+    return [replace(req, prompt=req.prompt.replace(req.subject, name), subject=name) for name in picked]
 
 
 def pad_rows(rows: list[Row], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

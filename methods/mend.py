@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -71,7 +70,7 @@ from recall.core.errors import EditorNotTrainedError
 from recall.core.lm import RowPlan, teacher_forced_batch
 from recall.core.models import cache_root
 from recall.methods.consolidation import mean_logprob, previous_answers
-from recall.methods.edit_requests import EditRequest
+from recall.methods.edit_requests import EditRequest, with_other_subjects
 from recall.methods.hparams import HyperParams
 from recall.methods.layer_stats import corpus_names, model_fingerprint
 from recall.methods.nethook import Trace, TraceDict, get_weight
@@ -373,13 +372,12 @@ def apply(
 
 def neighbor_keys(model, tok, modules: list[str], req: EditRequest, names: list[str], k: int):
     """Per module, its inputs (N × d_in) at every token of the edit's prompt and target with the
-    subject replaced by ``k`` other names (seeded by the prompt); None when there is nothing to
-    replace."""
-    others = [n for n in names if n != req.subject]
-    if not k or not others or not req.subject or req.subject not in req.prompt:
+    subject replaced by ``k`` other names (:func:`with_other_subjects`, seeded by the prompt);
+    None when there is nothing to replace."""
+    neighbors = with_other_subjects(req, names, k, seed=req.prompt)
+    if not neighbors:
         return None
-    picked = random.Random(req.prompt).sample(others, min(k, len(others)))
-    plans = [RowPlan(req.prompt.replace(req.subject, name)) for name in picked]
+    plans = [RowPlan(n.prompt) for n in neighbors]
     inputs, mask, _ = teacher_forced_batch(model, tok, plans, [req.target] * len(plans))
     with torch.no_grad(), TraceDict(model, modules, retain_input=True) as tr:
         model(**inputs, attention_mask=mask)

@@ -29,15 +29,14 @@ neuron under zero changes nothing.
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from recall.core.lm import unembed
 from recall.methods import ffn_patch
-from recall.methods.edit_requests import EditRequest, pad_rows, prompt_row
+from recall.methods.edit_requests import EditRequest, pad_rows, prompt_row, with_other_subjects
 from recall.methods.hparams import HyperParams
 from recall.methods.layer_stats import corpus_names, generic_texts
 from recall.methods.nethook import Trace, run_until
@@ -141,19 +140,13 @@ NEIGHBOR_CHUNK = 64  # rows per forward pass when reading neighbor inputs
 @torch.no_grad()
 def neighbor_inputs(model, tok, spec, req: EditRequest, names: list[str], k: int, seed: int) -> torch.Tensor:
     """The MLP inputs at the target positions of the edit's prompt with its subject replaced
-    by ``k`` other names (seeded per prompt): "The mother tongue of Tony Blair is" for an edit
-    of "The mother tongue of Danielle Darrieux is". The paper's memory is generic text, where
-    nothing asks the edited relation; these inputs do, about someone else, and a neuron that
-    keys on the relation alone fires on them (the CounterFact neighborhood prompts). Read in
-    right-padded batches of :data:`NEIGHBOR_CHUNK` rows."""
-    if not k or not req.subject or req.subject not in req.prompt:
+    by ``k`` other names (:func:`with_other_subjects`, seeded per prompt). The paper's memory is
+    generic text, where nothing asks the edited relation; these inputs do, about someone else,
+    and a neuron that keys on the relation alone fires on them (the CounterFact neighborhood
+    prompts). Read in right-padded batches of :data:`NEIGHBOR_CHUNK` rows."""
+    rows = [prompt_row(tok, "", n, 0, True) for n in with_other_subjects(req, names, k, seed=f"{seed}:{req.prompt}")]
+    if not rows:
         return torch.zeros(0)
-    others = [n for n in names if n != req.subject]
-    picked = random.Random(f"{seed}:{req.prompt}").sample(others, min(k, len(others)))
-    rows = [
-        prompt_row(tok, "", replace(req, prompt=req.prompt.replace(req.subject, name), subject=name), 0, True)
-        for name in picked
-    ]
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out = []

@@ -123,3 +123,17 @@ def test_one_request_type_for_datasets_store_and_editors():
     assert EditRequest("The capital of Peru is", "Lima", "Oslo").for_editing().subject is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.target = "drums"  # type: ignore[misc]
+
+
+def test_neighbors_ask_the_edited_relation_about_other_names_and_are_seeded():
+    req = EditRequest("The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "English")
+    names = ["Danielle Darrieux", "Tony Blair", "Ada Lovelace", "Alan Turing"]
+    picked = edit_requests.with_other_subjects(req, names, 2, seed="s")
+    assert len(picked) == 2 and picked == edit_requests.with_other_subjects(req, names, 2, seed="s")
+    for n in picked:
+        assert n.subject != req.subject and n.prompt == f"The mother tongue of {n.subject} is" and n.target == "English"
+    assert len(edit_requests.with_other_subjects(req, names, 10, seed="s")) == 3  # every other name, once
+    assert edit_requests.with_other_subjects(req, ["Danielle Darrieux"], 2, seed="s") == []  # nobody else
+    no_subject = EditRequest("The mother tongue is", "Danielle Darrieux", "English")
+    assert edit_requests.with_other_subjects(no_subject, names, 2, seed="s") == []
+
