@@ -14,6 +14,7 @@ import pytest
 from recall.gate import Gate, GateParams, PairFeatures
 from recall.relation import RelationScorer, edit_text, mask_names, pair_texts
 from recall.training.relation_training import (
+    CONVERSATIONS_FILE,
     FORMS_FILE,
     best_threshold,
     conversation_pairs,
@@ -141,6 +142,8 @@ def test_training_conversations_are_well_formed_and_apart_from_the_evaluation_se
     (those measure what the training did not see)."""
     records = load_conversations()
     assert len(records) >= 250
+    records += load_conversations(CONVERSATIONS_FILE.with_name("conversations_train2.jsonl"))  # stop 37's
+    assert len({r["subject"].casefold() for r in records}) == len(records)
     held_apart, unnamed, texts = set(), 0, 0
     for name in ("conversations_dev.jsonl", "conversations_val.jsonl", "conversations_val2.jsonl"):
         for line in (Path(__file__).parents[1] / "bench" / "data" / name).read_text().splitlines():
@@ -226,3 +229,11 @@ def test_runtime_takes_a_relation_scorer_file_and_refuses_a_bad_one(make_runtime
     with pytest.raises(ConfigError, match="relation gate only"):  # another gate would ignore it
         make_runtime(tmp_path / "refused", gate="learned", relation_scorer=bad)
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_missing_extra_conversation_file_is_refused_before_any_pair_is_built(tmp_path):
+    from recall.core.errors import ConfigError
+    from recall.training.relation_training import RelationHParams, build_pairs
+
+    with pytest.raises(ConfigError, match="no-such-file.jsonl"):
+        build_pairs(tmp_path, RelationHParams(extra_conversations=("no-such-file.jsonl",)), None, {})

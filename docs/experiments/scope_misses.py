@@ -6,6 +6,7 @@ as ``recall bench chat --no-replies`` does. Prints each miss with the scorer's m
 edit (P - threshold; "NOT-RETRIEVED" when no name of the edit occurs), then the rates.
 
     python docs/experiments/scope_misses.py bench/data/conversations_val.jsonl [scorer.pt]
+    python docs/experiments/scope_misses.py bench/data/conversations_val.jsonl,bench/data/conversations_val2.jsonl
 
 Run it on the validation set or on held-out train records to choose; the dev set is the evaluation.
 """
@@ -20,7 +21,8 @@ from recall.runtime import Runtime
 
 
 def main() -> None:
-    cases = load_chat_cases(sys.argv[1])
+    files = sys.argv[1].split(",")
+    cases = load_chat_cases(files if len(files) > 1 else files[0])
     scorer = sys.argv[2] if len(sys.argv) > 2 else None
     rates: dict[str, list[bool]] = {}
     with tempfile.TemporaryDirectory() as d:

@@ -50,6 +50,7 @@ from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from recall.core.chat import scope_query
+from recall.core.errors import ConfigError
 from recall.core.models import default_encoder_path, pick_device
 from recall.core.text import SUBJECT_MASK
 from recall.index import TextEncoder
@@ -126,6 +127,9 @@ class RelationHParams:
     # descriptions below, docs/experiments.md section 26)
     conversation_repeat: int = 2
     conversation_held_out_frac: float = 0.15
+    # further conversation files beside CONVERSATIONS_FILE (names in recall/training), treated
+    # the same way; stop 37 wrote conversations_train2.jsonl (harder same-subject questions)
+    extra_conversations: tuple[str, ...] = ()
     # the share of the forms' queries whose subject is described ("the animated film X") or
     # dated ("X was created in 1991 by"): the scorer before them (v4) read such queries as another relation
     describe_frac: float = 0.3
@@ -411,6 +415,10 @@ def build_pairs(data_dir: Path, hp: RelationHParams, encoder: TextEncoder,
                 inv: dict[str, dict]) -> tuple[list[RelPair], list[RelPair], list[str]]:
     """(train pairs, held-out-relation validation pairs, held-out relation names) from the
     relation inventory ``inv`` (:func:`load_inventory`) and the data sets' train splits."""
+    extra = [CONVERSATIONS_FILE.with_name(name) for name in hp.extra_conversations]
+    missing = [str(path) for path in extra if not path.exists()]
+    if missing:
+        raise ConfigError(f"extra_conversations: no such file {', '.join(missing)}")
     rng = random.Random(hp.seed)
     names = sorted(inv)
     held = sorted(rng.sample(names, max(2, int(len(names) * hp.held_out_frac)))) if hp.held_out_frac > 0 else []
@@ -440,13 +448,14 @@ def build_pairs(data_dir: Path, hp: RelationHParams, encoder: TextEncoder,
         path = data_dir / "knowedit" / name
         if path.exists():
             train += knowedit_rel_pairs(json.loads(path.read_text()), hp.with_answer)
-    if hp.conversation_repeat > 0 and CONVERSATIONS_FILE.exists():
-        convs = load_conversations()
-        random.Random(hp.seed + 2).shuffle(convs)
+    sources = ([CONVERSATIONS_FILE] if CONVERSATIONS_FILE.exists() else []) + extra
+    for k, path in enumerate(sources if hp.conversation_repeat > 0 else []):
+        convs = load_conversations(path)
+        random.Random(hp.seed + 2 + 2 * k).shuffle(convs)
         n_held = int(len(convs) * hp.conversation_held_out_frac)
         for _ in range(hp.conversation_repeat):
             train += conversation_pairs(convs[n_held:], rng, hp.with_answer)
-        val += conversation_pairs(convs[:n_held], random.Random(hp.seed + 3), hp.with_answer)
+        val += conversation_pairs(convs[:n_held], random.Random(hp.seed + 3 + 2 * k), hp.with_answer)
     rng.shuffle(train)
     return train, val, held
 
