@@ -13,18 +13,25 @@ from __future__ import annotations
 import torch
 
 from recall.core.edits import Edit
-from recall.core.lm import RowPlan, answer_tokens, join_continuation, line_end_mask, vocab_texts, word_glue_mask
+from recall.core.lm import (
+    SLOT_DEADLINE,
+    RowPlan,
+    answer_tokens,
+    join_continuation,
+    line_end_mask,
+    vocab_texts,
+    word_glue_mask,
+)
 
 INJECTION_MODES = ("auto", "context", "decode", "slot", "both")
 DEFAULT_INJECTION = "auto"
 
 
 # answer-slot decoding (mode "slot"): see RowPlan.slot_rank; chosen on zsRE train questions
-# (docs/experiments/slot_tuning.py). The deadline was 8 until stop 37: a reply that restates a
-# long name ("The mother tongue of Danielle Darrieux") reached it before the slot, and the
-# answer went in after the name in 20 % of train replies (16: under 2 %)
+# (docs/experiments/slot_tuning.py). The deadline (SLOT_DEADLINE, recall.core.lm) was 8 until
+# stop 37: a reply that restates a long name ("The mother tongue of Danielle Darrieux") reached
+# it before the slot, and the answer went in after the name in 20 % of train replies (16: under 2 %)
 SLOT_RANK = 5
-SLOT_DEADLINE = 16
 
 
 def fact_sentence(edit: Edit) -> str:

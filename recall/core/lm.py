@@ -26,6 +26,9 @@ import torch
 from recall.core.errors import InvalidQueryError
 from recall.core.models import text_config
 
+# answer-slot decoding's latest step (RowPlan.slot_deadline; why 16: recall/inject.py)
+SLOT_DEADLINE = 16
+
 
 @dataclass
 class RowPlan:
@@ -51,7 +54,7 @@ class RowPlan:
     # tokens, or at ``slot_deadline`` steps if no such step came. Once begun, the answer is
     # completed as in answer-first decoding, and nothing is biased after it.
     slot_rank: int | None = None
-    slot_deadline: int = 16
+    slot_deadline: int = SLOT_DEADLINE
     # bool [vocab]: tokens that end a line; when one (or a stop token) is the model's next token
     # and the answer has not begun, the answer begins there instead (it is never left out)
     slot_enders: torch.Tensor | None = None
