@@ -47,6 +47,7 @@ from recall.core.requests import EditRequest
 from recall.core.text import contains_phrase, normalize
 from recall.evaluation.metrics import contains_answer, mean
 from recall.index import TextEncoder
+from recall.runtime import Runtime
 
 Conversation = list[dict[str, str]]
 ASK_GROUPS = ("question", "paraphrase", "second_turn", "follow_up")
@@ -154,9 +155,8 @@ def load_chat_cases(
     return _from_dev_set(path, limit, use_aliases) if hand_written else _from_edit_cases(path, limit)
 
 
-def replies(editor: Editor, convs: list[Conversation], max_new_tokens: int, use_memory: bool) -> list[str]:
-    """Greedy replies through the chat path, batched by rendered length."""
-    rt = editor.runtime()
+def replies(rt: Runtime, convs: list[Conversation], max_new_tokens: int, use_memory: bool = True) -> list[str]:
+    """Greedy replies through the chat path (as ``rt.chat`` gives them), batched by rendered length."""
     rendered = [rt.render_chat(c, max_new_tokens) for c in convs]
     order = sorted(range(len(convs)), key=lambda i: len(rendered[i][0]))
     out: list[str] = [""] * len(convs)
@@ -207,7 +207,7 @@ class GateVerdict:
         return self.fired == self.ask
 
 
-def gate_verdicts(rt, cases: list[ChatCase]) -> Iterator[GateVerdict]:
+def gate_verdicts(rt: Runtime, cases: list[ChatCase]) -> Iterator[GateVerdict]:
     """Every conversation of ``cases`` judged on its scope text (the current turn, pronouns
     resolved against the previous one) through ``Runtime.explain``, as the chat path decides."""
     ids = {e.payload.get("prompt"): e.id for e in rt.edits() if e.kind in ANSWER_KINDS}
@@ -234,10 +234,10 @@ def evaluate(editor: Editor, cases: list[ChatCase], max_new_tokens: int, unedite
     keeps = [(g, c) for case in cases for g, c in case.keeps]
     key = lambda c: json.dumps(c, ensure_ascii=False)  # noqa: E731
     missing = [c for c in [c for _, c, _ in asks] + [c for _, c in keeps] if key(c) not in unedited]
-    for c, text in zip(missing, replies(editor, missing, max_new_tokens, use_memory=False)):
+    for c, text in zip(missing, replies(editor.runtime(), missing, max_new_tokens, use_memory=False)):
         unedited[key(c)] = text
-    got = replies(editor, [c for _, c, _ in asks], max_new_tokens, editor.use_memory)
-    kept = replies(editor, [c for _, c in keeps], max_new_tokens, editor.use_memory)
+    got = replies(editor.runtime(), [c for _, c, _ in asks], max_new_tokens, editor.use_memory)
+    kept = replies(editor.runtime(), [c for _, c in keeps], max_new_tokens, editor.use_memory)
     result: dict[str, float] = {}
     for group in ASK_GROUPS:
         hits = [contains_answer(t, target) for (g, _, target), t in zip(asks, got) if g == group]

@@ -12,7 +12,9 @@ contains-answer rate is within .01 of answer-first decoding's. Rule of stop 37, 
 beforehand: among the slot settings whose contains-answer rate is within .01 of the stop-27
 setting (rank 5, deadline 8), the fewest glued replies, then the lowest perplexity.
 Run from the repository root: python docs/experiments/slot_tuning.py [N] [stop27|stop37|stop37-confirm] [SKIP]
-(about 15 min with N = 40 for stop 27's settings)
+(about 15 min with N = 40 for stop 27's settings). Replies come from ``recall.bench.chat.replies``
+(batched by rendered length since stop 38; stops 27 and 37 batched in file order, which can
+change a tie-level token here and there).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import tempfile
 
 import torch
 
+from recall.bench.chat import replies
 from recall.inject import Injector
 from recall.runtime import Runtime
 
@@ -46,18 +49,6 @@ def norm(s: str) -> str:
     return " ".join("".join(c if c.isalnum() else " " for c in s.casefold()).split())
 
 
-def replies(rt: Runtime, convs: list, batch: int = 16) -> list[str]:
-    """``rt.chat``'s replies, batched as ``recall bench chat`` batches them (stop 27 called
-    ``rt.chat`` one conversation at a time)."""
-    rendered = [rt.render_chat(c, 24) for c in convs]
-    out = []
-    for start in range(0, len(convs), batch):
-        part = rendered[start : start + batch]
-        rows = rt.generate_with_edits([p for p, _ in part], 24, scopes=[s for _, s in part], chat=[True] * len(part))
-        out += [text for text, _ in rows]
-    return out
-
-
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 40
     which = sys.argv[2] if len(sys.argv) > 2 else "stop27"
@@ -74,7 +65,7 @@ def main() -> None:
     rows = []
     for mode, k, d in SETTINGS[which]:
         rt.injector = Injector(rt.tokenizer, mode, rt.injector.bias_weight, slot_rank=k or 1, slot_deadline=d or 0)
-        texts = replies(rt, [c for c, _, _ in convs])
+        texts = replies(rt, [c for c, _, _ in convs], 24)
         hit = sum(f" {norm(a)} " in f" {norm(t)} " for (_, a, _), t in zip(convs, texts)) / len(convs)
         glued = [t for (_, a, s), t in zip(convs, texts) if f" {norm(s)} {norm(a)} " in f" {norm(t)} "]
         pairs = [(rt.render_chat(c)[0], t) for (c, _, _), t in zip(convs, texts) if t.strip()]

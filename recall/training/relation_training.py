@@ -128,8 +128,9 @@ class RelationHParams:
     conversation_repeat: int = 2
     conversation_held_out_frac: float = 0.15
     # further conversation files beside CONVERSATIONS_FILE (names in recall/training), treated
-    # the same way; stop 37 wrote conversations_train2.jsonl (harder same-subject questions)
-    extra_conversations: tuple[str, ...] = ()
+    # the same way; stop 37 wrote conversations_train2.jsonl (harder same-subject questions),
+    # shipped since stop 38 (v10, docs/experiments.md section 28); () reproduces v8a
+    extra_conversations: tuple[str, ...] = ("conversations_train2.jsonl",)
     # the share of the forms' queries whose subject is described ("the animated film X") or
     # dated ("X was created in 1991 by"): the scorer before them (v4) read such queries as another relation
     describe_frac: float = 0.3
