@@ -1,0 +1,70 @@
+"""Time the shipped relation scorer on one (edit, query) pair, with the same weights run other
+ways: bfloat16 autocast, dynamic int8 linear layers (``quant``), ``torch.compile`` (``compile``).
+Issue 23's scoring overhead is mostly this pass (docs/experiments.md section 29).
+Run from the repository root: python docs/experiments/scorer_speed.py [quant] [compile]
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+import time
+
+import torch
+
+from recall.relation import RelationScorer, pair_texts, tokenize_pairs
+
+EDITS_AND_QUERIES = [
+    ("The mother tongue of Danielle Darrieux is", "What language did Danielle Darrieux speak as a child?",
+     "Danielle Darrieux"),
+    ("Toko Yasuda, the", "Which instrument does Toko Yasuda play?", "Toko Yasuda"),
+    ("The headquarter of Monell Chemical Senses Center is located in",
+     "Where is Monell Chemical Senses Center based?", "Monell Chemical Senses Center"),
+]
+
+
+def median_ms(fn, pairs, rounds: int = 60) -> float:
+    """Median time of ``fn([pair])`` over ``rounds`` passes of every pair, after one warm-up pass."""
+    for p in pairs:
+        fn([p])
+    times = []
+    for _ in range(rounds):
+        for p in pairs:
+            t = time.perf_counter()
+            fn([p])
+            times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    scorer = RelationScorer()
+    pairs = [pair_texts(edit, query, [name]) for edit, query, name in EDITS_AND_QUERIES]
+    lengths = [tokenize_pairs(scorer.tokenizer, [p], scorer.device)["input_ids"].shape[1] for p in pairs]
+    print("tokens per pair", lengths)
+    print("float32 ms", round(median_ms(scorer.probabilities, pairs), 2), scorer.probabilities(pairs))
+    print("tokenization ms", round(median_ms(lambda ps: tokenize_pairs(scorer.tokenizer, ps, scorer.device), pairs), 2))
+
+    def bf16(ps):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return scorer.probabilities(ps)
+
+    print("bfloat16 autocast ms", round(median_ms(bf16, pairs), 2), bf16(pairs))
+    if "quant" in sys.argv:
+        from torch.ao.quantization import quantize_dynamic
+
+        q = copy.deepcopy(scorer)
+        q.encoder = quantize_dynamic(q.encoder, {torch.nn.Linear}, dtype=torch.qint8)
+        print("int8 dynamic ms", round(median_ms(q.probabilities, pairs), 2), q.probabilities(pairs))
+    if "compile" in sys.argv:
+        c = copy.deepcopy(scorer)
+        t = time.perf_counter()
+        c.encoder = torch.compile(c.encoder, dynamic=True)
+        c.probabilities(pairs[:1])
+        print("compile s", round(time.perf_counter() - t, 1))
+        print("compiled ms", round(median_ms(c.probabilities, pairs), 2), c.probabilities(pairs))
+
+
+if __name__ == "__main__":
+    main()
