@@ -234,10 +234,11 @@ def evaluate(editor: Editor, cases: list[ChatCase], max_new_tokens: int, unedite
     keeps = [(g, c) for case in cases for g, c in case.keeps]
     key = lambda c: json.dumps(c, ensure_ascii=False)  # noqa: E731
     missing = [c for c in [c for _, c, _ in asks] + [c for _, c in keeps] if key(c) not in unedited]
-    for c, text in zip(missing, replies(editor.runtime(), missing, max_new_tokens, use_memory=False)):
+    rt = editor.runtime()
+    for c, text in zip(missing, replies(rt, missing, max_new_tokens, use_memory=False)):
         unedited[key(c)] = text
-    got = replies(editor.runtime(), [c for _, c, _ in asks], max_new_tokens, editor.use_memory)
-    kept = replies(editor.runtime(), [c for _, c in keeps], max_new_tokens, editor.use_memory)
+    got = replies(rt, [c for _, c, _ in asks], max_new_tokens, editor.use_memory)
+    kept = replies(rt, [c for _, c in keeps], max_new_tokens, editor.use_memory)
     result: dict[str, float] = {}
     for group in ASK_GROUPS:
         hits = [contains_answer(t, target) for (g, _, target), t in zip(asks, got) if g == group]
