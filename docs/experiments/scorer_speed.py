@@ -1,7 +1,8 @@
 """Time the shipped relation scorer on one (edit, query) pair, with the same weights run other
-ways: bfloat16 autocast, dynamic int8 linear layers (``quant``), ``torch.compile`` (``compile``).
+ways: bfloat16 autocast, dynamic int8 linear layers (``quant``), ``torch.compile`` (``compile``),
+a TorchScript trace of the encoder, frozen (``trace``; stop 39).
 Issue 23's scoring overhead is mostly this pass (docs/experiments.md section 29).
-Run from the repository root: python docs/experiments/scorer_speed.py [quant] [compile]
+Run from the repository root: python docs/experiments/scorer_speed.py [quant] [compile] [trace]
 """
 
 from __future__ import annotations
@@ -64,6 +65,35 @@ def main() -> None:
         c.probabilities(pairs[:1])
         print("compile s", round(time.perf_counter() - t, 1))
         print("compiled ms", round(median_ms(c.probabilities, pairs), 2), c.probabilities(pairs))
+    if "trace" in sys.argv:
+        print("traced ms", *traced(scorer, pairs))
+
+
+class _Positional(torch.nn.Module):
+    """The encoder called with positional tensors and returning its last hidden state (what a
+    trace can record)."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                            token_type_ids=token_type_ids).last_hidden_state
+
+
+def traced(scorer: RelationScorer, pairs) -> tuple[float, list]:
+    """A frozen TorchScript trace of the encoder, traced on the longest pair: (median ms, the
+    probabilities of every pair, which must equal float32's if the trace generalizes over lengths)."""
+    from types import SimpleNamespace
+
+    batch = tokenize_pairs(scorer.tokenizer, [max(pairs, key=lambda p: len(p[0]) + len(p[1]))], scorer.device)
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    with torch.inference_mode(False), torch.no_grad():
+        module = torch.jit.freeze(torch.jit.trace(_Positional(scorer.encoder).eval(), tuple(batch[k] for k in keys)))
+    fast = copy.copy(scorer)
+    fast.encoder = lambda **kw: SimpleNamespace(last_hidden_state=module(*(kw[k] for k in keys)))
+    return round(median_ms(fast.probabilities, pairs), 2), fast.probabilities(pairs)
 
 
 if __name__ == "__main__":
