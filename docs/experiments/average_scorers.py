@@ -21,6 +21,8 @@ def average(parents: list[dict], threshold: float | None = None) -> dict:
     scales = {float(p["scale"]) for p in parents}
     if len(scales) != 1 or len({frozenset(p["deltas"]) for p in parents}) != 1:
         raise ValueError("the parents must share the scale and the adapted layers")
+    if len({bool(p.get("reads_answer", False)) for p in parents}) != 1:
+        raise ValueError("the parents differ in reads_answer (what the edit's side of a pair holds)")
     deltas = {}
     for key in parents[0]["deltas"]:
         if key.endswith(".A"):
@@ -33,7 +35,7 @@ def average(parents: list[dict], threshold: float | None = None) -> dict:
         "deltas": deltas,
         "head": head,
         "threshold": threshold if threshold is not None else round(sum(p["threshold"] for p in parents) / n, 4),
-        "reads_answer": any(p.get("reads_answer", False) for p in parents),
+        "reads_answer": bool(parents[0].get("reads_answer", False)),
         "trained_on": f"weight average of {n} scorers: " + " | ".join(str(p.get("trained_on", "")) for p in parents),
     }
 
@@ -45,10 +47,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=None)
     args = parser.parse_args()
     parents = [torch.load(p, map_location="cpu", weights_only=True) for p in args.parents]
-    if len({bool(p.get("reads_answer", False)) for p in parents}) != 1:
-        raise SystemExit("parents differ in reads_answer")
-    torch.save(average(parents, args.threshold), args.out)
-    print(f"wrote {args.out} (threshold {average(parents, args.threshold)['threshold']})")
+    averaged = average(parents, args.threshold)
+    torch.save(averaged, args.out)
+    print(f"wrote {args.out} (threshold {averaged['threshold']})")
 
 
 if __name__ == "__main__":

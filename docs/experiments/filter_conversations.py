@@ -27,14 +27,15 @@ from pathlib import Path
 
 from recall.core.edits import build_edit
 from recall.core.errors import RecallError
-from recall.training.relation_training import CONVERSATIONS_FILE, load_conversations, mask_names
+from recall.training.relation_training import (
+    CONVERSATIONS_FILE,
+    conversation_names,
+    load_conversations,
+    mask_names,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 HELD_APART = [ROOT / "bench" / "data" / f"conversations_{name}.jsonl" for name in ("dev", "val", "val2")]
-
-
-def names_of(record: dict) -> list[str]:
-    return [record["subject"], *record.get("aliases", [])]
 
 
 def taken_names(own: list[Path]) -> set[str]:
@@ -45,18 +46,20 @@ def taken_names(own: list[Path]) -> set[str]:
     taken: set[str] = set()
     for path in files:
         if path.resolve() not in own_paths:
-            taken |= {n.casefold() for r in load_conversations(path) for n in names_of(r)}
+            taken |= {n.casefold() for r in load_conversations(path) for n in conversation_names(r)}
     return taken
 
 
 def reason_to_drop(record: dict, taken: set[str]) -> str | None:
     try:
-        names = names_of(record)
+        names = conversation_names(record)
         paraphrases = [p["text"] for p in record["paraphrases"]]
         same_subject = record["same_subject_other_relation"]
         edit = record["edit"]
-        record["same_relation_other_subject"], record["follow_up"]["question"]  # noqa: B018
+        has_rest = "same_relation_other_subject" in record and "question" in record["follow_up"]
     except (KeyError, TypeError):
+        return "schema"
+    if not has_rest:
         return "schema"
     if len(paraphrases) != 4 or len(same_subject) != 4:
         return "schema"
@@ -88,7 +91,7 @@ def main() -> None:
                 dropped[reason] += 1
                 continue
             kept.append(record)
-            taken |= {n.casefold() for n in names_of(record)}
+            taken |= {n.casefold() for n in conversation_names(record)}
     args.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
     print(f"kept {len(kept)} of {len(kept) + sum(dropped.values())}; dropped: {dict(dropped)}")
 

@@ -26,13 +26,13 @@ from recall.bench.chat import gate_verdicts, load_chat_cases, replies
 from recall.runtime import Runtime
 
 CACHE = Path(tempfile.gettempdir()) / "own_answer_scope.pkl"
-STOP = set("""a an the and or but of in on at to for from by with as is are was were be been being it its this that
-these those he she they them his her their him i you we my your our me us who whom whose which what when where
-why how yes no
-not do does did done has have had having can could would should will shall may might must also very so than then there
-here about into over under after before during between through up down out off again once more most some any all each
-both known famous called named one two first such only just like well many much other another same own s t sure great
-question help glad happy let know think answer information based however actually really""".split())
+STOP = set("""a an the and or but of in on at to for from by with as is are was were be been being it its this
+that these those he she they them his her their him i you we my your our me us who whom whose which what when
+where why how yes no not do does did done has have had having can could would should will shall may might must
+also very so than then there here about into over under after before during between through up down out off
+again once more most some any all each both known famous called named one two first such only just like well
+many much other another same own s t sure great question help glad happy let know think answer information
+based however actually really""".split())
 WORD = re.compile(r"\w+", re.U)
 
 

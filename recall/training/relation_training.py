@@ -373,7 +373,7 @@ def conversation_queries(r: dict, rng: random.Random) -> list[tuple[str, str, in
     paraphrase, and the pronoun follow-up as the chat path resolves it
     (:func:`recall.core.chat.scope_query`). Negatives: the same subject asked another relation,
     and the same relation asked about a longer name that contains the subject's ("X Hilton")."""
-    names = [r["subject"], *r.get("aliases", [])]
+    names = conversation_names(r)
     sides = [r["edit"]["prompt"]] + [p["text"] for p in r["paraphrases"]]
     turn = r["follow_up"]
     found = [n for n in names if mask_names(turn["setup"], [n]) != turn["setup"]]
@@ -393,13 +393,18 @@ def conversation_queries(r: dict, rng: random.Random) -> list[tuple[str, str, in
     return wanted
 
 
+def conversation_names(record: dict) -> list[str]:
+    """A hand-written conversation's subject and its aliases: the names its edit is filed under."""
+    return [record["subject"], *record.get("aliases", [])]
+
+
 def conversation_pairs(records: list[dict], rng: random.Random, with_answer: bool = False) -> list[RelPair]:
     """Relation-scorer pairs from hand-written conversations (:func:`conversation_queries`),
     names masked. Only queries in which a name of the edit occurs are kept: the gate asks the
     scorer nothing else."""
     pairs: list[RelPair] = []
     for r in records:
-        names = [r["subject"], *r.get("aliases", [])]
+        names = conversation_names(r)
         answer = r["edit"]["target"] if with_answer else None
         for edit, query, label, group in conversation_queries(r, rng):
             e, q = pair_texts(edit, query, names, answer)
