@@ -238,3 +238,18 @@ def test_a_missing_extra_conversation_file_is_refused_before_any_pair_is_built(t
 
     with pytest.raises(ConfigError, match="no-such-file.jsonl"):
         build_pairs(tmp_path, RelationHParams(extra_conversations=("no-such-file.jsonl",)), None, {})
+
+
+@pytest.mark.parametrize("field", ["zsre_repeat", "conversation_repeat"])
+@pytest.mark.parametrize("value", [-1, 1.5, "3", True])
+def test_a_repeat_count_that_is_not_a_whole_number_is_refused_when_the_hparams_load(tmp_path, field, value):
+    import json
+
+    from recall.core.errors import ConfigError
+    from recall.training.relation_training import RelationHParams
+
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({field: value}))
+    with pytest.raises(ConfigError, match=field):
+        RelationHParams.load(path)
+    assert RelationHParams.load(None).zsre_repeat == 1 and RelationHParams(zsre_repeat=0).zsre_repeat == 0

@@ -145,6 +145,12 @@ class RelationHParams:
     threshold: float | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("conversation_repeat", "zsre_repeat"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a whole number >= 0, not {value!r}")
+
     @classmethod
     def load(cls, path: str | Path | None) -> RelationHParams:
         if path is None:
