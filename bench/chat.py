@@ -14,6 +14,8 @@ and judge the replies:
 - ``fire_<group>``: the gate alone (does the case's own edit fire on the conversation's scope
   text; keep groups: does it stay silent), cheap enough for every case at large T;
   ``replies_too=False`` (``--no-replies``) measures only this.
+- ``paraphrase_<form>`` and ``fire_paraphrase_<form>`` (hand-written set): the paraphrase rates
+  per form (question, instruction, chat, cloze), since each form has to fire on its own.
 - ``fluency_ppl``: the unedited model's perplexity of the edited replies to the edit questions
   (geometric mean over replies; the unedited model's own replies give the reference
   ``fluency_ppl_unedited``).
@@ -75,6 +77,14 @@ class ChatCase:
     asks: list[tuple[str, Conversation]] = field(default_factory=list)  # (group, conversation): reply has target
     keeps: list[tuple[str, Conversation]] = field(default_factory=list)  # (group, conversation): reply unchanged
     aliases: tuple[str, ...] = ()  # other names of the subject, given with the edit
+    # hand-written set: the form of each paraphrase ask, in order ("question", "instruction",
+    # "chat", "cloze"); each form's rate is reported beside the paraphrase rate
+    paraphrase_forms: tuple[str, ...] = ()
+
+    def ask_forms(self) -> list[str | None]:
+        """Per ask, in order: the paraphrase's form, or None (other groups, or no form known)."""
+        forms = iter(self.paraphrase_forms)
+        return [next(forms, None) if group == "paraphrase" else None for group, _ in self.asks]
 
 
 def _as_question(prompt: str) -> str:
@@ -120,7 +130,8 @@ def _from_dev_set(path: Path, limit: int | None, use_aliases: bool = True) -> li
         keeps = [("same_subject", [user(q["text"])]) for q in r["same_subject_other_relation"]]
         keeps += [("same_relation", [user(q["text"])]) for q in r["same_relation_other_subject"]]
         aliases = tuple(r.get("aliases", ())) if use_aliases else ()
-        out.append(ChatCase(r["id"], prompt, target, r["subject"], asks, keeps, aliases))
+        forms = tuple(str(p.get("form", "")) for p in r["paraphrases"])
+        out.append(ChatCase(r["id"], prompt, target, r["subject"], asks, keeps, aliases, forms))
         if limit is not None and len(out) >= limit:
             break
     return out
@@ -197,6 +208,7 @@ class GateVerdict:
     ask: bool  # True: the edit should fire (ask groups); False: it should stay silent (keep groups)
     explained: dict[str, Any]  # ``Runtime.explain(scope)``
     own: str | None  # the case's edit id
+    form: str | None = None  # a paraphrase's form (ChatCase.paraphrase_forms)
 
     @property
     def fired(self) -> bool:
@@ -213,10 +225,10 @@ def gate_verdicts(rt: Runtime, cases: list[ChatCase]) -> Iterator[GateVerdict]:
     ids = {e.payload.get("prompt"): e.id for e in rt.edits() if e.kind in ANSWER_KINDS}
     for case in cases:
         own = ids.get(case.prompt)
-        for ask, groups in ((True, case.asks), (False, case.keeps)):
-            for group, conv in groups:
+        for ask, groups, forms in ((True, case.asks, case.ask_forms()), (False, case.keeps, [None] * len(case.keeps))):
+            for (group, conv), form in zip(groups, forms):
                 scope = rt.render_chat(conv)[1]
-                yield GateVerdict(case, group, scope, ask, rt.explain(scope), own)
+                yield GateVerdict(case, group, scope, ask, rt.explain(scope), own, form)
 
 
 def firing(editor: Editor, cases: list[ChatCase]) -> dict[str, float]:
@@ -225,12 +237,15 @@ def firing(editor: Editor, cases: list[ChatCase]) -> dict[str, float]:
     rates: dict[str, list[bool]] = {}
     for verdict in gate_verdicts(editor.runtime(), cases):
         rates.setdefault(f"fire_{verdict.group}", []).append(verdict.ok)
+        if verdict.form:
+            rates.setdefault(f"fire_{verdict.group}_{verdict.form}", []).append(verdict.ok)
     return {k: mean(v) for k, v in rates.items()}
 
 
 def evaluate(editor: Editor, cases: list[ChatCase], max_new_tokens: int, unedited: dict[str, str]) -> dict[str, float]:
     """The metrics of one editor after its edits; ``unedited`` caches bare replies by conversation."""
     asks = [(g, c, case.target) for case in cases for g, c in case.asks]
+    forms = [form for case in cases for form in case.ask_forms()]
     keeps = [(g, c) for case in cases for g, c in case.keeps]
     key = lambda c: json.dumps(c, ensure_ascii=False)  # noqa: E731
     missing = [c for c in [c for _, c, _ in asks] + [c for _, c in keeps] if key(c) not in unedited]
@@ -244,6 +259,9 @@ def evaluate(editor: Editor, cases: list[ChatCase], max_new_tokens: int, unedite
         hits = [contains_answer(t, target) for (g, _, target), t in zip(asks, got) if g == group]
         if hits:
             result[group] = mean(hits)
+    for form in dict.fromkeys(f for f in forms if f):
+        hits = [contains_answer(t, target) for (_, _, target), t, f in zip(asks, got, forms) if f == form]
+        result[f"paraphrase_{form}"] = mean(hits)
     for group in KEEP_GROUPS:
         same = [t == unedited[key(c)] for (g, c), t in zip(keeps, kept) if g == group]
         if same:
@@ -357,6 +375,8 @@ def summary(results: dict[str, Any]) -> str:
     groups = (*ASK_GROUPS, *KEEP_GROUPS)
     cols = [*(f"fire_{g}" for g in groups), *groups, "fluency_ppl", "fluency_ppl_unedited"]
     present = [c for c in cols if any(c in r for r in results["rows"])]
+    # each paraphrase form's rate (hand-written set), after the groups
+    present += [k for k in dict.fromkeys(k for r in results["rows"] for k in r) if "paraphrase_" in k]
     rows = [[r["editor"], r["T"], *[r.get(c, "") for c in present]] for r in results["rows"]]
     cfg = results["config"]
     head = (

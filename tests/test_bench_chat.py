@@ -21,6 +21,11 @@ def test_the_hand_written_set_loads_with_every_group():
     assert groups == {"question", "paraphrase", "second_turn", "follow_up", "same_subject", "same_relation"}
     follow = next(conv for g, conv in cases[0].asks if g == "follow_up")
     assert [m["role"] for m in follow] == ["user", "assistant", "user"]
+    # each paraphrase carries its form, in order, and only paraphrases do
+    forms = cases[0].ask_forms()
+    assert [f for (g, _), f in zip(cases[0].asks, forms) if g == "paraphrase"] == [
+        "question", "instruction", "chat", "cloze"]
+    assert all(f is None for (g, _), f in zip(cases[0].asks, forms) if g != "paraphrase")
 
 
 def test_contains_answer_is_whole_words_ignoring_case_and_punctuation():
@@ -38,6 +43,13 @@ def test_bench_chat_writes_results_and_measures(tmp_path, loaded_model, encoder)
     assert unedited["question"] == 0.0 and unedited["same_subject"] == 1.0 and unedited["same_relation"] == 1.0
     assert recall["fire_question"] == 1.0 and recall["question"] > 0
     assert recall["fluency_ppl"] > 1.0 and "| recall" in (out / "summary.md").read_text()
+    # every paraphrase form is reported on its own, for the gate and for the replies: 2 cases,
+    # one paraphrase of each form per case, so each rate is 0, .5 or 1 and their mean is the whole
+    forms = ("question", "instruction", "chat", "cloze")
+    for prefix in ("fire_paraphrase", "paraphrase"):
+        rates = [recall[f"{prefix}_{f}"] for f in forms]
+        assert set(rates) <= {0.0, 0.5, 1.0} and abs(sum(rates) / 4 - recall[prefix]) < 1e-9
+    assert "fire_paraphrase_cloze" in (out / "summary.md").read_text()
 
 
 def test_several_files_concatenate_without_repeated_prompts_and_ask_samples(tmp_path):

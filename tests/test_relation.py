@@ -93,6 +93,45 @@ def test_shipped_scorer_separates_paraphrases_from_other_relations(scorer):
     assert fired.tolist() == [same for *_, same in CASES], probs.round(3).tolist()
 
 
+def test_the_scorer_runs_in_onnx_runtime_with_the_torch_probabilities(scorer):
+    """The CPU default (recall.core.onnx_cpu) gives the PyTorch module's numbers and verdicts."""
+    assert scorer.backend == "onnx"
+    in_torch = RelationScorer(device="cpu", backend="torch")
+    assert in_torch.backend == "torch"
+    texts = [pair_texts(e, q, [s], t if scorer.reads_answer else None) for e, s, t, q, _ in CASES]
+    texts.append(pair_texts("Where was X born?", "filler words " * 60 + "where was X born?", ["X"]))
+    fast, slow = scorer.probabilities(texts), in_torch.probabilities(texts)
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
+    assert ((fast >= scorer.threshold) == (slow >= in_torch.threshold)).all()
+    assert scorer.probabilities([]).shape == (0,)
+
+
+def test_the_onnx_export_is_cached_and_a_corrupt_file_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECALL_CACHE", str(tmp_path))
+    RelationScorer(device="cpu")
+    (path,) = (tmp_path / "onnx").glob("*.onnx")
+    built = path.stat().st_mtime_ns
+    assert RelationScorer(device="cpu").backend == "onnx" and path.stat().st_mtime_ns == built  # reused
+    path.write_bytes(b"not an onnx model")
+    again = RelationScorer(device="cpu")
+    assert again.backend == "onnx" and path.stat().st_size > 1_000_000
+    assert [p.name for p in (tmp_path / "onnx").iterdir()] == [path.name]  # no half-built file left
+    probs = again.probabilities([pair_texts("Where was X born?", "wait where was X born again?", ["X"])])
+    assert probs[0] >= again.threshold
+
+
+def test_scorer_backends_fail_clearly(monkeypatch):
+    from recall.core import onnx_cpu
+    from recall.core.errors import ConfigError, ModelLoadError
+
+    with pytest.raises(ConfigError, match="backend"):
+        RelationScorer(device="cpu", backend="tensorrt")
+    monkeypatch.setattr(onnx_cpu, "available", lambda: False)  # as where onnxruntime is not installed
+    assert RelationScorer(device="cpu").backend == "torch"  # the default falls back
+    with pytest.raises(ModelLoadError, match="onnxruntime"):
+        RelationScorer(device="cpu", backend="onnx")  # asked for by name: a clear error
+
+
 def test_relation_gate_through_the_runtime(make_runtime, store_dir):
     rt = make_runtime(store_dir, gate="relation")
     rt.add_edit(prompt="Where was Barack Obama born?", target="Seattle", subject="Barack Obama", aliases=["Obama"])
