@@ -54,6 +54,7 @@ from recall.runtime import Runtime
 Conversation = list[dict[str, str]]
 ASK_GROUPS = ("question", "paraphrase", "second_turn", "follow_up")
 KEEP_GROUPS = ("unrelated", "same_subject", "same_relation")
+FORMS = ("question", "instruction", "chat", "cloze")  # the hand-written set's paraphrase forms
 # the unrelated exchange a second-turn question follows (as in ../shared/tools/chat-check.py)
 ASIDE = [
     {"role": "user", "content": "What is the capital of France?"},
@@ -375,8 +376,12 @@ def summary(results: dict[str, Any]) -> str:
     groups = (*ASK_GROUPS, *KEEP_GROUPS)
     cols = [*(f"fire_{g}" for g in groups), *groups, "fluency_ppl", "fluency_ppl_unedited"]
     present = [c for c in cols if any(c in r for r in results["rows"])]
-    # each paraphrase form's rate (hand-written set), after the groups
-    present += [k for k in dict.fromkeys(k for r in results["rows"] for k in r) if "paraphrase_" in k]
+    # each paraphrase form's rate (hand-written set), after the groups, gate first, in FORMS order
+    by_form = [k for k in dict.fromkeys(k for r in results["rows"] for k in r) if "paraphrase_" in k]
+    form_rank = {f: i for i, f in enumerate(FORMS)}
+    present += sorted(
+        by_form, key=lambda k: (not k.startswith("fire_"), form_rank.get(k.rsplit("_", 1)[1], len(FORMS)), k)
+    )
     rows = [[r["editor"], r["T"], *[r.get(c, "") for c in present]] for r in results["rows"]]
     cfg = results["config"]
     head = (

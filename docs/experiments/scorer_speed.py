@@ -1,8 +1,9 @@
 """Time the shipped relation scorer on one (edit, query) pair, with the same weights run other
 ways: bfloat16 autocast, dynamic int8 linear layers (``quant``), ``torch.compile`` (``compile``),
-a TorchScript trace of the encoder, frozen (``trace``; stop 39).
+a TorchScript trace of the encoder, frozen (``trace``; stop 39), ONNX Runtime (``onnx``; stop 40,
+the CPU default since then: recall.core.onnx_cpu).
 Issue 23's scoring overhead is mostly this pass (docs/experiments.md section 29).
-Run from the repository root: python docs/experiments/scorer_speed.py [quant] [compile] [trace]
+Run from the repository root: python docs/experiments/scorer_speed.py [quant] [compile] [trace] [onnx]
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def median_ms(fn, pairs, rounds: int = 60) -> float:
 
 def main() -> None:
     torch.set_num_threads(2)
-    scorer = RelationScorer()
+    scorer = RelationScorer(backend="torch")  # eager float32: the reference every variant is timed against
     pairs = [pair_texts(edit, query, [name]) for edit, query, name in EDITS_AND_QUERIES]
     lengths = [tokenize_pairs(scorer.tokenizer, [p], scorer.device)["input_ids"].shape[1] for p in pairs]
     print("tokens per pair", lengths)
@@ -67,6 +68,9 @@ def main() -> None:
         print("compiled ms", round(median_ms(c.probabilities, pairs), 2), c.probabilities(pairs))
     if "trace" in sys.argv:
         print("traced ms", *traced(scorer, pairs))
+    if "onnx" in sys.argv:
+        fast = RelationScorer(backend="onnx")
+        print("onnx runtime ms", round(median_ms(fast.probabilities, pairs), 2), fast.probabilities(pairs))
 
 
 class _Positional(torch.nn.Module):
