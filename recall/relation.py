@@ -147,7 +147,7 @@ class RelationScorer:
                 raw = Path(checkpoint).read_bytes()
             state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
             self.tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
-            self.encoder = AutoModel.from_pretrained(str(base), local_files_only=True)
+            self.encoder: torch.nn.Module | None = AutoModel.from_pretrained(str(base), local_files_only=True)
             merge_low_rank(self.encoder, state["deltas"], float(state["scale"]))
             self.head = MeanPoolHead(self.encoder.config.hidden_size)
             self.head.load_state_dict(state["head"])
@@ -166,6 +166,8 @@ class RelationScorer:
         self._session = None
         if backend != "torch" and self.device.type == "cpu":
             self._session = self._onnx_session(_export_key(raw, base), strict=backend == "onnx")
+            if self._session is not None:
+                self.encoder = None  # the session holds its own copy of the weights (~90 MB)
         elif backend == "onnx":
             raise ConfigError(f"the onnx backend runs on the CPU, not on {self.device}")
 

@@ -95,7 +95,7 @@ def test_shipped_scorer_separates_paraphrases_from_other_relations(scorer):
 
 def test_the_scorer_runs_in_onnx_runtime_with_the_torch_probabilities(scorer):
     """The CPU default (recall.core.onnx_cpu) gives the PyTorch module's numbers and verdicts."""
-    assert scorer.backend == "onnx"
+    assert scorer.backend == "onnx" and scorer.encoder is None  # the torch copy of the weights is let go
     in_torch = RelationScorer(device="cpu", backend="torch")
     assert in_torch.backend == "torch"
     texts = [pair_texts(e, q, [s], t if scorer.reads_answer else None) for e, s, t, q, _ in CASES]
