@@ -38,12 +38,11 @@ def cached_export(
     module: torch.nn.Module, example: dict[str, torch.Tensor], key: str, output: str = "logits", max_seq: int = 512
 ) -> Path:
     """The ONNX file of ``module`` called with ``example``'s tensors as keyword inputs (named as
-    its forward's parameters; every
-    input's first two dimensions dynamic: batch, and sequence up to ``max_seq``), exported once
-    per ``key``.
+    its forward's parameters; each input's first two dimensions are dynamic: batch, and sequence
+    up to ``max_seq``), exported once per ``key``.
 
     ``key`` must name everything the graph depends on (weights, their versions); the file is
-    ``<cache>/onnx/<key>.onnx``."""
+    ``<cache>/onnx/<key>-f<FORMAT>.onnx``."""
     target = cache_root() / "onnx" / f"{key}-f{FORMAT}.onnx"
     if target.exists():
         return target
