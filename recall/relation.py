@@ -21,7 +21,6 @@ and the same probabilities to ~1e-6, in about 0.4 of PyTorch eager's time for on
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import pickle
@@ -31,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 from transformers import AutoModel, AutoTokenizer
 
 from recall.core import onnx_cpu, resources
@@ -165,7 +163,8 @@ class RelationScorer:
         self.backend = "torch"
         self._session = None
         if backend != "torch" and self.device.type == "cpu":
-            self._session = self._onnx_session(_export_key(raw, base), strict=backend == "onnx")
+            key = onnx_cpu.source_key("relation-scorer", base, raw)
+            self._session = self._onnx_session(key, strict=backend == "onnx")
             if self._session is not None:
                 self.encoder = None  # the session holds its own copy of the weights (~90 MB)
         elif backend == "onnx":
@@ -204,15 +203,3 @@ class RelationScorer:
                 out.append(torch.sigmoid(pair_logits(self.encoder, self.head, batch)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
-
-def _export_key(checkpoint: bytes, base: Path) -> str:
-    """What an exported scorer depends on: the checkpoint's bytes, the base encoder's files (by
-    name, size and config) and the torch and transformers versions that traced it."""
-    h = hashlib.sha256(checkpoint)
-    for f in sorted(p for p in base.iterdir() if p.is_file()):
-        h.update(f"{f.name}:{f.stat().st_size};".encode())
-    config = base / "config.json"
-    if config.exists():
-        h.update(config.read_bytes())
-    h.update(f"torch {torch.__version__}; transformers {transformers.__version__}".encode())
-    return f"relation-scorer-{h.hexdigest()[:16]}"

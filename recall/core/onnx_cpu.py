@@ -15,6 +15,7 @@ Callers treat every failure here as "use torch instead": :func:`available` is fa
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -32,6 +33,24 @@ FORMAT = 1  # bump when the exported graph's inputs or outputs change
 def available() -> bool:
     """Whether ONNX Runtime and torch's ONNX exporter (``onnx``, ``onnxscript``) are installed."""
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "onnxscript"))
+
+
+def source_key(name: str, base: Path, *parts: bytes) -> str:
+    """A cache key for a graph made from the model folder ``base`` and ``parts`` (checkpoint
+    bytes, settings): its files by name and size, its config, and the torch and transformers
+    versions that trace it."""
+    import transformers
+
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    for f in sorted(p for p in base.iterdir() if p.is_file()):
+        h.update(f"{f.name}:{f.stat().st_size};".encode())
+    config = base / "config.json"
+    if config.exists():
+        h.update(config.read_bytes())
+    h.update(f"torch {torch.__version__}; transformers {transformers.__version__}".encode())
+    return f"{name}-{h.hexdigest()[:16]}"
 
 
 def cached_export(
