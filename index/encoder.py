@@ -102,9 +102,11 @@ class TextEncoder:
         return session
 
     def _tokenize(self, texts: list[str], tensors: str) -> dict:
-        """The model's tokenization as sentence-transformers does it: padded, cut at its
-        ``max_seq_length``."""
-        return dict(self._model.tokenizer(list(texts), padding=True, truncation=True,
+        """The model's tokenization as sentence-transformers does it: each text stripped (and
+        lowercased where the model says so), padded, cut at its ``max_seq_length``."""
+        lower = bool(getattr(self._model[0], "do_lower_case", False))
+        texts = [str(t).strip().lower() if lower else str(t).strip() for t in texts]
+        return dict(self._model.tokenizer(texts, padding=True, truncation=True,
                                           max_length=self._model.max_seq_length, return_tensors=tensors))
 
     def encode(self, texts: list[str]) -> np.ndarray:

@@ -32,7 +32,7 @@ def test_the_encoder_runs_in_onnx_runtime_with_the_torch_vectors():
     fast, slow = TextEncoder(bulk_bf16=False), TextEncoder(bulk_bf16=False, backend="torch")
     assert fast.backend == "onnx" and slow.backend == "torch"
     texts = ["Where was Barack Obama born?", "word " * 400, "日本語のテキスト", "x",
-             "The mother tongue of Danielle Darrieux is"]
+             "  The mother tongue of Danielle Darrieux is\n"]
     a, b = fast.encode(texts), slow.encode(texts)
     assert a.dtype == np.float32 and a.shape == b.shape == (5, fast.dim)
     np.testing.assert_allclose(a, b, atol=1e-5)
