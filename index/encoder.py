@@ -16,7 +16,6 @@ Other model structures, and ``backend="torch"``, stay in sentence-transformers.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -26,15 +25,12 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
 from recall.core import onnx_cpu
-from recall.core.errors import ConfigError, ModelLoadError
+from recall.core.errors import ModelLoadError
 from recall.core.models import default_encoder_path
 
 BF16_MIN_BATCH = 64  # texts; below this, float32 is as fast
 BATCH = 64  # texts per model call in float32
 BF16_BATCH = 256  # texts per model call in bfloat16
-BACKENDS = ("auto", "onnx", "torch")  # auto: ONNX Runtime for float32 CPU batches where it can
-
-log = logging.getLogger(__name__)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -59,8 +55,7 @@ class TextEncoder:
         doc); None decides by the hardware. ``backend``: "auto" runs float32 CPU batches in ONNX
         Runtime when it is installed and the model's structure allows, else in torch; "onnx"
         insists (a ``ModelLoadError`` where it cannot); "torch" never uses it."""
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown encoder backend {backend!r}; known: {', '.join(BACKENDS)}")
+        use_onnx = onnx_cpu.wants_onnx(backend, device, "encoder")
         self.bulk_bf16 = (str(device) == "cpu" and cpu_has_native_bf16()) if bulk_bf16 is None else bulk_bf16
         self.path = Path(path) if path is not None else default_encoder_path()
         if not self.path.exists():
@@ -75,31 +70,22 @@ class TextEncoder:
             else self._model.get_sentence_embedding_dimension()
         )
         self.name = self.path.name if self.path.name != "model" else self.path.parent.name
-        self.backend = "torch"
-        self._session = None
-        if backend != "torch" and str(device) == "cpu":
-            self._session = self._onnx_session(strict=backend == "onnx")
-        elif backend == "onnx":
-            raise ConfigError(f"the onnx backend runs on the CPU, not on {device}")
+        self._graph: onnx_cpu.Graph | None = None
+        if use_onnx:
+            self._graph = onnx_cpu.open_graph("encoder", self._export_inputs, strict=backend == "onnx")
 
-    def _onnx_session(self, strict: bool):
-        """The model's transformer and pooling exported to ONNX and opened in ONNX Runtime, or
-        None (sentence-transformers serves) when that is not installed, the structure is not a
-        transformer with mean or CLS pooling, or the export fails; ``strict`` raises instead."""
-        try:
-            module = PooledEncoder.of(self._model)
-            if not onnx_cpu.available():
-                raise ModelLoadError("onnxruntime, onnx and onnxscript are not installed")
-            example = dict(self._tokenize(["Where was X born?"], "pt"))
-            key = onnx_cpu.source_key("encoder", self.path, f"{module.mode};{self._model.max_seq_length}".encode())
-            session = onnx_cpu.cached_session(module, example, key, max_seq=self._model.max_seq_length)
-        except Exception as exc:  # an unsupported structure, or any exporter or runtime failure
-            if strict:
-                raise ModelLoadError(f"could not run the encoder in ONNX Runtime: {exc!r}") from exc
-            log.info("encoder %s: ONNX Runtime not used (%r)", self.path, exc)
-            return None
-        self.backend = "onnx"
-        return session
+    @property
+    def backend(self) -> str:
+        """Where float32 batches run: "onnx" (ONNX Runtime) or "torch" (sentence-transformers)."""
+        return "torch" if self._graph is None else "onnx"
+
+    def _export_inputs(self) -> tuple[PooledEncoder, dict, str, int]:
+        """What :func:`recall.core.onnx_cpu.open_graph` exports: the model as one module (an
+        :class:`~recall.core.onnx_cpu.Unsupported` structure raises), an example, the cache key."""
+        module = PooledEncoder.of(self._model)
+        n = self._model.max_seq_length
+        key = onnx_cpu.source_key("encoder", self.path, f"{module.mode};{n}".encode())
+        return module, dict(self._tokenize(["Where was X born?"], "pt")), key, n
 
     def _tokenize(self, texts: list[str], tensors: str) -> dict:
         """The model's tokenization as sentence-transformers does it: each text stripped (and
@@ -113,11 +99,8 @@ class TextEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         bf16 = self.bulk_bf16 and len(texts) >= BF16_MIN_BATCH
-        if self._session is not None and not bf16:
-            out = []
-            for i in range(0, len(texts), BATCH):
-                feed = self._tokenize(texts[i : i + BATCH], "np")
-                out.append(self._session.run(None, {k: v.astype(np.int64) for k, v in feed.items()})[0])
+        if self._graph is not None and not bf16:
+            out = [self._graph(self._tokenize(texts[i : i + BATCH], "np")) for i in range(0, len(texts), BATCH)]
             return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             vecs = self._model.encode(
@@ -150,7 +133,8 @@ class PooledEncoder(torch.nn.Module):
             mode = pooling.get_pooling_mode_str()
         if not (isinstance(mods[0], Transformer) and mode in ("mean", "cls")
                 and all(isinstance(m, Normalize) for m in mods[2:])):
-            raise ConfigError(f"not a transformer with mean or CLS pooling: {[type(m).__name__ for m in mods]}")
+            names = [type(m).__name__ for m in mods]
+            raise onnx_cpu.Unsupported(f"not a transformer with mean or CLS pooling: {names}")
         return cls(mods[0].auto_model, mode)
 
     def forward(

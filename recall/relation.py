@@ -22,7 +22,6 @@ and the same probabilities to ~1e-6, in about 0.4 of PyTorch eager's time for on
 from __future__ import annotations
 
 import io
-import logging
 import pickle
 import re
 from collections.abc import Sequence
@@ -33,16 +32,13 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from recall.core import onnx_cpu, resources
-from recall.core.errors import ConfigError, ModelLoadError
+from recall.core.errors import ModelLoadError
 from recall.core.models import default_encoder_path, pick_device
 from recall.core.text import SUBJECT_MASK, phrase_pattern
 
 MAX_TOKENS = 96  # both texts together; a query's tail (what it asks) is kept when longer
 MAX_QUERY_CHARS = 400  # longer queries keep their last characters: the question is at the end
 ANSWER_MARK = " answer: "  # between an edit's prompt and its target on the edit's side
-BACKENDS = ("auto", "onnx", "torch")  # auto: ONNX Runtime on the CPU when installed, else torch
-
-log = logging.getLogger(__name__)
 
 
 def mask_names(text: str, names: Sequence[str]) -> str:
@@ -134,9 +130,10 @@ class RelationScorer:
 
     def __init__(self, checkpoint: str | Path | None = None, encoder_path: str | Path | None = None,
                  device: str = "auto", backend: str = "auto") -> None:
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown relation scorer backend {backend!r}; known: {', '.join(BACKENDS)}")
+        """``backend``: one of ``recall.core.onnx_cpu.BACKENDS`` ("auto": ONNX Runtime on the CPU
+        when installed, else torch)."""
         self.device = pick_device(device)
+        use_onnx = onnx_cpu.wants_onnx(backend, self.device, "relation scorer")
         base = Path(encoder_path) if encoder_path is not None else default_encoder_path()
         try:
             if checkpoint is None:
@@ -160,33 +157,23 @@ class RelationScorer:
         self.trained_on = str(state.get("trained_on", ""))
         self.encoder.to(self.device).eval()
         self.head.to(self.device).eval()
-        self.backend = "torch"
-        self._session = None
-        if backend != "torch" and self.device.type == "cpu":
-            key = onnx_cpu.source_key("relation-scorer", base, raw)
-            self._session = self._onnx_session(key, strict=backend == "onnx")
-            if self._session is not None:
+        self._graph: onnx_cpu.Graph | None = None
+        if use_onnx:
+            build = lambda: self._export_inputs(onnx_cpu.source_key("relation-scorer", base, raw))  # noqa: E731
+            self._graph = onnx_cpu.open_graph("relation scorer", build, strict=backend == "onnx")
+            if self._graph is not None:
                 self.encoder = None  # the session holds its own copy of the weights (~90 MB)
-        elif backend == "onnx":
-            raise ConfigError(f"the onnx backend runs on the CPU, not on {self.device}")
 
-    def _onnx_session(self, key: str, strict: bool):
-        """The scorer exported to ONNX and opened in ONNX Runtime; None (torch is used) when that
-        is not installed or fails, unless ``strict``."""
-        if not onnx_cpu.available():
-            if strict:
-                raise ModelLoadError("the onnx backend needs onnxruntime, onnx and onnxscript")
-            return None
+    @property
+    def backend(self) -> str:
+        """Where the scorer runs: "onnx" (ONNX Runtime) or "torch"."""
+        return "torch" if self._graph is None else "onnx"
+
+    def _export_inputs(self, key: str) -> tuple[PairClassifier, dict[str, torch.Tensor], str, int]:
+        """What :func:`recall.core.onnx_cpu.open_graph` exports: encoder and head as one module,
+        an example pair, the cache key, the longest pair."""
         example = tokenize_pairs(self.tokenizer, [("Where was X born?", "X was born in")], torch.device("cpu"))
-        try:
-            session = onnx_cpu.cached_session(PairClassifier(self.encoder, self.head), example, key, MAX_TOKENS)
-        except Exception as exc:  # any exporter or runtime failure: the torch module still serves
-            if strict:
-                raise ModelLoadError(f"could not run the relation scorer in ONNX Runtime: {exc!r}") from exc
-            log.warning("relation scorer: ONNX Runtime unavailable (%r); running in PyTorch", exc)
-            return None
-        self.backend = "onnx"
-        return session
+        return PairClassifier(self.encoder, self.head), example, key, MAX_TOKENS
 
     @torch.inference_mode()
     def probabilities(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
@@ -194,9 +181,8 @@ class RelationScorer:
         out = []
         for i in range(0, len(pairs), batch_size):
             chunk = pairs[i : i + batch_size]
-            if self._session is not None:
-                batch = encode_pairs(self.tokenizer, chunk, "np")
-                logits = self._session.run(None, {k: v.astype(np.int64) for k, v in batch.items()})[0]
+            if self._graph is not None:
+                logits = self._graph(encode_pairs(self.tokenizer, chunk, "np"))
                 out.append((1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32))
             else:
                 batch = tokenize_pairs(self.tokenizer, chunk, self.device)

@@ -9,8 +9,9 @@ cache (``RECALL_CACHE``, default ``~/.cache/recall``) under a key of everything 
 from, and built in a temporary file renamed into place, so that a crash or a second process
 never leaves half a file behind.
 
-Callers treat every failure here as "use torch instead": :func:`available` is false when
-``onnxruntime`` or the exporter's packages are missing.
+Callers go through :func:`wants_onnx` (the ``backend`` argument they take) and
+:func:`open_graph`, which turns every failure into "use torch instead" unless ONNX Runtime was
+asked for by name.
 """
 
 from __future__ import annotations
@@ -21,13 +22,71 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from recall.core.errors import ConfigError, ModelLoadError
 from recall.core.models import cache_root
 
 FORMAT = 1  # bump when the exported graph's inputs or outputs change
+BACKENDS = ("auto", "onnx", "torch")  # auto: ONNX Runtime on the CPU where it can, else torch
+
+log = logging.getLogger(__name__)
+
+
+class Unsupported(ConfigError):
+    """A model this path does not export (another structure): torch serves it, as designed."""
+
+
+def wants_onnx(backend: str, device: str | torch.device, what: str) -> bool:
+    """Whether a ``what`` on ``device`` should try ONNX Runtime under ``backend`` (one of
+    ``BACKENDS``); an unknown backend, or "onnx" off the CPU, is a ``ConfigError``."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown {what} backend {backend!r}; known: {', '.join(BACKENDS)}")
+    try:
+        on_cpu = torch.device(device).type == "cpu"
+    except (RuntimeError, TypeError):  # not a device name ("auto" is resolved by callers first)
+        on_cpu = False
+    if backend == "onnx" and not on_cpu:
+        raise ConfigError(f"the onnx backend runs on the CPU, not on {device}")
+    return backend != "torch" and on_cpu
+
+
+class Graph:
+    """An opened ONNX Runtime session: ``graph(feed)`` is its first output for a feed of integer
+    arrays (a tokenizer's numpy output)."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, {k: v.astype(np.int64) for k, v in feed.items()})[0]
+
+
+def open_graph(
+    what: str, build: Callable[[], tuple[torch.nn.Module, dict[str, torch.Tensor], str, int]], strict: bool
+) -> Graph | None:
+    """``build()`` -> (module, example inputs, cache key, longest sequence), exported and opened
+    (:func:`cached_session`). None, so that torch serves, when ONNX Runtime is not installed, the
+    model is :class:`Unsupported` (both logged at info) or anything fails (a warning); with
+    ``strict`` (the backend asked for by name) each of these is a ``ModelLoadError``."""
+    if not available():
+        if strict:
+            raise ModelLoadError(f"the onnx backend of the {what} needs onnxruntime, onnx and onnxscript")
+        log.info("%s: onnxruntime, onnx or onnxscript missing; running in PyTorch", what)
+        return None
+    try:
+        module, example, key, max_seq = build()
+        return Graph(cached_session(module, example, key, max_seq))
+    except Exception as exc:  # an unsupported structure, or any exporter or runtime failure
+        if strict:
+            raise ModelLoadError(f"could not run the {what} in ONNX Runtime: {exc!r}") from exc
+        (log.info if isinstance(exc, Unsupported) else log.warning)(
+            "%s: ONNX Runtime not used (%r); running in PyTorch", what, exc)
+        return None
 
 
 def available() -> bool:
