@@ -7,13 +7,14 @@ the flag they pass to it. All share one loaded model and encoder (``Runtime.from
 - ``recall``: the default runtime (relation gate, "auto" injection: answer-slot decoding for
   chat replies, answer-first for text continuations); variants
   ``recall-learned`` / ``recall-relation`` / ``recall-subject`` / ``recall-cosine`` /
-  ``recall-sentinel`` (each gate by name; the sentinel is RECIPE's knowledge sentinel used as
-  the gate of stored facts), ``recall-decode`` (answer-first decoding everywhere),
+  ``recall-sentinel`` / ``recall-krm-sentinel`` (each gate by name; see :mod:`recall.gate`:
+  the sentinel as a dynamic threshold on the relation scorer, and as RECIPE builds it in its
+  bi-encoder), ``recall-decode`` (answer-first decoding everywhere),
   ``recall-slot`` (decoding biased at the answer slot everywhere),
   ``recall-context`` and ``recall-both`` (context injection, and context plus decoding);
 - ``recall-prompt``: every edit a continuous-prompt edit (RECIPE's generated prefix, tuned on
   the edit at add time, scoped by the default gate); ``recall-prompt-sentinel``: the same with
-  RECIPE's knowledge sentinel as the gate; ``recall-codebook``: every edit a GRACE codebook entry;
+  the sentinel gate; ``recall-codebook``: every edit a GRACE codebook entry;
 - ``ike``: in-context editing: every stored fact prepended, no gate (gate="always",
   injection="context");
 - the weight editors of :data:`recall.methods.editor.EDITORS` (``rome``, ``memit``,
@@ -51,6 +52,7 @@ RUNTIME_VARIANTS = {
     "recall-subject": ("subject", DEFAULT_INJECTION, "fact"),
     "recall-cosine": ("cosine", DEFAULT_INJECTION, "fact"),
     "recall-sentinel": ("sentinel", DEFAULT_INJECTION, "fact"),
+    "recall-krm-sentinel": ("krm-sentinel", DEFAULT_INJECTION, "fact"),
     "recall-decode": (DEFAULT_GATE, "decode", "fact"),
     "recall-slot": (DEFAULT_GATE, "slot", "fact"),
     "recall-context": (DEFAULT_GATE, "context", "fact"),

@@ -644,8 +644,9 @@ def bench_lifelong(
     editors: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: unedited, recall, recall-subject, recall-cosine, recall-sentinel, recall-context, "
-            "recall-prompt (continuous-prompt edits), recall-codebook (GRACE codebook edits), ike, ft-l, "
+            help="Comma-separated: unedited, recall, recall-subject, recall-cosine, recall-sentinel, "
+            "recall-krm-sentinel, recall-context, recall-prompt (continuous-prompt edits), recall-codebook (GRACE "
+            "codebook edits), ike, ft-l, "
             "rome, memit, alphaedit (sequential weight editors), recall-consolidated (stream, then consolidate)."
         ),
     ] = "unedited,recall,ike,ft-l",
@@ -711,7 +712,7 @@ def bench_chat(
         str,
         typer.Option(
             help="Comma-separated: unedited, recall, recall-subject, recall-cosine, recall-sentinel, "
-            "recall-slot, recall-context, ike."
+            "recall-krm-sentinel, recall-slot, recall-context, ike."
         ),
     ] = "unedited,recall,ike",
     t: Annotated[str, typer.Option("--T", help="Comma-separated stream lengths T.")] = "1,100",
@@ -826,6 +827,31 @@ def gate_train_relation(
     typer.echo(f"wrote {out} and {report} in {result['seconds']:.0f} s")
 
 
+@gate_app.command("train-sentinel")
+@handle_errors
+def gate_train_sentinel(
+    data: Annotated[Path, typer.Option(help="The shared data folder (CounterFact, zsRE, KnowEdit, MQuAKE).")] = Path(
+        "../shared/data"
+    ),
+    scorer: Annotated[
+        Path | None, typer.Option(help="The relation scorer checkpoint to add a sentinel to (default: shipped).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the scorer checkpoint with its sentinel.")] = Path(
+        "recall/data/relation_scorer.pt"
+    ),
+    report: Annotated[Path, typer.Option(help="Where to write the markdown report.")] = Path(
+        "recall/data/relation_sentinel_report.md"
+    ),
+    hparams: Annotated[Path | None, typer.Option(help="JSON file of SentinelHParams fields.")] = None,
+) -> None:
+    """Learn the sentinel gate's sentinel against a frozen relation scorer (train splits only)."""
+
+    sp = relation_training.SentinelHParams.load(hparams)
+    result = relation_training.train_sentinel(data, out, scorer, report, sp)
+    typer.echo(result["report"])
+    typer.echo(f"wrote {out} and {report} in {result['seconds']:.0f} s")
+
+
 @gate_app.command("compare")
 @handle_errors
 def gate_compare(
@@ -837,10 +863,14 @@ def gate_compare(
     recipe: Annotated[
         Path | None, typer.Option(help="Continuous-prompt checkpoint whose sentinel to compare (default: shipped).")
     ] = None,
+    scorer: Annotated[
+        Path | None,
+        typer.Option(help="Relation scorer checkpoint of the relation and sentinel gates (default: shipped)."),
+    ] = None,
 ) -> None:
-    """The shipped gates and RECIPE's knowledge sentinel, firing rates on the same dev pairs."""
+    """Every gate on the same dev pairs: gate.json's, the relation scorer's two, RECIPE's own sentinel."""
 
-    result = gate_training.compare_with_sentinel(data, report, n_dev=n_dev, recipe_dir=recipe)
+    result = gate_training.compare_with_sentinel(data, report, n_dev=n_dev, recipe_dir=recipe, scorer=scorer)
     typer.echo(result["report"])
 
 

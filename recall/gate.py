@@ -15,10 +15,17 @@ Patches and facts without a subject always use the cosine rule on their conditio
                 (:mod:`recall.relation`, a cross-encoder over both texts with the names masked)
                 says the query asks the edit's relation.
 
+- ``sentinel``: RECIPE's knowledge sentinel as a dynamic threshold on the relation scorer:
+                one of the edit's names occurs in the query and the scorer's logit for the
+                (edit, query) pair beats its logit for (sentinel, query), a learned stand-in for
+                "no edit" (:mod:`recall.relation`).
+
 ``always`` (no gate: the nearest retrieved edits always fire) exists as a baseline.
-``sentinel`` is RECIPE's knowledge sentinel used as the gate of facts and patches: it fires
-when the query is closer to the edit's knowledge statement than to the sentinel, a margin the
-memory computes with the trained knowledge encoder (:mod:`recall.learned`).
+``krm-sentinel`` is RECIPE's sentinel as the paper builds it, in the bi-encoder of its knowledge
+retrieval module: it fires when the query is closer to the edit's knowledge statement than to
+the sentinel, a margin the memory computes with the trained knowledge encoder
+(:mod:`recall.learned`). It cannot tell a same-subject question from a paraphrase well enough
+(docs/experiments.md section 25) and is kept for comparison.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ import numpy as np
 from recall.core import resources
 from recall.core.errors import ConfigError
 
-GATE_KINDS = ("cosine", "subject", "learned", "relation", "always", "sentinel")
+GATE_KINDS = ("cosine", "subject", "learned", "relation", "sentinel", "always", "krm-sentinel")
+SCORER_GATES = ("relation", "sentinel")  # the gates that read the relation scorer
 DEFAULT_GATE = "relation"
 FEATURES = ("cos_key", "subj_focus", "subj_any", "cos_rel", "subj_focus*cos_rel")
 
@@ -75,8 +83,14 @@ class PairFeatures:
     subj_any: float = 0.0
     cos_rel: float = 0.0
     has_subject: bool = False
+    # the asked sentence (text.focus) names the edit's subject or has a pronoun: else a name
+    # earlier in the query sets a scene and the question is about someone else
+    # ("X's mother tongue is English. Michel Rocard's mother tongue is")
+    focus_refers_back: bool = True
     rel_product: np.ndarray | None = None  # query-relation ⊙ edit-relation vectors (subject matched)
-    sentinel_margin: float | None = None  # sim(query, statement) - sim(query, sentinel); sentinel gate only
+    # the edit's similarity to the query minus the sentinel's: the relation scorer's logits
+    # (sentinel gate) or the knowledge encoder's similarities (krm-sentinel gate)
+    sentinel_margin: float | None = None
     relation_margin: float | None = None  # P(same relation) - the scorer's threshold; relation gate only
 
     def vector(self, dim: int = 0) -> np.ndarray:
@@ -105,9 +119,9 @@ class Gate:
     def score(self, f: PairFeatures, edit_kind: str = "fact") -> tuple[float, bool]:
         """(score, fired) for one pair."""
         p = self.params
-        if self.kind == "sentinel":
+        if self.kind == "krm-sentinel":
             if f.sentinel_margin is None:
-                raise ConfigError("the sentinel gate needs the sentinel margin (computed by EditMemory)")
+                raise ConfigError("the krm-sentinel gate needs the sentinel margin (computed by EditMemory)")
             return f.sentinel_margin, f.sentinel_margin > 0
         if edit_kind == "patch":
             return f.cos_key, f.cos_key >= p.patch_threshold
@@ -115,12 +129,13 @@ class Gate:
             return f.cos_key, True
         if self.kind == "cosine" or not f.has_subject:
             return f.cos_key, f.cos_key >= p.cosine_threshold
-        if self.kind == "relation":
-            if not f.subj_any:
+        if self.kind in SCORER_GATES:
+            if not f.subj_any or not f.focus_refers_back:
                 return 0.0, False
-            if f.relation_margin is None:
-                raise ConfigError("the relation gate needs the relation scorer's margin (computed by EditMemory)")
-            return f.relation_margin, f.relation_margin >= 0
+            margin = f.relation_margin if self.kind == "relation" else f.sentinel_margin
+            if margin is None:
+                raise ConfigError(f"the {self.kind} gate needs the relation scorer's margin (computed by EditMemory)")
+            return margin, margin >= 0 if self.kind == "relation" else margin > 0
         if self.kind == "subject":
             s = f.cos_rel if f.subj_focus else 0.0
             return s, bool(f.subj_focus) and f.cos_rel >= p.subject_rel_threshold

@@ -4,13 +4,13 @@
 - ``prompt`` (RECIPE, :mod:`recall.methods.recipe`): adding costs one pass of the knowledge
   encoder (the generator's prefix) and a few prefix-tuning steps on the edit itself
   (:mod:`recall.methods.prompt_tuning`); the edit is scoped like a fact (retrieval and the
-  runtime's gate, RECIPE's sentinel under ``gate="sentinel"``), and a fired edit's prefix
+  runtime's gate, RECIPE's sentinel under ``gate="krm-sentinel"``), and a fired edit's prefix
   embeddings are placed before the row.
 - ``codebook`` (GRACE, :mod:`recall.methods.grace`): adding trains one value vector; queries
   go through a hook on one module that replaces its output at the last prompt token for rows
   whose key falls inside an entry's radius.
 
-The sentinel also serves as a gate for facts and patches (``gate="sentinel"``): a retrieved
+The sentinel also serves as a gate for facts and patches (``gate="krm-sentinel"``): a retrieved
 edit fires when the query is closer to its knowledge statement than to the sentinel.
 """
 
@@ -92,7 +92,7 @@ class KnowledgeKinds:
 
     @torch.no_grad()
     def statement_reps(self, edits: list[Edit]) -> torch.Tensor:
-        """Knowledge representations of facts and patches, for the sentinel gate."""
+        """Knowledge representations of facts and patches, for the krm-sentinel gate."""
 
         texts = []
         for e in edits:

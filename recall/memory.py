@@ -22,8 +22,8 @@ from recall.core import regex_patch
 from recall.core.edits import ANSWER_KINDS, LEARNED_KINDS, Edit, check_utf8
 from recall.core.errors import ConfigError, InvalidQueryError, InvalidRegexError, StoreError
 from recall.core.limits import LIMITS
-from recall.core.text import contains_phrase, find_phrase, focus, normalize, relation_text, word_ngrams
-from recall.gate import Gate, PairFeatures
+from recall.core.text import contains_phrase, find_phrase, focus, normalize, refers_back, relation_text, word_ngrams
+from recall.gate import SCORER_GATES, Gate, PairFeatures
 from recall.index import EditStore, TextEncoder, VectorIndex
 from recall.index.store import NewEdit, NumsMoved
 from recall.learned import CodebookTable, KnowledgeKinds, PromptTable
@@ -93,14 +93,16 @@ class EditMemory:
         knowledge: KnowledgeKinds | None = None,
         relation: RelationScorer | None = None,
     ) -> None:
-        if gate.kind == "relation" and relation is None:
-            raise ConfigError("the relation gate needs a RelationScorer")
+        if gate.kind in SCORER_GATES and relation is None:
+            raise ConfigError(f"the {gate.kind} gate needs a RelationScorer")
+        if gate.kind == "sentinel" and not relation.has_sentinel:
+            raise ConfigError("the sentinel gate needs a relation scorer checkpoint with a sentinel")
         self.store = EditStore(path, readonly=readonly)
-        self.relation = relation  # the relation gate's cross-encoder
+        self.relation = relation  # the relation and sentinel gates' cross-encoder
         self.encoder = encoder
         self.gate = gate
-        self.knowledge = knowledge  # the learned kinds' models (prompt edits, sentinel gate, codebook)
-        self._statement_reps: dict[int, np.ndarray] = {}  # sentinel gate: knowledge rep per fact/patch
+        self.knowledge = knowledge  # the learned kinds' models (prompt edits, krm-sentinel gate, codebook)
+        self._statement_reps: dict[int, np.ndarray] = {}  # krm-sentinel gate: knowledge rep per fact/patch
         self._lock = threading.RLock()
         stored_dim = self.store.get_meta("encoder_dim")
         if stored_dim is None and not readonly:
@@ -383,19 +385,19 @@ class EditMemory:
 
     def query_knowledge(self, queries: list[str]) -> tuple | None:
         """The queries' knowledge-encoder representations and sentinel similarities, when the
-        sentinel gate needs them (else None: no encoder pass)."""
+        krm-sentinel gate needs them (else None: no encoder pass)."""
         self.sync()
-        if self.knowledge is None or self.gate.kind != "sentinel":
+        if self.knowledge is None or self.gate.kind != "krm-sentinel":
             return None
         return self.knowledge.query_reps(queries)
 
     def _sentinel_margins(self, queries: list[str], retrieved: list[list[Edit]], knowledge_q: tuple | None):
         """Per query and retrieved fact or patch: sim(query, its knowledge statement) minus
-        sim(query, sentinel), the feature the sentinel gate fires on when positive."""
+        sim(query, sentinel), the feature the krm-sentinel gate fires on when positive."""
         if knowledge_q is None:
             knowledge_q = self.query_knowledge(queries)
         if knowledge_q is None:
-            raise ConfigError("the sentinel gate needs the continuous-prompt model (open through Runtime)")
+            raise ConfigError("the krm-sentinel gate needs the continuous-prompt model (open through Runtime)")
         r_q, sentinel = knowledge_q
         todo = {e.num: e for row in retrieved for e in row if e.num not in self._statement_reps}
         if todo:
@@ -429,7 +431,7 @@ class EditMemory:
         fires only when one of its names occurs in the query, so when every active fact has a
         subject and no patch is active, the name lexicon finds every edit that can fire and the
         retrieval encoder is not run (key similarity is computed only to settle a conflict)."""
-        return self.gate.kind != "relation" or bool(self.key_only)
+        return self.gate.kind not in SCORER_GATES or bool(self.key_only)
 
     def retrieve(
         self, queries: list[str], k: int = 8, knowledge_q: tuple | None = None, dense: bool = False
@@ -464,14 +466,15 @@ class EditMemory:
                 nums |= hit
             edits = (self.store.get_by_num(num) for num in sorted(nums))
             retrieved.append([e for e in edits if e is not None and e.served])
-        margins = self._sentinel_margins(queries, retrieved, knowledge_q) if self.gate.kind == "sentinel" else None
+        margins = self._sentinel_margins(queries, retrieved, knowledge_q) if self.gate.kind == "krm-sentinel" else None
         features = [[self._features(query, norms[i], q_vecs[i], rel_by_query[i], edit) for edit in retrieved[i]]
                     for i, query in enumerate(queries)]
-        if self.gate.kind == "relation":
+        if self.gate.kind in SCORER_GATES:
             self._relation_margins(queries, retrieved, features)
-        for i in range(len(queries)):
-            for j in range(len(retrieved[i])):
-                features[i][j].sentinel_margin = margins[i][j] if margins is not None else None
+        if margins is not None:
+            for i in range(len(queries)):
+                for j in range(len(retrieved[i])):
+                    features[i][j].sentinel_margin = margins[i][j]
         return [settle(row) for row in self._verdicts(retrieved, features)]
 
     def _retrieve_by_name(
@@ -503,20 +506,7 @@ class EditMemory:
 
     def _relation_margins(self, queries: list[str], retrieved: list[list[Edit]],
                           features: list[list[PairFeatures]]) -> None:
-        """Set ``relation_margin`` on every pair whose query names the edit's subject (or an
-        alias): one batched pass of the relation scorer over those pairs only."""
-        slots, texts = [], []
-        for i, row in enumerate(retrieved):
-            for j, edit in enumerate(row):
-                if features[i][j].subj_any:
-                    slots.append((i, j))
-                    answer = edit.payload.get("target") if self.relation.reads_answer else None
-                    texts.append(pair_texts(edit.payload["prompt"], queries[i], edit.names, answer))
-        if not texts:
-            return
-        probs = self.relation.probabilities(texts)
-        for (i, j), p in zip(slots, probs):
-            features[i][j].relation_margin = float(p) - self.relation.threshold
+        scorer_margins(self.relation, self.gate.kind == "sentinel", queries, retrieved, features)
 
     def codebook_hook(self):
         """Context manager yielding the installed codebook hook, or None when no codebook edit
@@ -573,6 +563,33 @@ def key_similarity(q_vec: np.ndarray, edit: Edit, edit_vecs: np.ndarray) -> floa
     return float(np.max(edit_vecs[:n_keys] @ q_vec)) if n_keys else 0.0
 
 
+def scorer_margins(relation: RelationScorer, sentinel: bool, queries: list[str], retrieved: list[list[Edit]],
+                   features: list[list[PairFeatures]]) -> None:
+    """Set ``relation_margin`` on every pair whose query names the edit's subject (or an
+    alias): one batched pass of the relation scorer over those pairs only. With ``sentinel``
+    (the sentinel gate) also ``sentinel_margin``: the pair's logit minus the sentinel's logit
+    against the same masked query (one more pair per distinct masked query)."""
+    slots, texts = [], []
+    for i, row in enumerate(retrieved):
+        for j, edit in enumerate(row):
+            if features[i][j].subj_any:
+                slots.append((i, j))
+                answer = edit.payload.get("target") if relation.reads_answer else None
+                texts.append(pair_texts(edit.payload["prompt"], queries[i], edit.names, answer))
+    if not texts:
+        return
+    logits = relation.logits(texts)
+    probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)  # as RelationScorer.probabilities
+    thresholds: dict[str, float] = {}
+    if sentinel:
+        masked = sorted({q for _, q in texts})
+        thresholds = dict(zip(masked, relation.sentinel_logits(masked).tolist()))
+    for (i, j), (_, query), z, p in zip(slots, texts, logits, probs):
+        features[i][j].relation_margin = float(p) - relation.threshold
+        if sentinel:
+            features[i][j].sentinel_margin = float(z) - thresholds[query]
+
+
 def pair_features(
     query: str,
     norm_query: str,
@@ -592,12 +609,14 @@ def pair_features(
     if edit.kind not in ANSWER_KINDS or not edit.subject or not n_keys:
         return PairFeatures(cos_key=cos_key)
     names = [normalize(n) for n in edit.names]
-    norm_focus = normalize(focus(query))
+    query_focus = focus(query)
+    norm_focus = normalize(query_focus)
     subj_any = any(contains_phrase(norm_query, n) for n in names)
     subj_focus = any(contains_phrase(norm_focus, n) for n in names)
     matched = subj_any and query_rel_vec is not None
     cos_rel = float(edit_vecs[n_keys] @ query_rel_vec) if matched else 0.0
     return PairFeatures(cos_key=cos_key, subj_focus=float(subj_focus), subj_any=float(subj_any), cos_rel=cos_rel,
+                        focus_refers_back=subj_focus or refers_back(query_focus),
                         has_subject=True, rel_product=edit_vecs[n_keys] * query_rel_vec if matched else None)
 
 

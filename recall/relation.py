@@ -14,6 +14,15 @@ relation_scorer.pt``, trained by ``recall gate train-relation`` on the train spl
 :mod:`recall.training.relation_training`). Masking the subject makes the decision about the
 relation alone, so it transfers to subjects never seen in training.
 
+A checkpoint may also hold a **sentinel** (RECIPE's knowledge sentinel, moved into the
+cross-encoder): a few learned token embeddings that stand on the edit's side of a pair in
+place of an edit. Its logit against a query is a threshold that depends on the query; the
+``sentinel`` gate fires an edit when the edit's logit beats it (``recall gate
+train-sentinel`` learns it against the frozen scorer, train splits only). The sentinel's
+vectors are written into the embedding rows of the vocabulary's unused tokens
+(:data:`SENTINEL_FIRST_ID` on), which no text tokenizes to, so pairs of two texts score as
+without it.
+
 On the CPU the scorer runs through ONNX Runtime (:mod:`recall.core.onnx_cpu`): the same weights
 and the same probabilities to ~1e-6, in about 0.4 of PyTorch eager's time for one short pair.
 ``backend="torch"`` keeps it in PyTorch (training, and where ONNX Runtime is not installed).
@@ -39,6 +48,8 @@ from recall.core.text import SUBJECT_MASK, phrase_pattern
 MAX_TOKENS = 96  # both texts together; a query's tail (what it asks) is kept when longer
 MAX_QUERY_CHARS = 400  # longer queries keep their last characters: the question is at the end
 ANSWER_MARK = " answer: "  # between an edit's prompt and its target on the edit's side
+SENTINEL_FIRST_ID = 1  # "[unused0]" in the BERT vocabulary: the sentinel's tokens are ids 1..K
+SENTINEL_PLACEHOLDER = "x"  # one token each; its ids are overwritten by the sentinel's
 
 
 def mask_names(text: str, names: Sequence[str]) -> str:
@@ -94,6 +105,26 @@ def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], tensors: str = "pt
                           max_length=MAX_TOKENS, return_tensors=tensors))
 
 
+def sentinel_ids(tokenizer, k: int) -> list[int]:
+    """The ``k`` token ids the sentinel's vectors live in; a ``ModelLoadError`` when the
+    vocabulary has no unused tokens there (an encoder the sentinel was not made for)."""
+    ids = list(range(SENTINEL_FIRST_ID, SENTINEL_FIRST_ID + k))
+    names = tokenizer.convert_ids_to_tokens(ids)
+    if not all(str(n).startswith("[unused") for n in names):
+        raise ModelLoadError(f"the encoder's vocabulary has no unused tokens at ids {ids[0]}..{ids[-1]} "
+                             "for the sentinel")
+    return ids
+
+
+def encode_sentinel_pairs(tokenizer, queries: Sequence[str], k: int, tensors: str = "pt") -> dict:
+    """(sentinel, query) pairs tokenized like :func:`encode_pairs`: ``k`` placeholder tokens on
+    the edit's side, their ids replaced by the sentinel's (:func:`sentinel_ids`)."""
+    batch = encode_pairs(tokenizer, [(" ".join([SENTINEL_PLACEHOLDER] * k), q) for q in queries], tensors)
+    ids = sentinel_ids(tokenizer, k)
+    batch["input_ids"][:, 1 : k + 1] = torch.tensor(ids) if tensors == "pt" else np.array(ids)
+    return batch
+
+
 def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in encode_pairs(tokenizer, pairs).items()}
 
@@ -147,6 +178,12 @@ class RelationScorer:
             self.head = MeanPoolHead(self.encoder.config.hidden_size)
             self.head.load_state_dict(state["head"])
             self.threshold = float(state["threshold"])
+            sentinel = state.get("sentinel")
+            self.sentinel_tokens = 0 if sentinel is None else int(sentinel.shape[0])
+            if sentinel is not None:
+                rows = self.encoder.get_input_embeddings().weight
+                with torch.no_grad():
+                    rows[sentinel_ids(self.tokenizer, self.sentinel_tokens)] = sentinel.to(rows.dtype)
         # a missing or unreadable file, one that is not a torch checkpoint (pickle's errors),
         # or one without the scorer's entries or with other shapes
         except (OSError, RuntimeError, ValueError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as exc:
@@ -175,17 +212,39 @@ class RelationScorer:
         example = tokenize_pairs(self.tokenizer, [("Where was X born?", "X was born in")], torch.device("cpu"))
         return PairClassifier(self.encoder, self.head), example, key, MAX_TOKENS
 
+    @property
+    def has_sentinel(self) -> bool:
+        """Whether the checkpoint holds a sentinel (what the ``sentinel`` gate needs)."""
+        return self.sentinel_tokens > 0
+
     @torch.inference_mode()
+    def _logits(self, batches) -> np.ndarray:
+        out = []
+        for batch in batches:
+            if self._graph is not None:
+                out.append(self._graph(batch).astype(np.float64))
+            else:
+                tensors = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
+                out.append(pair_logits(self.encoder, self.head, tensors).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
+
+    def logits(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+        """The logits of P(same relation) for (edit text, query text) pairs already masked
+        (:func:`pair_texts`)."""
+        return self._logits(encode_pairs(self.tokenizer, pairs[i : i + batch_size], "np")
+                            for i in range(0, len(pairs), batch_size))
+
+    def sentinel_logits(self, queries: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """The sentinel's logit against each query (masked as in :func:`pair_texts`): the
+        query's threshold under the ``sentinel`` gate."""
+        if not self.has_sentinel:
+            raise ModelLoadError("this relation scorer checkpoint has no sentinel "
+                                 "(recall gate train-sentinel adds one)")
+        k = self.sentinel_tokens
+        return self._logits(encode_sentinel_pairs(self.tokenizer, queries[i : i + batch_size], k, "np")
+                            for i in range(0, len(queries), batch_size))
+
     def probabilities(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
         """P(same relation) for (edit text, query text) pairs already masked (:func:`pair_texts`)."""
-        out = []
-        for i in range(0, len(pairs), batch_size):
-            chunk = pairs[i : i + batch_size]
-            if self._graph is not None:
-                logits = self._graph(encode_pairs(self.tokenizer, chunk, "np"))
-                out.append((1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32))
-            else:
-                batch = tokenize_pairs(self.tokenizer, chunk, self.device)
-                out.append(torch.sigmoid(pair_logits(self.encoder, self.head, batch)).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        return (1.0 / (1.0 + np.exp(-self.logits(pairs, batch_size)))).astype(np.float32)
 

@@ -29,7 +29,7 @@ from recall.core.errors import (
 )
 from recall.core.lm import RowPlan, SamplingOptions, TokenScore, context_length, generate_rows, score_tokens_rows
 from recall.core.models import load_model
-from recall.gate import DEFAULT_GATE, Gate, GateParams
+from recall.gate import DEFAULT_GATE, SCORER_GATES, Gate, GateParams
 from recall.index import TextEncoder
 from recall.inject import DEFAULT_INJECTION, Injector
 from recall.learned import KnowledgeKinds
@@ -152,27 +152,29 @@ class Runtime:
 
         ``gate``: "relation" (default: a name of the subject occurs and the relation scorer says
         the query asks the edit's relation), "learned", "subject", "cosine", "sentinel" (RECIPE's
-        knowledge sentinel) or "always"; ``injection``: "auto" (default: "slot" for chat
+        knowledge sentinel as a dynamic threshold on the relation scorer), "krm-sentinel" (the
+        sentinel in RECIPE's bi-encoder) or "always"; ``injection``: "auto" (default: "slot" for chat
         replies, "decode" for text continuations), "decode" (the answer biased at the first
         position), "slot" (biased where the model is about to state an answer), "context" or
         "both";
         ``bias_weight``: λ of memory-conditioned decoding; ``recipe``: the continuous-prompt
         checkpoint directory (default: the one shipped for the embedded model), loaded on first
-        use by prompt edits or the sentinel gate; ``prompt_tuning``: a JSON file of
+        use by prompt edits or the krm-sentinel gate; ``prompt_tuning``: a JSON file of
         :class:`recall.methods.prompt_tuning.PromptTuningHyperParams` for the prefix tuned at
         each prompt edit's add (default: ``methods/hparams/prompt_tuning/<family>.json``);
-        ``relation_scorer``: the relation gate's scorer checkpoint (default: the shipped one,
+        ``relation_scorer``: the relation and sentinel gates' scorer checkpoint (default: the shipped one,
         ``recall/data/relation_scorer.pt``; ``recall gate train-relation`` writes others); a
         ``ConfigError`` with any other gate.
 
         A store whose consolidation left a checkpoint serves it: the runtime then works on
         its own copy of the model, so the shared one is never modified."""
         lm, tok, spec = loaded
-        if relation_scorer is not None and gate != "relation":
-            raise ConfigError(f"relation_scorer is read by the relation gate only; this runtime's gate is {gate!r}")
+        if relation_scorer is not None and gate not in SCORER_GATES:
+            gates = " and ".join(SCORER_GATES)
+            raise ConfigError(f"relation_scorer is read by the {gates} gates only; this runtime's gate is {gate!r}")
         params = gate_params if isinstance(gate_params, GateParams) else GateParams.load(gate_params)
         knowledge = KnowledgeKinds(lm, tok, spec, recipe, prompt_tuning)
-        relation = RelationScorer(relation_scorer, device=str(lm.device)) if gate == "relation" else None
+        relation = RelationScorer(relation_scorer, device=str(lm.device)) if gate in SCORER_GATES else None
         memory = EditMemory(path, encoder, Gate(gate, params), readonly=readonly, knowledge=knowledge,
                             relation=relation)
         rt = cls(memory, lm, tok, spec, Injector(tok, injection, bias_weight), top_k=top_k)

@@ -1,6 +1,6 @@
 """The learned edit kinds through the runtime, on the real embedded model and real stores:
 continuous-prompt edits (the shipped RECIPE checkpoint), GRACE codebook edits, and the
-knowledge sentinel as a gate for facts."""
+knowledge sentinel (its bi-encoder, ``gate="krm-sentinel"``) as a gate for facts."""
 
 from __future__ import annotations
 
@@ -143,9 +143,9 @@ def test_codebook_same_answer_expands_instead_of_adding(make_runtime, store_dir)
         assert rt.generate([prompt], max_new_tokens=2)[0].strip().startswith("English")
 
 
-# -- the sentinel as a gate ------------------------------------------------------------------
-def test_sentinel_gate_fires_on_edit_and_paraphrase_not_on_unrelated(make_runtime, store_dir):
-    rt = make_runtime(store_dir, gate="sentinel")
+# -- RECIPE's own sentinel (its bi-encoder) as a gate ------------------------------------------
+def test_krm_sentinel_gate_fires_on_edit_and_paraphrase_not_on_unrelated(make_runtime, store_dir):
+    rt = make_runtime(store_dir, gate="krm-sentinel")
     edit = rt.add_edit(prompt=FACT_PROMPT, target="English", subject=FACT_SUBJECT)
     assert rt.explain(FACT_PROMPT)["fired"] == [edit.id]
     assert rt.explain(FACT_PARAPHRASE)["fired"] == [edit.id]

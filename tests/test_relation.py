@@ -132,6 +132,93 @@ def test_scorer_backends_fail_clearly(monkeypatch):
         RelationScorer(device="cpu", backend="onnx")  # asked for by name: a clear error
 
 
+def test_scorer_gates_judge_the_sentence_that_asks():
+    """A name that only sets the scene before a question about someone else does not fire the
+    edit; the asked sentence must name the subject or refer back to it with a pronoun."""
+    from recall.core.edits import build_edit
+    from recall.core.text import normalize
+    from recall.memory import pair_features
+
+    edit = build_edit("fact", prompt="The mother tongue of Danielle Darrieux is", target="English",
+                      subject="Danielle Darrieux")
+    cases = {
+        "Danielle Darrieux's mother tongue is English. Michel Rocard's mother tongue is": False,
+        "Danielle Darrieux was a French actress. What language did she speak as a child?": True,
+        "I saw a film yesterday. What was Danielle Darrieux's first language?": True,
+    }
+    for query, refers in cases.items():
+        f = pair_features(query, normalize(query), None, None, edit)
+        assert f.subj_any and f.focus_refers_back is refers, query
+    for kind in ("relation", "sentinel"):
+        scene = PairFeatures(cos_key=0.9, subj_any=1.0, has_subject=True, focus_refers_back=False,
+                             relation_margin=0.4, sentinel_margin=0.4)
+        assert Gate(kind, GateParams()).score(scene) == (0.0, False)
+
+
+def test_sentinel_gate_rule():
+    gate = Gate("sentinel", GateParams())
+    fired = PairFeatures(cos_key=0.2, subj_any=1.0, has_subject=True, relation_margin=-0.2, sentinel_margin=0.3)
+    silent = PairFeatures(cos_key=0.9, subj_any=1.0, has_subject=True, relation_margin=0.2, sentinel_margin=-0.3)
+    absent = PairFeatures(cos_key=0.9, subj_any=0.0, has_subject=True, sentinel_margin=None)
+    assert gate.score(fired) == (0.3, True) and not gate.score(silent)[1] and not gate.score(absent)[1]
+    assert gate.score(PairFeatures(cos_key=0.9), "patch")[1]  # patches keep the cosine rule
+
+
+def test_the_shipped_sentinel_leaves_pairs_of_two_texts_as_they_were(scorer, tmp_path):
+    """The sentinel lives in embedding rows no text tokenizes to: the same checkpoint without
+    it gives the same probabilities, and its logit is a threshold that varies with the query."""
+    import torch
+
+    assert scorer.has_sentinel
+    from recall.core import resources
+
+    with resources.data_path(resources.RELATION_SCORER) as shipped:
+        state = torch.load(shipped, weights_only=True)
+    del state["sentinel"]
+    torch.save(state, tmp_path / "plain.pt")
+    plain = RelationScorer(tmp_path / "plain.pt", device="cpu", backend="torch")
+    assert not plain.has_sentinel
+    texts = [pair_texts(e, q, [s], t if scorer.reads_answer else None) for e, s, t, q, _ in CASES]
+    np.testing.assert_allclose(scorer.probabilities(texts), plain.probabilities(texts), atol=1e-5)
+    queries = [q for _, q in texts]
+    onnx = scorer.sentinel_logits(queries)
+    torch_ = RelationScorer(device="cpu", backend="torch").sentinel_logits(queries)
+    np.testing.assert_allclose(onnx, torch_, atol=1e-4)
+    assert onnx.std() > 0.01  # a threshold per query, not a constant
+    from recall.core.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="no sentinel"):
+        plain.sentinel_logits(queries)
+
+
+def test_sentinel_gate_through_the_runtime(make_runtime, tmp_path):
+    from recall.core.errors import ConfigError
+
+    rt = make_runtime(tmp_path / "sentinel", gate="sentinel")
+    edit = rt.add_edit(prompt="Where was Barack Obama born?", target="Seattle", subject="Barack Obama",
+                       aliases=["Obama"])
+    explained = rt.explain("Where was obama born again?")
+    assert explained["fired"] == [edit.id] and explained["gate"] == "sentinel"
+    own = explained["candidates"][0]["features"]
+    assert own["sentinel_margin"] > 0 and "relation_margin" in own
+    assert not rt.explain("Which party does Obama belong to?")["fired"]
+    assert not rt.explain("Where was Joe Biden born?")["fired"]
+    assert rt.chat([{"role": "user", "content": "Where was Obama born?"}], max_new_tokens=12).count("Seattle")
+    bare = rt.generate(["The capital of France is"], max_new_tokens=6, use_memory=False)
+    assert rt.generate(["The capital of France is"], max_new_tokens=6) == bare
+    import torch
+
+    from recall.core import resources
+
+    with resources.data_path(resources.RELATION_SCORER) as shipped:
+        state = torch.load(shipped, weights_only=True)
+    del state["sentinel"]
+    torch.save(state, tmp_path / "plain.pt")
+    with pytest.raises(ConfigError, match="sentinel"):  # a scorer without one cannot serve this gate
+        make_runtime(tmp_path / "refused", gate="sentinel", relation_scorer=tmp_path / "plain.pt")
+    assert not (tmp_path / "refused").exists()
+
+
 def test_relation_gate_through_the_runtime(make_runtime, store_dir):
     rt = make_runtime(store_dir, gate="relation")
     rt.add_edit(prompt="Where was Barack Obama born?", target="Seattle", subject="Barack Obama", aliases=["Obama"])
@@ -266,7 +353,7 @@ def test_runtime_takes_a_relation_scorer_file_and_refuses_a_bad_one(make_runtime
     for path in (bad, tmp_path / "missing.pt"):
         with pytest.raises(ModelLoadError):
             make_runtime(tmp_path / "refused", relation_scorer=path)
-    with pytest.raises(ConfigError, match="relation gate only"):  # another gate would ignore it
+    with pytest.raises(ConfigError, match="sentinel gates only"):  # another gate would ignore it
         make_runtime(tmp_path / "refused", gate="learned", relation_scorer=bad)
     assert not (tmp_path / "refused").exists()
 
@@ -292,3 +379,24 @@ def test_a_repeat_count_that_is_not_a_whole_number_is_refused_when_the_hparams_l
     with pytest.raises(ConfigError, match=field):
         RelationHParams.load(path)
     assert RelationHParams.load(None).zsre_repeat == 1 and RelationHParams(zsre_repeat=0).zsre_repeat == 0
+
+
+def test_the_sentinel_trains_through_the_frozen_scorer():
+    """What ``recall gate train-sentinel`` differentiates: the sentinel's logits with its vectors
+    as parameters equal the served ones, and the gradient reaches only the vectors."""
+    import torch
+
+    from recall.core import resources
+    from recall.training.relation_training import sentinel_logit_fn
+
+    scorer = RelationScorer(device="cpu", backend="torch")
+    with resources.data_path(resources.RELATION_SCORER) as shipped:
+        vectors = torch.nn.Parameter(torch.load(shipped, weights_only=True)["sentinel"].clone())
+    for p in [*scorer.encoder.parameters(), *scorer.head.parameters()]:
+        p.requires_grad_(False)
+    queries = ["where was X born?", "Which party does X belong to? asking for a friend"]
+    logits = sentinel_logit_fn(scorer, vectors)(queries)
+    np.testing.assert_allclose(logits.detach().numpy(), scorer.sentinel_logits(queries), atol=1e-4)
+    logits.sum().backward()
+    assert vectors.grad is not None and vectors.grad.abs().sum() > 0
+    assert all(p.grad is None for p in scorer.encoder.parameters())

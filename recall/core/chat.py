@@ -15,10 +15,9 @@ from typing import Any
 from recall.core.edits import check_utf8
 from recall.core.errors import InvalidQueryError
 from recall.core.limits import LIMITS
+from recall.core.text import refers_back
 
 ROLES = ("system", "user", "assistant")
-# third-person references that need an earlier turn to say whom or what they mean
-_PRONOUN = re.compile(r"\b(he|she|it|they|him|her|them|his|hers|its|their|theirs|this|that)\b", re.IGNORECASE)
 
 
 def check_messages(messages: object) -> list[dict[str, str]]:
@@ -84,7 +83,7 @@ def scope_query(messages: Sequence[dict[str, Any]], names_in: Callable[[str], li
     put before it would only blur what it asks."""
     users = [m["content"].strip() for m in messages if m["role"] == "user"]
     current = users[-1]
-    if len(users) > 1 and _PRONOUN.search(current) and not (names_in is not None and names_in(current)):
+    if len(users) > 1 and refers_back(current) and not (names_in is not None and names_in(current)):
         names = names_in(users[-2]) if names_in is not None else []
         if names and _PERSONAL.search(current):
             return resolve_pronoun(current, names[0])

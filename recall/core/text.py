@@ -66,6 +66,14 @@ def split_sentences(text: str) -> list[str]:
     return [p for p in parts if p]
 
 
+_PRONOUN = re.compile(r"\b(he|she|it|they|him|her|them|his|hers|its|their|theirs|this|that)\b", re.IGNORECASE)
+
+
+def refers_back(text: str) -> bool:
+    """Whether ``text`` has a pronoun that may stand for something named earlier."""
+    return _PRONOUN.search(text) is not None
+
+
 def focus(text: str) -> str:
     """The part of a prompt the model is asked to continue: its last sentence, widened to the
     previous sentence when the last one is a stub ("A:") or answers a question ("X? It is")."""

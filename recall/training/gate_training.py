@@ -34,8 +34,9 @@ from recall.core.text import normalize, relation_text
 from recall.gate import FEATURES, Gate, GateParams, PairFeatures
 from recall.index import TextEncoder
 from recall.inject import fact_sentence
-from recall.memory import pair_features, query_relation_text
+from recall.memory import pair_features, query_relation_text, scorer_margins
 from recall.methods.recipe import load, statement
+from recall.relation import RelationScorer
 
 
 @dataclass
@@ -256,7 +257,7 @@ def _rates(pairs: list[Pair], fired: np.ndarray) -> dict[str, float]:
 @torch.no_grad()
 def sentinel_fired(pairs: list[Pair], model, batch: int = 128) -> np.ndarray:
     """The knowledge sentinel as a gate, per pair: fires when the query's representation is
-    closer to the edit's knowledge statement than to the sentinel (as ``gate="sentinel"``)."""
+    closer to the edit's knowledge statement than to the sentinel (as ``gate="krm-sentinel"``)."""
 
     model.eval()
     queries = sorted({p.query for p in pairs})
@@ -266,7 +267,7 @@ def sentinel_fired(pairs: list[Pair], model, batch: int = 128) -> np.ndarray:
     k_rep = {t: r for i in range(0, len(texts), batch)
              for t, r in zip(texts[i:i + batch], model.knowledge(texts[i:i + batch]))}
     ks = model.sentinel_rep()[0]
-    gate = Gate("sentinel", GateParams())
+    gate = Gate("krm-sentinel", GateParams())
     out = []
     for p in pairs:
         q = q_rep[p.query]
@@ -276,10 +277,23 @@ def sentinel_fired(pairs: list[Pair], model, batch: int = 128) -> np.ndarray:
     return np.array(out)
 
 
+def scorer_gates_fired(pairs: list[Pair], scorer: RelationScorer) -> dict[str, np.ndarray]:
+    """The relation and sentinel gates' verdicts per pair, computed as the runtime computes them
+    (:func:`recall.memory.pair_features` for the name match, :func:`recall.memory.scorer_margins`)."""
+    edits = [[build_edit("fact", **p.edit_fields)] for p in pairs]
+    queries = [p.query for p in pairs]
+    features = [[pair_features(q, normalize(q), None, None, row[0])] for q, row in zip(queries, edits)]
+    scorer_margins(scorer, scorer.has_sentinel, queries, edits, features)
+    kinds = ("relation", "sentinel") if scorer.has_sentinel else ("relation",)
+    return {kind: np.array([Gate(kind, GateParams()).score(row[0])[1] for row in features]) for kind in kinds}
+
+
 def compare_with_sentinel(data_dir: str | Path, out_report: str | Path | None = None, n_dev: int = 600,
-                          seed: int = 0, encoder=None, recipe_dir: str | Path | None = None) -> dict:
-    """The shipped gates (``gate.json``) and the knowledge sentinel (the shipped continuous-prompt
-    checkpoint) on the same dev pairs as :func:`train`'s report."""
+                          seed: int = 0, encoder=None, recipe_dir: str | Path | None = None,
+                          scorer: str | Path | None = None) -> dict:
+    """The shipped gates (``gate.json``), the relation and sentinel gates (the relation scorer
+    ``scorer``, default shipped) and RECIPE's own knowledge sentinel (the shipped
+    continuous-prompt checkpoint) on the same dev pairs as :func:`train`'s report."""
 
     t0 = time.time()
     data_dir = Path(data_dir)
@@ -289,11 +303,12 @@ def compare_with_sentinel(data_dir: str | Path, out_report: str | Path | None = 
     distract = json.loads(distract_path.read_text())
     pairs = counterfact_pairs(cf_dev, data_dir, random.Random(seed + 1)) + distracting_pairs(distract)
     table = evaluate(GateParams.load(), pairs, featurize(pairs, encoder))
-    fired = sentinel_fired(pairs, load(recipe_dir))
-    table["sentinel"] = _rates(pairs, fired)
+    for kind, fired in scorer_gates_fired(pairs, RelationScorer(scorer)).items():
+        table[kind] = _rates(pairs, fired)
+    table["krm-sentinel"] = _rates(pairs, sentinel_fired(pairs, load(recipe_dir)))
     recipe = (f"dev = first {n_dev} counterfact-edit records + {len(distract)} distracting-neighbor records "
-              f"({len(pairs)} pairs); learned/cosine/subject from gate.json, sentinel from "
-              f"{recipe_dir or 'recall/data/recipe'}")
+              f"({len(pairs)} pairs); learned/cosine/subject from gate.json, relation and sentinel from "
+              f"{scorer or 'recall/data/relation_scorer.pt'}, krm-sentinel from {recipe_dir or 'recall/data/recipe'}")
     md = report_markdown(table, pairs, recipe)
     if out_report:
         Path(out_report).write_text(md + f"\nWall time {time.time() - t0:.0f} s (`recall gate compare`).\n")

@@ -128,7 +128,7 @@ def retrieval_losses(model: KnowledgeModel, batch: list[Record], rng: random.Ran
 
 def scope_margins(model: KnowledgeModel, pairs: list) -> torch.Tensor:
     """Per (query, edit) pair: sim(query, edit's knowledge statement) - sim(query, sentinel),
-    the value the sentinel gate fires on when positive (``gate="sentinel"``)."""
+    the value the krm-sentinel gate fires on when positive (``gate="krm-sentinel"``)."""
     queries = sorted({p.query for p in pairs})
     texts = sorted({statement(p.edit_fields["prompt"], p.edit_fields["target"]) for p in pairs})
     r_q = model.query(queries)

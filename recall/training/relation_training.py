@@ -105,6 +105,15 @@ DESCRIPTIONS = {
 ADJUNCT_BEFORE = ("by", "in", "of", "to", "for", "at", "from", "as", "on", "with")
 
 
+def load_settings(cls, path: str | Path | None):
+    """An instance of the settings dataclass ``cls`` from a JSON file (its defaults for None);
+    keys that are not fields are ignored (a checkpoint's recorded settings may carry more)."""
+    if path is None:
+        return cls()
+    data = json.loads(Path(path).read_text())
+    return cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
+
+
 @dataclass
 class RelationHParams:
     """Training settings (defaults are what shipped; see the experiment log)."""
@@ -153,10 +162,7 @@ class RelationHParams:
 
     @classmethod
     def load(cls, path: str | Path | None) -> RelationHParams:
-        if path is None:
-            return cls()
-        data = json.loads(Path(path).read_text())
-        return cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
+        return load_settings(cls, path)
 
 
 @dataclass
@@ -620,3 +626,122 @@ def train(data_dir: str | Path, out: str | Path, report: str | Path | None = Non
         Path(report).write_text("\n".join(md) + "\n")
     return {"threshold": threshold, "val_balanced_accuracy": val_bal, "rates": rates, "report": "\n".join(md),
             "seconds": time.time() - t0}
+
+
+# -- the sentinel --------------------------------------------------------------------------------
+@dataclass
+class SentinelHParams:
+    """Settings of ``recall gate train-sentinel`` (defaults are what shipped)."""
+
+    tokens: int = 8  # sentinel vectors on the edit's side of a pair
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 3e-3
+    n_pairs: int = 16000  # train pairs drawn from the scorer's own (train splits only)
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> SentinelHParams:
+        return load_settings(cls, path)
+
+
+def sentinel_logit_fn(scorer, vectors: torch.nn.Parameter):
+    """queries -> the sentinel's logits against them, differentiable in ``vectors`` (the scorer's
+    weights frozen): the placeholder tokens' embeddings are replaced by ``vectors``."""
+    from recall.relation import encode_sentinel_pairs, sentinel_ids
+
+    k = vectors.shape[0]
+    ids = torch.tensor(sentinel_ids(scorer.tokenizer, k))
+    embed = scorer.encoder.get_input_embeddings()
+
+    def logits(queries: list[str]) -> torch.Tensor:
+        batch = {key: v.to(scorer.device) for key, v in encode_sentinel_pairs(scorer.tokenizer, queries, k).items()}
+        ii = batch["input_ids"]
+        emb = embed(ii)
+        slot = (ii >= ids[0]) & (ii <= ids[-1])
+        emb = torch.where(slot.unsqueeze(-1), vectors[(ii - ids[0]).clamp(0, k - 1)], emb)
+        states = scorer.encoder(inputs_embeds=emb, token_type_ids=batch["token_type_ids"],
+                                attention_mask=batch["attention_mask"]).last_hidden_state
+        return scorer.head(states, batch["attention_mask"])
+
+    return logits
+
+
+def train_sentinel(data_dir: str | Path, out: str | Path, scorer_path: str | Path | None = None,
+                   report: str | Path | None = None, hparams: SentinelHParams | None = None,
+                   device: str = "auto") -> dict:
+    """Learn a sentinel for a frozen relation scorer (the shipped one by default) and save the
+    scorer's checkpoint with it. The pairs are the scorer's own (:func:`build_pairs` with the
+    scorer's training settings, so the same relations stay held out): the loss is the logistic
+    loss of logit(edit, query) - logit(sentinel, query) on train pairs; the report compares the
+    sentinel's rule with the scorer's fixed threshold on the held-out pairs."""
+    from recall.core import resources
+    from recall.relation import RelationScorer
+
+    t0 = time.time()
+    sp = hparams or SentinelHParams()
+    torch.manual_seed(sp.seed)
+    source = Path(scorer_path) if scorer_path is not None else resources.data_file(resources.RELATION_SCORER)
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    if "hparams" not in state:
+        raise ConfigError(f"{source} does not record its training settings; the sentinel needs its pairs")
+    hp = RelationHParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["hparams"].items()
+                            if k in {f.name for f in fields(RelationHParams)}})
+    scorer = RelationScorer(source, device=device, backend="torch")
+    for p in [*scorer.encoder.parameters(), *scorer.head.parameters()]:
+        p.requires_grad_(False)
+    scorer.encoder.eval()
+    train_pairs, val_pairs, _ = build_pairs(Path(data_dir), hp, TextEncoder(), load_inventory(Path(data_dir)))
+    rng = random.Random(sp.seed)
+    train_pairs = rng.sample(train_pairs, min(sp.n_pairs, len(train_pairs)))
+    edit_z = torch.from_numpy(scorer.logits([(p.edit, p.query) for p in train_pairs])).float()
+    labels = torch.tensor([p.label for p in train_pairs], dtype=torch.float32)
+    embed = scorer.encoder.get_input_embeddings().weight
+    start = embed[scorer.tokenizer.convert_tokens_to_ids("x")].detach().cpu().float()
+    noise = 0.01 * torch.randn(sp.tokens, start.numel())
+    vectors = torch.nn.Parameter((start.repeat(sp.tokens, 1) + noise).to(scorer.device))
+    sentinel = sentinel_logit_fn(scorer, vectors)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=((labels == 0).sum() / (labels == 1).sum().clamp_min(1)))
+    opt = torch.optim.Adam([vectors], lr=sp.lr)
+    order = list(range(len(train_pairs)))
+    losses = []
+    for step in tqdm(range(sp.steps), desc="sentinel", unit="step"):
+        if step * sp.batch_size % len(order) < sp.batch_size:
+            rng.shuffle(order)
+        first = step * sp.batch_size % len(order)
+        idx = order[first:first + sp.batch_size]
+        z = edit_z[idx] - sentinel([train_pairs[i].query for i in idx]).cpu()
+        loss = loss_fn(z, labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        val_edit = scorer.logits([(p.edit, p.query) for p in val_pairs])
+        val_sent = np.concatenate([sentinel([p.query for p in val_pairs[i:i + 128]]).cpu().numpy()
+                                   for i in range(0, len(val_pairs), 128)]) if val_pairs else np.zeros(0)
+    val_labels = np.array([p.label for p in val_pairs])
+    fixed = 1.0 / (1.0 + np.exp(-val_edit)) >= scorer.threshold
+    dynamic = val_edit > val_sent
+    bal = {"fixed": balanced_accuracy(fixed.astype(float), val_labels, 0.5),
+           "sentinel": balanced_accuracy(dynamic.astype(float), val_labels, 0.5)}
+    recipe = (f"{sp.tokens} sentinel vectors, {sp.steps} steps of {sp.batch_size} on {len(train_pairs)} of the "
+              f"scorer's train pairs (train splits only), the scorer ({source.name}) frozen")
+    out_state = dict(state)
+    out_state["sentinel"] = vectors.detach().cpu().float().contiguous()
+    out_state["sentinel_trained_on"] = recipe
+    out_state["sentinel_hparams"] = asdict(sp)
+    torch.save(out_state, out)
+    fixed_rates, sent_rates = group_rates(val_pairs, fixed), group_rates(val_pairs, dynamic)
+    lab = {p.group: p.label for p in val_pairs}
+    md = ["Relation scorer sentinel, trained by `recall gate train-sentinel`.", "", recipe + ".", "",
+          f"Held-out pairs ({len(val_pairs)}; the scorer's threshold pairs): balanced accuracy {bal['fixed']:.3f} with "
+          f"the fixed threshold {scorer.threshold:.2f}, {bal['sentinel']:.3f} with the sentinel; the sentinel's logit "
+          f"has mean {val_sent.mean():.3f} and standard deviation {val_sent.std():.3f} over these queries.", "",
+          "| held-out group | label | fixed threshold | sentinel |", "|---|---|---|---|"]
+    md += [f"| {g} | {'+' if lab[g] else '-'} | {fixed_rates[g]:.3f} | {sent_rates[g]:.3f} |" for g in fixed_rates]
+    md += ["", f"Final loss (mean of last 100 steps) {np.mean(losses[-100:]):.3f}; wall time {time.time() - t0:.0f} s "
+               f"on {scorer.device}."]
+    if report:
+        Path(report).write_text("\n".join(md) + "\n")
+    return {"balanced_accuracy": bal, "report": "\n".join(md), "seconds": time.time() - t0}
