@@ -102,4 +102,11 @@ with tempfile.TemporaryDirectory() as tmp:
         rt.rollback(None)
     assert all(torch.equal(base[n], p) for n, p in weights(rt.model).items() if n in base)
     rt.close()
+
+    # the sentinel gate: its sentinel is part of the relation scorer in the wheel's package data
+    with recall.Runtime.open(Path(tmp) / "sentinel", device="cpu", gate="sentinel") as srt:
+        fact = srt.add_edit(prompt=FACTS[0][0], target=FACTS[0][1], subject=FACTS[0][2])
+        assert srt.explain(FACTS[0][0])["fired"] == [fact.id]
+        assert not srt.explain(f"Which city was {FACTS[0][2]} born in?")["fired"]
+    print("sentinel gate: fires on its edit, silent on another relation")
 print(f"wheel smoke test passed in {time.perf_counter() - t0:.0f} s")
