@@ -28,7 +28,7 @@ from recall.index import EditStore, TextEncoder, VectorIndex
 from recall.index.store import NewEdit, NumsMoved
 from recall.learned import CodebookTable, KnowledgeKinds, PromptTable
 from recall.methods import grace
-from recall.relation import RelationScorer, pair_texts
+from recall.relation import RelationScorer, pair_texts, probability
 
 log = logging.getLogger("recall.memory")
 
@@ -579,7 +579,7 @@ def scorer_margins(relation: RelationScorer, sentinel: bool, queries: list[str],
     if not texts:
         return
     logits = relation.logits(texts)
-    probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)  # as RelationScorer.probabilities
+    probs = probability(logits)
     thresholds: dict[str, float] = {}
     if sentinel:
         masked = sorted({q for _, q in texts})

@@ -52,6 +52,11 @@ SENTINEL_FIRST_ID = 1  # "[unused0]" in the BERT vocabulary: the sentinel's toke
 SENTINEL_PLACEHOLDER = "x"  # one token each; its ids are overwritten by the sentinel's
 
 
+def probability(logits: np.ndarray) -> np.ndarray:
+    """P(same relation) from the scorer's logits, as float32 (what the threshold is compared with)."""
+    return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
+
+
 def mask_names(text: str, names: Sequence[str]) -> str:
     """``text`` with every whole-word occurrence of any of ``names`` (any case, any punctuation
     between its words) replaced by the mask, longest name first."""
@@ -246,5 +251,5 @@ class RelationScorer:
 
     def probabilities(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
         """P(same relation) for (edit text, query text) pairs already masked (:func:`pair_texts`)."""
-        return (1.0 / (1.0 + np.exp(-self.logits(pairs, batch_size)))).astype(np.float32)
+        return probability(self.logits(pairs, batch_size))
 

@@ -284,8 +284,8 @@ def scorer_gates_fired(pairs: list[Pair], scorer: RelationScorer) -> dict[str, n
     queries = [p.query for p in pairs]
     features = [[pair_features(q, normalize(q), None, None, row[0])] for q, row in zip(queries, edits)]
     scorer_margins(scorer, scorer.has_sentinel, queries, edits, features)
-    kinds = ("relation", "sentinel") if scorer.has_sentinel else ("relation",)
-    return {kind: np.array([Gate(kind, GateParams()).score(row[0])[1] for row in features]) for kind in kinds}
+    gates = [Gate(kind, GateParams()) for kind in (("relation", "sentinel") if scorer.has_sentinel else ("relation",))]
+    return {gate.kind: np.array([gate.score(row[0])[1] for row in features]) for gate in gates}
 
 
 def compare_with_sentinel(data_dir: str | Path, out_report: str | Path | None = None, n_dev: int = 600,

@@ -54,7 +54,7 @@ from recall.core.errors import ConfigError
 from recall.core.models import default_encoder_path, pick_device
 from recall.core.text import SUBJECT_MASK
 from recall.index import TextEncoder
-from recall.relation import MeanPoolHead, edit_text, mask_names, pair_logits, pair_texts, tokenize_pairs
+from recall.relation import MeanPoolHead, edit_text, mask_names, pair_logits, pair_texts, probability, tokenize_pairs
 
 FORMS_FILE = Path(__file__).with_name("relation_forms.json")
 ANSWERS_FILE = Path(__file__).with_name("relation_answers.json")
@@ -105,12 +105,12 @@ DESCRIPTIONS = {
 ADJUNCT_BEFORE = ("by", "in", "of", "to", "for", "at", "from", "as", "on", "with")
 
 
-def load_settings(cls, path: str | Path | None):
-    """An instance of the settings dataclass ``cls`` from a JSON file (its defaults for None);
-    keys that are not fields are ignored (a checkpoint's recorded settings may carry more)."""
-    if path is None:
+def load_settings(cls, source: str | Path | dict | None):
+    """An instance of the settings dataclass ``cls`` from a JSON file or an already read dict
+    (a checkpoint's recorded settings); its defaults for None. Keys that are not fields are ignored."""
+    if source is None:
         return cls()
-    data = json.loads(Path(path).read_text())
+    data = source if isinstance(source, dict) else json.loads(Path(source).read_text())
     return cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
 
 
@@ -648,18 +648,16 @@ class SentinelHParams:
 def sentinel_logit_fn(scorer, vectors: torch.nn.Parameter):
     """queries -> the sentinel's logits against them, differentiable in ``vectors`` (the scorer's
     weights frozen): the placeholder tokens' embeddings are replaced by ``vectors``."""
-    from recall.relation import encode_sentinel_pairs, sentinel_ids
+    from recall.relation import encode_sentinel_pairs
 
     k = vectors.shape[0]
-    ids = torch.tensor(sentinel_ids(scorer.tokenizer, k))
     embed = scorer.encoder.get_input_embeddings()
 
     def logits(queries: list[str]) -> torch.Tensor:
         batch = {key: v.to(scorer.device) for key, v in encode_sentinel_pairs(scorer.tokenizer, queries, k).items()}
-        ii = batch["input_ids"]
-        emb = embed(ii)
-        slot = (ii >= ids[0]) & (ii <= ids[-1])
-        emb = torch.where(slot.unsqueeze(-1), vectors[(ii - ids[0]).clamp(0, k - 1)], emb)
+        emb = embed(batch["input_ids"])
+        # the sentinel's tokens stand right after [CLS] (encode_sentinel_pairs)
+        emb = torch.cat([emb[:, :1], vectors.unsqueeze(0).expand(len(queries), -1, -1), emb[:, k + 1 :]], 1)
         states = scorer.encoder(inputs_embeds=emb, token_type_ids=batch["token_type_ids"],
                                 attention_mask=batch["attention_mask"]).last_hidden_state
         return scorer.head(states, batch["attention_mask"])
@@ -685,8 +683,7 @@ def train_sentinel(data_dir: str | Path, out: str | Path, scorer_path: str | Pat
     state = torch.load(source, map_location="cpu", weights_only=True)
     if "hparams" not in state:
         raise ConfigError(f"{source} does not record its training settings; the sentinel needs its pairs")
-    hp = RelationHParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["hparams"].items()
-                            if k in {f.name for f in fields(RelationHParams)}})
+    hp = load_settings(RelationHParams, state["hparams"])
     scorer = RelationScorer(source, device=device, backend="torch")
     for p in [*scorer.encoder.parameters(), *scorer.head.parameters()]:
         p.requires_grad_(False)
@@ -721,7 +718,7 @@ def train_sentinel(data_dir: str | Path, out: str | Path, scorer_path: str | Pat
         val_sent = np.concatenate([sentinel([p.query for p in val_pairs[i:i + 128]]).cpu().numpy()
                                    for i in range(0, len(val_pairs), 128)]) if val_pairs else np.zeros(0)
     val_labels = np.array([p.label for p in val_pairs])
-    fixed = 1.0 / (1.0 + np.exp(-val_edit)) >= scorer.threshold
+    fixed = probability(val_edit) >= scorer.threshold
     dynamic = val_edit > val_sent
     bal = {"fixed": balanced_accuracy(fixed.astype(float), val_labels, 0.5),
            "sentinel": balanced_accuracy(dynamic.astype(float), val_labels, 0.5)}
