@@ -26,19 +26,11 @@ from sentence_transformers import SentenceTransformer
 
 from recall.core import onnx_cpu
 from recall.core.errors import ModelLoadError
-from recall.core.models import default_encoder_path
+from recall.core.models import default_encoder_path, native_bfloat16
 
 BF16_MIN_BATCH = 64  # texts; below this, float32 is as fast
 BATCH = 64  # texts per model call in float32
 BF16_BATCH = 256  # texts per model call in bfloat16
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch without these probes
-        return False
 
 
 class TextEncoder:
@@ -56,7 +48,7 @@ class TextEncoder:
         Runtime when it is installed and the model's structure allows, else in torch; "onnx"
         insists (a ``ModelLoadError`` where it cannot); "torch" never uses it."""
         use_onnx = onnx_cpu.wants_onnx(backend, device, "encoder")
-        self.bulk_bf16 = (str(device) == "cpu" and cpu_has_native_bf16()) if bulk_bf16 is None else bulk_bf16
+        self.bulk_bf16 = (str(device) == "cpu" and native_bfloat16("cpu")) if bulk_bf16 is None else bulk_bf16
         self.path = Path(path) if path is not None else default_encoder_path()
         if not self.path.exists():
             raise ModelLoadError(f"encoder path {self.path} does not exist (recall never downloads models)")

@@ -8,6 +8,11 @@ target after the edit's prompt (and the other context rows of ``contexts``), wit
 gradient flowing only into the prefix (the LLM stays frozen). It stops as soon as every
 target token is the model's argmax by ``stop_margin`` nats on every row, so an edit the
 generator already serves costs one forward pass. The stored prefix is then the edit.
+
+The passes can run on a bfloat16 copy of the model (``precision``): on a CPU the passes of a
+small model over a short row are bound by reading the weights, so half the bytes is most of
+half the time. The prefix itself stays float32, and the edit is served by the float32 model;
+``stop_margin`` leaves room for the difference.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from recall.core.lm import RowPlan, answer_tokens, target_and_runner_up, teacher_forced_batch, unembed
+from recall.core.models import native_bfloat16
 from recall.methods.hparams import HyperParams
 
 
@@ -41,6 +47,10 @@ class PromptTuningHyperParams(HyperParams):
     # prompt; "{chat}" is the prompt as a user turn in the model's chat template, ready for the
     # reply (rows with "{chat}" are skipped for a model without a chat template)
     contexts: list[str] = field(default_factory=lambda: ["{prompt}"])
+    # the dtype of the tuning passes: "float32"; "bfloat16" (a copy of the model in bfloat16);
+    # "auto": bfloat16 where the device computes it natively (a CUDA GPU with bfloat16, a CPU
+    # with AVX512-BF16 or AMX-BF16), else float32
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_steps < 0 or self.lr <= 0 or self.stop_margin < 0:
@@ -51,6 +61,18 @@ class PromptTuningHyperParams(HyperParams):
             raise ValueError("every prompt_tuning context must contain '{prompt}' or '{chat}'")
         if not any("{chat}" not in c for c in self.contexts):
             raise ValueError("prompt_tuning needs a context without '{chat}' (models without a chat template)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"prompt_tuning precision must be one of {sorted(PRECISIONS)}, not {self.precision!r}")
+
+
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": None}
+
+
+def tuning_dtype(precision: str, device: torch.device | str) -> torch.dtype:
+    """The dtype the tuning passes run in (see ``PromptTuningHyperParams.precision``)."""
+    if precision == "auto":
+        return torch.bfloat16 if native_bfloat16(device) else torch.float32
+    return PRECISIONS[precision]
 
 
 def _target_margins(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -89,15 +111,19 @@ def context_rows(tokenizer, prompt: str, contexts: list[str]) -> list[str]:
 
 
 def tune_prefix(
-    model, tokenizer, init: torch.Tensor, prompt: str, target: str, hp: PromptTuningHyperParams
+    model, tokenizer, init: torch.Tensor, prompt: str, target: str, hp: PromptTuningHyperParams,
+    embed_std: float | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Optimize a [P, hidden] prefix so that ``target`` follows ``prompt`` (see the module
-    docstring). Returns (the prefix, float32 on the CPU; info: steps taken, final loss, min
-    margin, final keep KL)."""
+    docstring). ``model`` may be a lower-precision copy of the serving model; the prefix is
+    optimized in float32 either way. ``embed_std``: the standard deviation of the input
+    embedding table, if the caller keeps it (computed here otherwise). Returns (the prefix,
+    float32 on the CPU; info: steps taken, final loss, min margin, final keep KL)."""
 
-    table = model.get_input_embeddings().weight
-    prefix = init.detach().to(device=model.device, dtype=table.dtype).clone().requires_grad_(True)
-    opt = torch.optim.Adam([prefix], lr=hp.lr * float(table.detach().float().std()))
+    if embed_std is None:
+        embed_std = float(model.get_input_embeddings().weight.detach().float().std())
+    prefix = init.detach().to(device=model.device, dtype=torch.float32).clone().requires_grad_(True)
+    opt = torch.optim.Adam([prefix], lr=hp.lr * embed_std)
     rows = context_rows(tokenizer, prompt, hp.contexts)
     target_ids = [answer_tokens(tokenizer, r, target.strip()) or [tokenizer.eos_token_id] for r in rows]
     tails, refs = _bare_tail(model, tokenizer, rows, target_ids, hp.keep_tokens) if hp.keep_tokens else (

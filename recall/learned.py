@@ -25,6 +25,7 @@ import torch
 
 from recall.core.edits import Edit
 from recall.core.errors import ConfigError
+from recall.core.models import copy_in_dtype
 from recall.methods import grace, prompt_tuning, recipe
 from recall.methods.grace import CodebookHook, GraceHyperParams
 from recall.methods.recipe import statement, target_embedding
@@ -43,6 +44,7 @@ class KnowledgeKinds:
         self._sentinel: torch.Tensor | None = None
         self._grace_hp = None
         self._tuning_hp = None
+        self._tuning: tuple[tuple, torch.nn.Module, float] | None = None  # (weights key, model, embedding std)
         self._lock = threading.Lock()
 
     # -- continuous prompts ---------------------------------------------------------
@@ -71,6 +73,22 @@ class KnowledgeKinds:
                 raise ConfigError(f"prompt tuning hyper-parameters: {exc}") from exc
         return self._tuning_hp
 
+    def tuning_model(self) -> tuple[torch.nn.Module, float]:
+        """(the model prefix tuning runs on, the std of its input embeddings): the LLM itself
+        in float32, else a copy in the tuning dtype (``PromptTuningHyperParams.precision``),
+        made again whenever a parameter of the LLM changed (a served checkpoint, a
+        consolidation), so a prefix is always tuned against the weights that serve it."""
+
+        dtype = prompt_tuning.tuning_dtype(self.tuning_hp.precision, self.llm.device)
+        with self._lock:
+            key = (dtype, weights_key(self.llm))
+            if self._tuning is None or self._tuning[0] != key:
+                self._tuning = None  # let the old copy go before the new one is made
+                model = self.llm if dtype == self.llm.dtype else copy_in_dtype(self.llm, dtype)
+                std = float(self.llm.get_input_embeddings().weight.detach().float().std())
+                self._tuning = (key, model, std)
+            return self._tuning[1], self._tuning[2]
+
     def prompt_tensors(self, edit: Edit) -> dict[str, np.ndarray]:
         """The edit's prefix: the generator's (one encoder pass), then tuned on the edit's
         prompt and target (:func:`recall.methods.prompt_tuning.tune_prefix`)."""
@@ -80,7 +98,8 @@ class KnowledgeKinds:
         with torch.no_grad():
             r_k = model.knowledge([statement(p, t)])
             init = model.prompts(r_k, target_embedding(self.llm, self.tokenizer, [p], [t]))[0]
-        prefix, _ = prompt_tuning.tune_prefix(self.llm, self.tokenizer, init, p, t, self.tuning_hp)
+        tuner, std = self.tuning_model()
+        prefix, _ = prompt_tuning.tune_prefix(tuner, self.tokenizer, init, p, t, self.tuning_hp, embed_std=std)
         return {"prefix": prefix.numpy()}
 
     @torch.no_grad()
@@ -204,3 +223,9 @@ class PromptTable(TensorTable):
 
     def prefix(self, num: int) -> torch.Tensor:
         return torch.from_numpy(self.entries[num]["prefix"])
+
+
+def weights_key(model: torch.nn.Module) -> tuple:
+    """Changes whenever any parameter of ``model`` is written in place (its version counter,
+    which views share), replaced (its storage) or resized."""
+    return tuple((name, tuple(p.shape), p.data_ptr(), p._version) for name, p in model.named_parameters())

@@ -4,6 +4,7 @@ with facts), and the kind in chat, the server and consolidation."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from conftest import FACT_PARAPHRASE, FACT_PROMPT, FACT_SUBJECT, UNRELATED
 
 from recall.core.lm import RowPlan, score_tokens_rows
+from recall.core.models import native_bfloat16
 from recall.evaluation.metrics import contains_answer, starts_with_target
 from recall.methods import prompt_tuning, recipe
 from recall.methods.prompt_tuning import PromptTuningHyperParams, tune_prefix
@@ -50,8 +52,50 @@ def test_tuning_reaches_its_margin_and_zero_steps_keep_the_generator_prefix(load
     assert info["keep_kl"] >= 0.0 and info["steps"] <= 3
 
 
+def test_a_prefix_tuned_on_a_bfloat16_copy_serves_the_float32_model(loaded_model):
+    model, tok, _ = loaded_model
+    prompt, target = FACT_PROMPT, "English"
+    init = _init_prefix(model, tok, prompt, target)
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    hp = PromptTuningHyperParams(max_steps=20, lr=2.0, stop_margin=3.0, precision="bfloat16")
+    tuned, info = tune_prefix(low, tok, init, prompt, target, hp)
+    assert tuned.dtype == torch.float32 and 0 < info["steps"] <= 20 and info["margin"] >= 3.0
+    rows = score_tokens_rows(model, tok, [RowPlan(prompt, prefix=tuned)], [" " + target])[0]
+    assert all(r.argmax_hit for r in rows)
+
+
+def test_auto_precision_is_bfloat16_only_where_the_device_computes_it():
+    assert prompt_tuning.tuning_dtype("float32", "cpu") == torch.float32
+    assert prompt_tuning.tuning_dtype("bfloat16", "cpu") == torch.bfloat16
+    expected = torch.bfloat16 if native_bfloat16("cpu") else torch.float32
+    assert prompt_tuning.tuning_dtype("auto", "cpu") == expected
+
+
+def test_the_tuning_copy_is_made_again_when_the_weights_change(make_runtime, store_dir):
+    rt = make_runtime(store_dir)
+    kinds = rt.memory.knowledge
+    kinds._tuning_hp = PromptTuningHyperParams(precision="float32")
+    assert kinds.tuning_model()[0] is rt.model
+    kinds._tuning_hp = PromptTuningHyperParams(precision="bfloat16")
+    low, std = kinds.tuning_model()
+    assert low is not rt.model and low.dtype == torch.bfloat16 and std > 0
+    assert kinds.tuning_model()[0] is low  # kept while the weights stay
+    name, param = next((n, q) for n, q in rt.model.named_parameters() if n.endswith("mlp.down_proj.weight"))
+    before = param.detach().clone()
+    try:
+        with torch.no_grad():
+            param.mul_(2.0)  # as a consolidation writes: in place
+        changed = kinds.tuning_model()[0]
+        assert changed is not low
+        assert torch.equal(changed.get_parameter(name), param.detach().to(torch.bfloat16))
+    finally:
+        with torch.no_grad():
+            param.copy_(before)
+    assert torch.equal(kinds.tuning_model()[0].get_parameter(name), before.to(torch.bfloat16))
+
+
 @pytest.mark.parametrize("bad", [{"max_steps": -1}, {"lr": 0}, {"stop_margin": -1}, {"keep_tokens": -2},
-                                 {"contexts": []}, {"contexts": ["no slot"]}])
+                                 {"contexts": []}, {"contexts": ["no slot"]}, {"precision": "float16"}])
 def test_tuning_hyper_parameters_refuse_bad_values(bad):
     with pytest.raises(ValueError):
         PromptTuningHyperParams(**bad)

@@ -3,6 +3,7 @@ any local Hugging Face model directory. Never downloads."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -32,6 +33,30 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as exc:
         raise ModelLoadError(f"unknown device {device!r}") from exc
+
+
+def native_bfloat16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or a CPU
+    with AMX tiles or AVX512-BF16."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without these probes
+        return False
+
+
+def copy_in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A frozen copy of ``model`` with its floating-point parameters and buffers in ``dtype``.
+    Each parameter is converted on its own (never a whole second copy in the original dtype),
+    and parameters shared by several modules (tied embeddings) stay shared."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype) if p.is_floating_point() else p.detach().clone(),
+                                      requires_grad=False)
+            for p in model.parameters()}
+    return copy.deepcopy(model, memo).to(dtype)
 
 
 def cache_root() -> Path:
