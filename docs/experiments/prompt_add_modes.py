@@ -1,9 +1,9 @@
 """Probe (stop 42): prompt-edit add_edit p50 by how it is called: on the main thread, on a reused
-worker thread, or through the server's POST /v1/edits (which runs it on a worker thread). One
-precision per process, 30 CounterFact train edits (200-230); the first edit (which makes the
-bfloat16 copy) is not timed.
+worker thread, through the server's POST /v1/edits (which runs it on a worker thread), or on a
+worker thread that also opened the runtime ("worker-open"). One precision per process, 30
+CounterFact train edits (200-230); the first edit (which makes the bfloat16 copy) is not timed.
 
-    python docs/experiments/prompt_add_modes.py float32|bfloat16 main|thread|server
+    python docs/experiments/prompt_add_modes.py float32|bfloat16 main|thread|server|worker-open
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ def timed(call: Callable[[], object]) -> float:
 
 
 def main() -> None:
-    precision, mode = sys.argv[1], sys.argv[2]
+    if sys.argv[2] == "worker-open":
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(measure, sys.argv[1], "worker-open").result()
+    else:
+        measure(sys.argv[1], sys.argv[2])
+
+
+def measure(precision: str, mode: str) -> None:
     torch.set_num_threads(2)
     rows = json.load(open("../shared/data/counterfact/easyedit_mend_format/counterfact-train.json"))[200:231]
     bodies = [{"kind": "prompt", "prompt": r["prompt"], "target": r["target_new"], "subject": r["subject"]}
