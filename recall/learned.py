@@ -47,6 +47,11 @@ class KnowledgeKinds:
         self._tuning: tuple[tuple, torch.nn.Module, float] | None = None  # (weights key, model, embedding std)
         self._lock = threading.Lock()
 
+    def use_model(self, llm) -> None:
+        """Work on ``llm`` from now on (the runtime's private copy of the model it was given)."""
+        with self._lock:
+            self.llm, self._tuning = llm, None
+
     # -- continuous prompts ---------------------------------------------------------
     @property
     def recipe(self):

@@ -572,6 +572,8 @@ class Runtime:
             self.base_fingerprint()  # of the shared, unmodified weights
             self.model = copy.deepcopy(self.model)
             self.served.model = self.model
+            if self.memory.knowledge is not None:  # prompt tuning and codebooks work on the served model
+                self.memory.knowledge.use_model(self.model)
             self._owns_model = True
 
     def base_fingerprint(self) -> str:

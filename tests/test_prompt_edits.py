@@ -4,7 +4,6 @@ with facts), and the kind in chat, the server and consolidation."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 from conftest import FACT_PARAPHRASE, FACT_PROMPT, FACT_SUBJECT, UNRELATED
 
 from recall.core.lm import RowPlan, score_tokens_rows
-from recall.core.models import native_bfloat16
+from recall.core.models import copy_in_dtype, native_bfloat16
 from recall.evaluation.metrics import contains_answer, starts_with_target
 from recall.methods import prompt_tuning, recipe
 from recall.methods.prompt_tuning import PromptTuningHyperParams, tune_prefix
@@ -56,7 +55,7 @@ def test_a_prefix_tuned_on_a_bfloat16_copy_serves_the_float32_model(loaded_model
     model, tok, _ = loaded_model
     prompt, target = FACT_PROMPT, "English"
     init = _init_prefix(model, tok, prompt, target)
-    low = copy.deepcopy(model).to(torch.bfloat16)
+    low = copy_in_dtype(model, torch.bfloat16)
     hp = PromptTuningHyperParams(max_steps=20, lr=2.0, stop_margin=3.0, precision="bfloat16")
     tuned, info = tune_prefix(low, tok, init, prompt, target, hp)
     assert tuned.dtype == torch.float32 and 0 < info["steps"] <= 20 and info["margin"] >= 3.0
@@ -92,6 +91,18 @@ def test_the_tuning_copy_is_made_again_when_the_weights_change(make_runtime, sto
         with torch.no_grad():
             param.copy_(before)
     assert torch.equal(kinds.tuning_model()[0].get_parameter(name), before.to(torch.bfloat16))
+
+
+def test_a_runtime_with_its_own_model_copy_tunes_prompts_on_that_copy(make_runtime, store_dir):
+    """A runtime given a shared model copies it before its weights change (``own_model``); the
+    learned kinds must follow, or prefixes would be tuned on (and codebooks hooked into) the
+    shared, unserved weights."""
+    rt = make_runtime(store_dir)
+    shared = rt.model
+    rt.memory.knowledge._tuning_hp = PromptTuningHyperParams(precision="float32")
+    rt.own_model()
+    assert rt.model is not shared and rt.memory.knowledge.llm is rt.model
+    assert rt.memory.knowledge.tuning_model()[0] is rt.model
 
 
 @pytest.mark.parametrize("bad", [{"max_steps": -1}, {"lr": 0}, {"stop_margin": -1}, {"keep_tokens": -2},
