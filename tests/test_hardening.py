@@ -35,7 +35,7 @@ from recall.index import store as store_module
 from recall.index.store import EditStore
 from recall.server import ServerConfig, create_app
 from recall.server.background import running
-from recall.server.batching import BatchWorker, Expired, GenerationKey
+from recall.server.batching import BatchWorker, Closed, Expired, GenerationKey
 
 TOKEN = "hardening-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -245,6 +245,40 @@ def test_deadline_is_checked_before_every_group(server_runtime):
         assert worker.stats.expired >= 1
     finally:
         worker.stop(30)
+
+
+def test_writes_and_generations_share_one_model_thread(server_runtime):
+    """Every call into the runtime runs on the worker's model thread, whichever thread asks: a
+    write from a request thread, a nested call made on the model thread (no deadlock), and the
+    batched generation itself; after stop, a write is refused with Closed instead of hanging."""
+    worker = BatchWorker(server_runtime, window_s=0.01)
+    worker.start()
+    seen: list[int] = []
+    generate = server_runtime.generate_with_edits
+
+    def recording(*args, **kwargs):  # the same call, and the thread it ran on
+        seen.append(threading.get_ident())
+        return generate(*args, **kwargs)
+
+    server_runtime.generate_with_edits = recording
+    try:
+        from_threads: list[int] = []
+        callers = [threading.Thread(target=lambda: from_threads.append(worker.exclusive(threading.get_ident)))
+                   for _ in range(3)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join()
+        assert from_threads == [worker.model_thread.ident] * 3
+        assert worker.exclusive(lambda: worker.exclusive(threading.get_ident)) == worker.model_thread.ident
+        job = worker.submit(["Hi"], GenerationKey(2), timeout_s=60)
+        assert len(job.future.result(timeout=120)) == 1
+        assert seen == [worker.model_thread.ident]
+    finally:
+        del server_runtime.generate_with_edits
+        worker.stop(30)
+    with pytest.raises(Closed):
+        worker.exclusive(threading.get_ident)
 
 
 def test_abandoned_request_stops_decoding(server_runtime):

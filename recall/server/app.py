@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 
 from recall.runtime import Runtime
-from recall.server.batching import BatchWorker
+from recall.server.batching import BatchWorker, ModelThread
 from recall.server.config import ServerConfig
 from recall.server.edit_routes import edit_router
 from recall.server.errors import install_handlers
@@ -41,12 +41,15 @@ def create_app(
     owns_runtime: bool = False,
     writer: EditWriter | None = None,
     consolidation: ScheduledConsolidation | None = None,
+    model_thread: ModelThread | None = None,
 ) -> FastAPI:
     """An app serving ``runtime``. With ``owns_runtime`` the runtime is closed at shutdown.
 
     ``writer``: where the admin API's writes go; default: this runtime (a Ray Serve replica
     over a read-only store passes its writer deployment instead). ``consolidation``: jobs to
-    start on a schedule while the app serves (:mod:`recall.server.schedule`)."""
+    start on a schedule while the app serves (:mod:`recall.server.schedule`). ``model_thread``:
+    the thread every call into the runtime runs on (best the one that opened it, as
+    :func:`serve` does); default: a new one."""
     config = config or ServerConfig()
     worker = BatchWorker(
         runtime,
@@ -55,6 +58,7 @@ def create_app(
         max_batch_tokens=config.max_batch_tokens,
         max_queue=config.max_queue,
         use_memory=config.use_memory,
+        model_thread=model_thread,
     )
     name = config.model_name or f"recall-{runtime.spec.model_type}"
     state = ServerState(runtime, config, worker, name, writer or LocalWriter(runtime, worker))
@@ -119,12 +123,17 @@ def serve(
     schedule: ConsolidationSchedule | None = None,
 ) -> None:
     """Open ``store`` and serve it until interrupted (``recall serve``); with ``schedule``,
-    consolidation jobs run in child processes on that schedule."""
-    runtime = Runtime.open(store, model=model, device=device, readonly=readonly)
+    consolidation jobs run in child processes on that schedule. The runtime is opened on the
+    model thread that then makes every call into it (see :mod:`recall.server.batching`)."""
+    model_thread = ModelThread()
     try:
-        jobs = ScheduledConsolidation(runtime, schedule, model, device) if schedule else None
-    except BaseException:
-        runtime.close()
-        raise
-    app = create_app(runtime, config, owns_runtime=True, consolidation=jobs)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+        runtime = model_thread.call(Runtime.open, store, model=model, device=device, readonly=readonly)
+        try:
+            jobs = ScheduledConsolidation(runtime, schedule, model, device) if schedule else None
+        except BaseException:
+            runtime.close()
+            raise
+        app = create_app(runtime, config, owns_runtime=True, consolidation=jobs, model_thread=model_thread)
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+    finally:
+        model_thread.close()

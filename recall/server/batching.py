@@ -1,13 +1,17 @@
-"""The batching worker: one thread owns every call into the Runtime.
+"""The batching worker, and the one thread that makes every call into the Runtime.
 
 Requests that arrive within a short window (or pile up while a batch runs) are grouped by
 generation settings and run as one ``Runtime.generate_with_edits`` call per group. The
 runtime plans each row on its own (retrieve -> gate -> inject), so a row only ever gets the
 edits its own prompt fired, and rows where nothing fired run through the bare path.
 
-Store writes take the same lock as model calls (FAISS and the encoder are not safe to use
-from two threads at once), so an edit acknowledged to one client is in effect for every
-batch that starts after it.
+Store writes run on the same :class:`ModelThread` as the model calls, one at a time (FAISS and
+the encoder are not safe to use from two threads at once), so an edit acknowledged to one client
+is in effect for every batch that starts after it. One thread rather than a lock: torch's CPU
+kernels run on an OpenMP thread team per calling thread, and with GNU OpenMP two teams on a
+small machine (more OpenMP threads than CPUs) make every thread give up spinning early; prompt
+edits' tuning ran ~30 % slower on a second thread (docs/experiments.md section 33). ``recall
+serve`` also opens the runtime on that thread, so the team made at load is the one that serves.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -73,6 +77,30 @@ class Job:
 _STOP = object()
 
 
+class ModelThread:
+    """One long-lived thread that runs every call into the runtime it serves, in order.
+
+    :meth:`call` blocks its caller until the call has run there; a call made on the thread
+    itself runs at once (no deadlock when a served call calls back in)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="recall-model")
+        self.ident: int = self._pool.submit(threading.get_ident).result()
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if threading.get_ident() == self.ident:
+            return fn(*args, **kwargs)
+        try:
+            future = self._pool.submit(fn, *args, **kwargs)
+        except RuntimeError:  # submitted after close()
+            raise Closed("the server is shutting down") from None
+        return future.result()
+
+    def close(self) -> None:
+        """Run what was submitted, then end the thread; later calls raise :class:`Closed`."""
+        self._pool.shutdown(wait=True)
+
+
 @dataclass
 class WorkerStats:
     batches: int = 0  # runtime calls
@@ -99,13 +127,17 @@ class BatchWorker:
         max_batch_tokens: int = 8192,
         max_queue: int = 256,
         use_memory: bool = True,
+        model_thread: ModelThread | None = None,
     ) -> None:
+        """``model_thread``: the thread to run the runtime's calls on (``recall serve`` passes the
+        one that opened the runtime); default: a new one, closed by :meth:`stop`."""
         self.runtime = runtime
         self.window_s = window_s
         self.max_batch = max_batch
         self.max_batch_tokens = max_batch_tokens
         self.use_memory = use_memory
-        self.lock = threading.Lock()  # model calls and store writes
+        self.model_thread = model_thread or ModelThread()
+        self._owns_thread = model_thread is None
         self.stats = WorkerStats()
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._closing = threading.Event()
@@ -155,16 +187,18 @@ class BatchWorker:
         return job
 
     def exclusive(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` with the runtime to itself (store writes, explain)."""
-        with self.lock:
-            return fn(*args, **kwargs)
+        """Run ``fn`` with the runtime to itself, on the model thread (store writes, explain)."""
+        return self.model_thread.call(fn, *args, **kwargs)
 
     def stop(self, timeout_s: float | None = None) -> None:
-        """Refuse new jobs, finish every accepted one, then end the thread."""
+        """Refuse new jobs, finish every accepted one, then end the thread (and the model thread
+        when the worker made it)."""
         self._closing.set()
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout_s)
+        if self._owns_thread and not self._thread.is_alive():
+            self.model_thread.close()
 
     # -- worker side -------------------------------------------------------------
     def _loop(self) -> None:
@@ -249,21 +283,23 @@ class BatchWorker:
         prompts = [p for job in jobs for p in job.prompts]
         scopes = [s for job in jobs for s in (job.scopes or job.prompts)]
         chat = [job.scopes is not None for job in jobs for _ in job.prompts]  # chat jobs carry their turn
+        def generate() -> tuple[list, str | None]:
+            out = self.runtime.generate_with_edits(
+                prompts,
+                key.max_tokens,
+                do_sample=key.do_sample,
+                temperature=key.temperature,
+                top_p=key.top_p,
+                seed=key.seed,
+                use_memory=self.use_memory,
+                scopes=scopes,
+                chat=chat,
+                should_stop=should_stop,
+            )
+            return out, self.runtime.served.head  # the weights this call ran on (it follows the store's head first)
+
         try:
-            with self.lock:
-                out = self.runtime.generate_with_edits(
-                    prompts,
-                    key.max_tokens,
-                    do_sample=key.do_sample,
-                    temperature=key.temperature,
-                    top_p=key.top_p,
-                    seed=key.seed,
-                    use_memory=self.use_memory,
-                    scopes=scopes,
-                    chat=chat,
-                    should_stop=should_stop,
-                )
-                head = self.runtime.served.head  # the weights this call ran on (it follows the store's head first)
+            out, head = self.model_thread.call(generate)
         except Exception as exc:  # the error belongs to these requests, not to the worker
             for job in jobs:
                 job.future.set_exception(exc)
