@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from bench.chat import load_chat_cases
+from recall.bench.chat import load_chat_cases
 from recall.relation import RelationScorer, mask_names, pair_texts
 from recall.runtime import Runtime
 

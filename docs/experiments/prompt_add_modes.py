@@ -3,7 +3,8 @@ reused worker thread, through the server's POST /v1/edits, on a worker thread th
 the runtime ("worker-open"), or through the server with the runtime opened on the server's model
 thread, as ``recall serve`` opens it ("server-open"; since stop 43 the server runs every call
 into the runtime on that one thread). One precision per process, 30 CounterFact train edits
-(200-230); the first edit (which makes the bfloat16 copy) is not timed.
+(200-230); the first edit (which makes the bfloat16 copy) is not timed. The server modes then
+time 30 chat completions that ask the edits back (16 tokens; the first is not timed).
 
     python docs/experiments/prompt_add_modes.py float32|bfloat16 main|thread|server|worker-open|server-open
 """
@@ -64,6 +65,13 @@ def measure(precision: str, mode: str, model_thread=None) -> None:
         with running(app) as url, httpx.Client(base_url=url, timeout=120) as client:
             times = [timed(lambda b=b: client.post("/v1/edits", json=b, headers=auth).raise_for_status())
                      for b in bodies]
+            # then the edits asked back, one chat completion at a time (16 greedy tokens)
+            chats = [{"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": b["prompt"]}]}
+                     for b in bodies]
+            chat_times = [timed(lambda c=c: client.post("/v1/chat/completions", json=c).raise_for_status())
+                          for c in chats][1:]
+        print(json.dumps({"precision": precision, "mode": mode, "chat_n": len(chat_times),
+                          "chat_p50_ms": round(statistics.median(chat_times) * 1000, 1)}), flush=True)
     elif mode == "thread":
         with ThreadPoolExecutor(1) as pool:
             times = [timed(lambda b=b: pool.submit(rt.add_edit, **b).result()) for b in bodies]
