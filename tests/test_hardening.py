@@ -281,6 +281,17 @@ def test_writes_and_generations_share_one_model_thread(server_runtime):
         worker.exclusive(threading.get_ident)
 
 
+def test_a_write_after_the_worker_stopped_is_a_503_and_writes_nothing(server_runtime):
+    app = create_app(server_runtime, ServerConfig(token=TOKEN, model_name=MODEL))
+    before = len(server_runtime.edits())
+    with running(app) as url:
+        app.state.recall.worker.stop(30)  # as at shutdown: the model thread takes no more calls
+        body = {"prompt": "The capital of Wakanda is", "target": "Birnin Zana", "subject": "Wakanda"}
+        r = httpx.post(f"{url}/v1/edits", json=body, headers=AUTH, timeout=60)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down", r.text
+    assert len(server_runtime.edits()) == before
+
+
 def test_abandoned_request_stops_decoding(server_runtime):
     """A client that disconnects mid-request: its call stops decoding at the next step, so the
     next caller does not wait for 256 tokens nobody will read."""

@@ -7,8 +7,11 @@ edit (P - threshold; "NOT-RETRIEVED" when no name of the edit occurs), then the 
 
     python docs/experiments/scope_misses.py bench/data/conversations_val.jsonl [scorer.pt]
     python docs/experiments/scope_misses.py bench/data/conversations_val.jsonl,bench/data/conversations_val2.jsonl
+    python docs/experiments/scope_misses.py bench/data/conversations_dev.jsonl SCORER.pt --rates-only
 
 Run it on the validation set or on held-out train records to choose; the dev set is the evaluation.
+``--rates-only`` (stop 43) prints the rates alone, with the paraphrases' rate per form: the way to
+read the dev set without seeing its records.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from recall.runtime import Runtime
 
 
 def main() -> None:
-    files = sys.argv[1].split(",")
+    args = [a for a in sys.argv[1:] if a != "--rates-only"]
+    quiet = "--rates-only" in sys.argv
+    files = args[0].split(",")
     cases = load_chat_cases(files if len(files) > 1 else files[0])
-    scorer = sys.argv[2] if len(sys.argv) > 2 else None
+    scorer = args[1] if len(args) > 1 else None
     rates: dict[str, list[bool]] = {}
     with tempfile.TemporaryDirectory() as d:
         rt = Runtime.open(d, gate="relation", device="cpu", relation_scorer=scorer)
@@ -31,7 +36,9 @@ def main() -> None:
             rt.add_edit(prompt=c.prompt, target=c.target, subject=c.subject, aliases=list(c.aliases))
         for v in gate_verdicts(rt, cases):
             rates.setdefault(v.group, []).append(v.ok)
-            if not v.ok:
+            if v.form:
+                rates.setdefault(f"{v.group}_{v.form}", []).append(v.ok)
+            if not v.ok and not quiet:
                 cand = [x for x in v.explained["candidates"] if x["id"] == v.own]
                 where = "NOT-RETRIEVED" if not cand else f"margin {cand[0]['features'].get('relation_margin')}"
                 print(f"MISS {v.group:14s} {where} | edit: {v.case.prompt} -> {v.case.target} | asked: {v.scope!r}")

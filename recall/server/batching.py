@@ -85,10 +85,15 @@ class ModelThread:
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="recall-model")
-        self.ident: int = self._pool.submit(threading.get_ident).result()
+        # the Thread object, not its ident: idents are reused once a thread has ended
+        self.thread: threading.Thread = self._pool.submit(threading.current_thread).result()
+
+    @property
+    def ident(self) -> int | None:
+        return self.thread.ident
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if threading.get_ident() == self.ident:
+        if threading.current_thread() is self.thread:
             return fn(*args, **kwargs)
         try:
             future = self._pool.submit(fn, *args, **kwargs)

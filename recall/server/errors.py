@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recall.core import errors as rerr
+from recall.server.batching import Closed
 
 
 class APIError(Exception):
@@ -82,6 +83,11 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return _respond(APIError(exc.status_code, str(exc.detail), type_, headers=getattr(exc, "headers", None)))
+
+    @app.exception_handler(Closed)
+    async def _closed(_: Request, exc: Closed) -> JSONResponse:
+        # a write that reaches the model thread after the worker stopped (shutdown)
+        return _respond(APIError(503, str(exc), "server_error", "shutting_down"))
 
     @app.exception_handler(RecursionError)
     async def _nested(_: Request, exc: RecursionError) -> JSONResponse:
