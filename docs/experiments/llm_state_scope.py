@@ -42,15 +42,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         rt = Runtime.open(d, gate="relation", device="cpu")
         scorer = RelationScorer(device="cpu")
-        rows = []  # (case index, label, scope text, rendered prompt of the query)
+        rows = []  # (case index, label, group, scope text of the query)
         for i, case in enumerate(cases):
             for group, conv in case.asks:
                 if group in ("paraphrase", "follow_up"):
-                    prompt, scope = rt.render_chat(conv)
+                    scope = rt.render_chat(conv)[1]
                     rows.append((i, 1, group, scope))
             for group, conv in case.keeps:
                 if group == "same_subject":
-                    prompt, scope = rt.render_chat(conv)
+                    scope = rt.render_chat(conv)[1]
                     rows.append((i, 0, group, scope))
         names = [(c.subject, *c.aliases) for c in cases]
 

@@ -36,9 +36,8 @@ def records(files: list[str]) -> list[dict]:
     with tempfile.TemporaryDirectory() as d:
         rt = Runtime.open(d, gate="relation", device="cpu")
         scorer = rt.memory.relation
-        by_id = {}
         for c in cases:
-            by_id[rt.add_edit(prompt=c.prompt, target=c.target, subject=c.subject, aliases=list(c.aliases)).id] = c
+            rt.add_edit(prompt=c.prompt, target=c.target, subject=c.subject, aliases=list(c.aliases))
         for v in gate_verdicts(rt, cases):
             cand = [x for x in v.explained["candidates"] if x["id"] == v.own]
             f = cand[0]["features"] if cand else {}

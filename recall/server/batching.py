@@ -288,6 +288,7 @@ class BatchWorker:
         prompts = [p for job in jobs for p in job.prompts]
         scopes = [s for job in jobs for s in (job.scopes or job.prompts)]
         chat = [job.scopes is not None for job in jobs for _ in job.prompts]  # chat jobs carry their turn
+
         def generate() -> tuple[list, str | None]:
             out = self.runtime.generate_with_edits(
                 prompts,

@@ -86,7 +86,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Closed)
     async def _closed(_: Request, exc: Closed) -> JSONResponse:
-        # a write that reaches the model thread after the worker stopped (shutdown)
+        # the worker or its model thread has stopped (shutdown): a queued request or a write
         return _respond(APIError(503, str(exc), "server_error", "shutting_down"))
 
     @app.exception_handler(RecursionError)

@@ -15,7 +15,7 @@ from recall.core.errors import InvalidQueryError
 from recall.memory import check_queries
 from recall.runtime import Runtime
 from recall.server import auth
-from recall.server.batching import BatchWorker, Closed, Expired, GenerationKey, Overloaded, Row
+from recall.server.batching import BatchWorker, Expired, GenerationKey, Overloaded, Row
 from recall.server.config import ServerConfig
 from recall.server.errors import APIError
 from recall.server.writers import EditWriter
@@ -82,8 +82,6 @@ class ServerState:
             job = self.worker.submit(prompts, key, timeout, scopes, tokens=max(tokens))
         except Overloaded as exc:
             raise APIError(429, str(exc), "rate_limit_error", "queue_full", headers={"Retry-After": "1"}) from None
-        except Closed as exc:
-            raise APIError(503, str(exc), "server_error", "shutting_down") from None
         waiting = asyncio.wrap_future(job.future)
         end = asyncio.get_running_loop().time() + timeout
         try:
