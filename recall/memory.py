@@ -22,7 +22,16 @@ from recall.core import regex_patch
 from recall.core.edits import ANSWER_KINDS, LEARNED_KINDS, Edit, check_utf8
 from recall.core.errors import ConfigError, InvalidQueryError, InvalidRegexError, StoreError
 from recall.core.limits import LIMITS
-from recall.core.text import contains_phrase, find_phrase, focus, normalize, refers_back, relation_text, word_ngrams
+from recall.core.names import inside_longer_name
+from recall.core.text import (
+    contains_phrase,
+    find_phrase,
+    focus,
+    normalize,
+    refers_back,
+    relation_text,
+    word_ngrams,
+)
 from recall.gate import SCORER_GATES, Gate, PairFeatures
 from recall.index import EditStore, TextEncoder, VectorIndex
 from recall.index.store import NewEdit, NumsMoved
@@ -415,12 +424,15 @@ class EditMemory:
 
     def names_in(self, text: str) -> list[str]:
         """The names of active facts' subjects (and aliases) that ``text`` mentions, as written
-        there, longest first: what a pronoun in the next turn most likely refers to."""
+        there, longest first: what a pronoun in the next turn most likely refers to. A name
+        inside another entity's longer name ("Paris" in "Paris Hilton") is not listed."""
         self.sync()
         grams = list(self.store.lookup_names(word_ngrams(normalize(text), self.store.name_lengths())))
         found = []
         for g in sorted(grams, key=len, reverse=True):
             written = find_phrase(text, g)
+            if written and inside_longer_name(text, [written]):
+                continue
             if written and not any(contains_phrase(normalize(f), g) for f in found):
                 found.append(written)
         return found
@@ -611,8 +623,11 @@ def pair_features(
     names = [normalize(n) for n in edit.names]
     query_focus = focus(query)
     norm_focus = normalize(query_focus)
-    subj_any = any(contains_phrase(norm_query, n) for n in names)
-    subj_focus = any(contains_phrase(norm_focus, n) for n in names)
+    # a name inside a longer one ("Paris" in "Paris Hilton") names another entity
+    subj_any = any(contains_phrase(norm_query, n) for n in names) and not inside_longer_name(
+        query, edit.names, edit.prompt)
+    subj_focus = subj_any and any(contains_phrase(norm_focus, n) for n in names) and not inside_longer_name(
+        query_focus, edit.names, edit.prompt)
     matched = subj_any and query_rel_vec is not None
     cos_rel = float(edit_vecs[n_keys] @ query_rel_vec) if matched else 0.0
     return PairFeatures(cos_key=cos_key, subj_focus=float(subj_focus), subj_any=float(subj_any), cos_rel=cos_rel,

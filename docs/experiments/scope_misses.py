@@ -30,6 +30,7 @@ def main() -> None:
     cases = load_chat_cases(files if len(files) > 1 else files[0])
     scorer = args[1] if len(args) > 1 else None
     rates: dict[str, list[bool]] = {}
+    causes: dict[str, list[float | None]] = {}  # group -> margin of each miss (None: not retrieved)
     with tempfile.TemporaryDirectory() as d:
         rt = Runtime.open(d, gate="relation", device="cpu", relation_scorer=scorer)
         for c in cases:
@@ -38,13 +39,24 @@ def main() -> None:
             rates.setdefault(v.group, []).append(v.ok)
             if v.form:
                 rates.setdefault(f"{v.group}_{v.form}", []).append(v.ok)
-            if not v.ok and not quiet:
+            if not v.ok:
                 cand = [x for x in v.explained["candidates"] if x["id"] == v.own]
-                where = "NOT-RETRIEVED" if not cand else f"margin {cand[0]['features'].get('relation_margin')}"
+                margin = cand[0]["features"].get("relation_margin") if cand else None
+                causes.setdefault(v.group, []).append(margin)
+                if quiet:
+                    continue
+                where = "NOT-RETRIEVED" if not cand else f"margin {margin}"
                 print(f"MISS {v.group:14s} {where} | edit: {v.case.prompt} -> {v.case.target} | asked: {v.scope!r}")
         rt.close()
     for group, v in rates.items():
         print(f"{group:14s} {sum(v) / len(v):.3f} of {len(v)}")
+    # counts only: why the misses miss (no record text), for the asked groups and the kept ones
+    for group, margins in causes.items():
+        found = [m for m in margins if m is not None]
+        near = sum(abs(m) <= 0.05 for m in found)
+        mid = sum(0.05 < abs(m) <= 0.2 for m in found)
+        print(f"misses {group:14s} {len(margins)}: not retrieved {len(margins) - len(found)}, scored {len(found)} "
+              f"(|margin| <= .05: {near}, .05-.2: {mid}, > .2: {len(found) - near - mid})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,146 @@
+"""Whether a text names an edit's subject, or only a longer name that contains it.
+
+The subject lexicon matches names word for word, so an edit about "Paris" is found in "Where
+was Paris Hilton born?", one about Karl Marx (alias "Marx") in "Where is Groucho Marx buried?",
+and one about Vietnam in "What currency did South Vietnam use?". In written English a name
+continues through the capitalised words around it: an occurrence of a name that a capitalised
+word joins (one space apart, after it, or before it when the name is one word: a full name such
+as "Hermann Hesse" is rarely the tail of another) belongs to a longer name, i.e. to another
+entity, unless that word is
+
+- a capitalised common word: a sentence's first word, a question word, a pronoun ("Did", "Is",
+  "Tell", "I");
+- a title before a name ("President Obama", "Dr. Watson") or a company or generation suffix
+  after it ("Apple Inc", "Martin Luther King Jr");
+- a nationality ("the Brazilian Pelé");
+- a word that stands next to the name in the edit's own prompt ("Barack" when the prompt says
+  "Where was Barack Obama born?" but the subject is "Obama").
+
+Texts written mostly in capitals (title case, shouting) carry no such signal; there every
+occurrence counts. Scripts without case never form longer names this way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from recall.core.text import phrase_pattern
+
+_COMMON = frozenset("""
+a an the and or but nor so yet if then than that this these those there here
+what which who whom whose where when why how whether
+is are was were be been being am do does did has have had can could will would shall should may might must
+not no yes i me my mine we us our you your he him his she her it its they them their
+in on at to of for from by with about as into onto over under between among through during before after
+since until within without against toward towards upon via per like near
+tell please give name list explain describe show say know think remind compare find
+hi hello hey ok okay thanks thank also just quick question wait actually really so well
+according any some all every each which
+""".split())
+
+_TITLES = frozenset("""
+mr mrs ms miss mx dr doctor prof professor sir dame lord lady king queen prince princess emperor empress
+president vice prime minister chancellor senator governor mayor premier general gen colonel col captain capt
+admiral commander sergeant sgt lieutenant lt major pope saint st father sister brother reverend rev rabbi
+imam sheikh sultan tsar czar kaiser duke duchess count countess baron judge justice chief chairman ceo
+coach uncle aunt grandma grandpa mom mum dad mother mama papa agent officer detective nurse archbishop
+bishop cardinal ayatollah maharaja shah khan emir crown
+""".split())
+
+_SUFFIXES = frozenset("""
+inc corp corporation ltd llc plc co company group fc cf afc sc ag sa gmbh nv bv jr sr ii iii iv
+""".split())
+
+# Nationalities that stand before a name ("the Brazilian Pelé"); most end in these letters.
+_DEMONYM_ENDINGS = ("ian", "ean", "ese", "ish")
+_DEMONYMS = frozenset("""
+american mexican african korean german cuban moroccan kenyan chilean dominican venezuelan tibetan roman
+european asian arab french dutch czech swiss greek thai welsh filipino argentine icelandic soviet
+israeli iraqi pakistani saudi kuwaiti qatari yemeni bangladeshi nepali somali omani emirati
+swede dane finn pole brit scot turk spaniard frenchman englishman dutchman irishman scotsman welshman
+""".split())
+
+_WORD_BEFORE = re.compile(r"([^\W\d_][\w'’.]*)[ \t]+$")
+_WORD_AFTER = re.compile(r"^[ \t]+([^\W\d_][\w'’.]*)")
+_WORDS = re.compile(r"[^\W\d_][\w'’]*")
+
+
+def _capitalised(word: str) -> bool:
+    return word[:1].isupper()
+
+
+def _plain(word: str) -> str:
+    return word.casefold().replace(".", "").replace("’", "'").removesuffix("'s")
+
+
+def _foreign(word: str, allowed: frozenset[str], own: frozenset[str]) -> bool:
+    """Whether a capitalised neighbour makes the name part of a longer one. Acronyms ("the RPG
+    Disco Elysium", "WWII") describe the name rather than extend it."""
+    plain = _plain(word)
+    if not _capitalised(word) or plain in own or plain in _COMMON or plain in allowed:
+        return False
+    if sum(c.isalpha() for c in word) >= 2 and word.replace(".", "").isupper():
+        return False
+    return not (plain in _DEMONYMS or plain.endswith(_DEMONYM_ENDINGS))
+
+
+def _describes(prefix: str, word: str) -> bool:
+    """Whether a capitalised word before a name is no part of it because of where it stands:
+    first in its sentence ("Classify Upper Sorbian ..."), after the previous sentence's period
+    ("... Paris. Obama ..."), a possessive ("Kenya's Faith Kipyegon"), or a description after an
+    article ("the Swede Ingvar Kamprad", "the Metroidvania Hollow Knight")."""
+    if word.endswith((".", "'s", "’s")):
+        return True
+    rest = prefix.rstrip()
+    if not rest or rest[-1] in ".!?:;\"'“”‘(\n-–—,":
+        return True
+    last = rest.split()[-1].casefold()
+    return last in ("the", "a", "an")
+
+
+def mostly_capitalised(text: str) -> bool:
+    """Title case or capitals throughout ("Where Was Frida Kahlo Born?"): capitals mark no names
+    there. Told by the common words after the first: at least half of them capitalised."""
+    common = [w for w in _WORDS.findall(text)[1:] if _plain(w) in _COMMON and _plain(w) != "i"]
+    return bool(common) and 2 * sum(_capitalised(w) for w in common) >= len(common)
+
+
+def own_words(prompt: str | None) -> frozenset[str]:
+    """The capitalised words of an edit's own prompt: neighbours of its subject there are part
+    of the subject's name as the edit writes it."""
+    if not prompt:
+        return frozenset()
+    return frozenset(_plain(w) for w in _WORDS.findall(prompt) if _capitalised(w))
+
+
+def _spans(text: str, names: Iterable[str]) -> list[tuple[int, int]]:
+    """Every whole-word occurrence of any name (any case, any punctuation between its words),
+    without those inside a longer occurrence."""
+    spans = set()
+    for name in names:
+        pattern = phrase_pattern(name)
+        if pattern:
+            spans |= {m.span() for m in re.finditer(rf"(?<!\w){pattern}(?!\w)", text, re.IGNORECASE)}
+    return [s for s in spans if not any(o != s and o[0] <= s[0] and s[1] <= o[1] for o in spans)]
+
+
+def inside_longer_name(text: str, names: Sequence[str], prompt: str | None = None) -> bool:
+    """Whether every occurrence of ``names`` in ``text`` is part of a longer name: a foreign
+    capitalised word extends each one (see the module's docstring). False when none occurs.
+    ``prompt``: the edit's own prompt, whose capitalised words belong to its subject's name."""
+    spans = _spans(text, names)
+    if not spans or mostly_capitalised(text):
+        return False
+    own = own_words(prompt)
+    for start, end in spans:
+        before = _WORD_BEFORE.search(text[:start])
+        after = _WORD_AFTER.match(text[end:])
+        one_word = not any(c.isspace() for c in text[start:end])
+        if one_word and before and _foreign(before.group(1), _TITLES, own) and not _describes(
+                text[: before.start()], before.group(1)):
+            continue
+        if after and _foreign(after.group(1), _SUFFIXES, own):
+            continue
+        return False
+    return True
