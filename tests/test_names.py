@@ -3,9 +3,14 @@ Marx". The cases are written for these tests, none from the dev or validation se
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from recall.core.names import inside_longer_name
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from recall.core.names import _spans, inside_longer_name
+from recall.core.text import phrase_pattern
 
 OBAMA = ["Barack Obama", "Obama"]
 OBAMA_PROMPT = "Where did Barack Obama study law?"
@@ -22,6 +27,8 @@ OBAMA_PROMPT = "Where did Barack Obama study law?"
         ("Which river runs through New Mexico?", ["Mexico"], None),
         ("Who runs the Obama Foundation these days?", OBAMA, OBAMA_PROMPT),
         ("what did Ada Lovelace Bridges write", ["Ada Lovelace"], None),
+        # a word of the edit's names or prompt that does not run on from the name there is foreign
+        ("Where was Kim Jong-il born?", ["Kim Jong-un", "Kim"], "Where was Kim Jong-un born?"),
     ],
 )
 def test_a_name_that_a_capitalised_word_extends_names_another_entity(text, names, prompt):
@@ -45,6 +52,7 @@ def test_a_name_that_a_capitalised_word_extends_names_another_entity(text, names
         ("What did the Swede Greta Thunberg start?", ["Greta Thunberg"], None),
         ("Which studio made the RPG Baldur's Gate 3?", ["Baldur's Gate 3"], None),  # an acronym
         ("Tell me what Kenya's Paul Tergat won", ["Paul Tergat"], None),  # a possessive
+        ("Who bakes Greggs's Sausage Rolls?", ["Greggs's", "Greggs"], None),  # a thing of the name
         ("WHERE DID OBAMA STUDY LAW", OBAMA, None),  # capitals throughout mark no names
         ("Where Did Michelle Obama Study Law?", OBAMA, None),
         ("where did michelle obama study law", OBAMA, None),  # no capitals: no longer name to see
@@ -77,3 +85,13 @@ def test_the_relation_gate_stays_silent_on_a_longer_name_and_fires_on_the_name(m
     assert rt.memory.names_in(talk[0]["content"]) == ["Karl Marx"]
     assert "Vienna" in rt.chat(talk, max_new_tokens=12)
 
+
+
+@given(st.lists(st.sampled_from(["Karl", "Marx", "Karl Marx", "Groucho", "said", ",", "Marx's"]), max_size=12))
+def test_only_the_longest_occurrences_are_judged(words):
+    """The linear sweep keeps exactly the occurrences that no other occurrence contains."""
+    text = " ".join(words)
+    names = ["Karl Marx", "Marx", "Karl"]
+    every = {m.span() for n in names for m in re.finditer(rf"(?<!\w){phrase_pattern(n)}(?!\w)", text, re.IGNORECASE)}
+    longest = {s for s in every if not any(o != s and o[0] <= s[0] and s[1] <= o[1] for o in every)}
+    assert set(_spans(text, names)) == longest

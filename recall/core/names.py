@@ -13,7 +13,7 @@ entity, unless that word is
 - a title before a name ("President Obama", "Dr. Watson") or a company or generation suffix
   after it ("Apple Inc", "Martin Luther King Jr");
 - a nationality ("the Brazilian Pelé");
-- a word that stands next to the name in the edit's own prompt ("Barack" when the prompt says
+- a word that runs on from the name in the edit's own prompt ("Barack" when the prompt says
   "Where was Barack Obama born?" but the subject is "Obama").
 
 Texts written mostly in capitals (title case, shouting) carry no such signal; there every
@@ -35,8 +35,8 @@ not no yes i me my mine we us our you your he him his she her it its they them t
 in on at to of for from by with about as into onto over under between among through during before after
 since until within without against toward towards upon via per like near
 tell please give name list explain describe show say know think remind compare find
-hi hello hey ok okay thanks thank also just quick question wait actually really so well
-according any some all every each which
+hi hello hey ok okay thanks thank also just quick question wait actually really well
+according any some all every each
 """.split())
 
 _TITLES = frozenset("""
@@ -61,6 +61,7 @@ israeli iraqi pakistani saudi kuwaiti qatari yemeni bangladeshi nepali somali om
 swede dane finn pole brit scot turk spaniard frenchman englishman dutchman irishman scotsman welshman
 """.split())
 
+_WINDOW = 64  # characters read on either side of a name: longer words are no part of names
 _WORD_BEFORE = re.compile(r"([^\W\d_][\w'’.]*)[ \t]+$")
 _WORD_AFTER = re.compile(r"^[ \t]+([^\W\d_][\w'’.]*)")
 _WORDS = re.compile(r"[^\W\d_][\w'’]*")
@@ -106,12 +107,22 @@ def mostly_capitalised(text: str) -> bool:
     return bool(common) and 2 * sum(_capitalised(w) for w in common) >= len(common)
 
 
-def own_words(prompt: str | None) -> frozenset[str]:
-    """The capitalised words of an edit's own prompt: neighbours of its subject there are part
-    of the subject's name as the edit writes it."""
-    if not prompt:
-        return frozenset()
-    return frozenset(_plain(w) for w in _WORDS.findall(prompt) if _capitalised(w))
+def own_words(prompt: str | None, names: Sequence[str]) -> frozenset[str]:
+    """The capitalised words that run on from the subject's names in the edit's own prompt
+    ("Barack" in "Where was Barack Obama born?" when the subject is "Obama"): part of the name as
+    the edit writes it. Other words of the prompt or the names do not count ("Jong" of an edit
+    about Kim Jong-un, alias "Kim", is foreign in "Kim Jong-il")."""
+    own: set[str] = set()
+    for start, end in _spans(prompt or "", names):
+        pos = start
+        while (m := _WORD_BEFORE.search(prompt[max(0, pos - _WINDOW) : pos])) and _capitalised(m.group(1)):
+            own.add(_plain(m.group(1)))
+            pos = max(0, pos - _WINDOW) + m.start()
+        pos = end
+        while (m := _WORD_AFTER.match(prompt[pos : pos + _WINDOW])) and _capitalised(m.group(1)):
+            own.add(_plain(m.group(1)))
+            pos += m.end()
+    return frozenset(own)
 
 
 def _spans(text: str, names: Iterable[str]) -> list[tuple[int, int]]:
@@ -122,7 +133,12 @@ def _spans(text: str, names: Iterable[str]) -> list[tuple[int, int]]:
         pattern = phrase_pattern(name)
         if pattern:
             spans |= {m.span() for m in re.finditer(rf"(?<!\w){pattern}(?!\w)", text, re.IGNORECASE)}
-    return [s for s in spans if not any(o != s and o[0] <= s[0] and s[1] <= o[1] for o in spans)]
+    kept, reach = [], -1
+    for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
+        if end > reach:  # not inside a span that starts earlier (or at the same place, longer)
+            kept.append((start, end))
+            reach = end
+    return kept
 
 
 def inside_longer_name(text: str, names: Sequence[str], prompt: str | None = None) -> bool:
@@ -132,15 +148,18 @@ def inside_longer_name(text: str, names: Sequence[str], prompt: str | None = Non
     spans = _spans(text, names)
     if not spans or mostly_capitalised(text):
         return False
-    own = own_words(prompt)
+    own = own_words(prompt, names)
     for start, end in spans:
-        before = _WORD_BEFORE.search(text[:start])
-        after = _WORD_AFTER.match(text[end:])
+        # neighbours are read in a window, so a long text costs linear time, not quadratic
+        lead = max(0, start - _WINDOW)
+        before = _WORD_BEFORE.search(text[lead:start])
+        after = _WORD_AFTER.match(text[end : end + _WINDOW])
         one_word = not any(c.isspace() for c in text[start:end])
         if one_word and before and _foreign(before.group(1), _TITLES, own) and not _describes(
-                text[: before.start()], before.group(1)):
+                text[max(0, lead + before.start() - _WINDOW) : lead + before.start()], before.group(1)):
             continue
-        if after and _foreign(after.group(1), _SUFFIXES, own):
+        possessive = text[start:end].endswith(("'s", "’s"))  # "Tunnock's Teacakes": a thing of the name's
+        if after and not possessive and _foreign(after.group(1), _SUFFIXES, own):
             continue
         return False
     return True
