@@ -43,7 +43,7 @@ from transformers import AutoModel, AutoTokenizer
 from recall.core import onnx_cpu, resources
 from recall.core.errors import ModelLoadError
 from recall.core.models import default_encoder_path, pick_device
-from recall.core.text import SUBJECT_MASK, phrase_pattern
+from recall.core.text import SUBJECT_MASK, name_pattern
 
 MAX_TOKENS = 96  # both texts together; a query's tail (what it asks) is kept when longer
 MAX_QUERY_CHARS = 400  # longer queries keep their last characters: the question is at the end
@@ -61,9 +61,9 @@ def mask_names(text: str, names: Sequence[str]) -> str:
     """``text`` with every whole-word occurrence of any of ``names`` (any case, any punctuation
     between its words) replaced by the mask, longest name first."""
     for name in sorted({n.strip() for n in names if n and n.strip()}, key=len, reverse=True):
-        pattern = phrase_pattern(name)
+        pattern = name_pattern(name)
         if pattern:
-            text = re.sub(rf"(?<!\w){pattern}(?!\w)", SUBJECT_MASK, text, flags=re.IGNORECASE)
+            text = re.sub(pattern, SUBJECT_MASK, text, flags=re.IGNORECASE)
     return text
 
 

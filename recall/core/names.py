@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from recall.core.text import phrase_pattern
+from recall.core.text import name_pattern
 
 _COMMON = frozenset("""
 a an the and or but nor so yet if then than that this these those there here
@@ -130,9 +130,9 @@ def _spans(text: str, names: Iterable[str]) -> list[tuple[int, int]]:
     without those inside a longer occurrence."""
     spans = set()
     for name in names:
-        pattern = phrase_pattern(name)
+        pattern = name_pattern(name)
         if pattern:
-            spans |= {m.span() for m in re.finditer(rf"(?<!\w){pattern}(?!\w)", text, re.IGNORECASE)}
+            spans |= {m.span() for m in re.finditer(pattern, text, re.IGNORECASE)}
     kept, reach = [], -1
     for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
         if end > reach:  # not inside a span that starts earlier (or at the same place, longer)

@@ -41,6 +41,13 @@ def phrase_pattern(phrase: str) -> str | None:
     return r"\W+".join(re.escape(w) for w in words) if words else None
 
 
+def name_pattern(name: str) -> str | None:
+    """:func:`phrase_pattern` as a whole word (match it with IGNORECASE): a name's occurrences,
+    not its letters inside a longer word ("Obama" in "Obama's", not in "Obamacare")."""
+    pattern = phrase_pattern(name)
+    return rf"(?<!\w){pattern}(?!\w)" if pattern else None
+
+
 def find_phrase(text: str, norm_phrase: str) -> str | None:
     """Where a normalized phrase occurs in raw ``text``, as written there (its words may be
     joined by any punctuation or spacing, any case), or None."""
