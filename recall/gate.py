@@ -92,6 +92,8 @@ class PairFeatures:
     # (sentinel gate) or the knowledge encoder's similarities (krm-sentinel gate)
     sentinel_margin: float | None = None
     relation_margin: float | None = None  # P(same relation) - the scorer's threshold; relation gate only
+    # the shorter reading of the query (core.query_views) that gave relation_margin, when not the query
+    relation_view: str | None = None
 
     def vector(self, dim: int = 0) -> np.ndarray:
         """The base features, then ``dim`` relation-product features (zeros when unmatched)."""

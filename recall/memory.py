@@ -23,6 +23,7 @@ from recall.core.edits import ANSWER_KINDS, LEARNED_KINDS, Edit, check_utf8
 from recall.core.errors import ConfigError, InvalidQueryError, InvalidRegexError, StoreError
 from recall.core.limits import LIMITS
 from recall.core.names import inside_longer_name
+from recall.core.query_views import query_views
 from recall.core.text import (
     contains_phrase,
     find_phrase,
@@ -580,14 +581,19 @@ def scorer_margins(relation: RelationScorer, sentinel: bool, queries: list[str],
     """Set ``relation_margin`` on every pair whose query names the edit's subject (or an
     alias): one batched pass of the relation scorer over those pairs only. With ``sentinel``
     (the sentinel gate) also ``sentinel_margin``: the pair's logit minus the sentinel's logit
-    against the same masked query (one more pair per distinct masked query)."""
-    slots, texts = [], []
+    against the same masked query (one more pair per distinct masked query). The scorer also
+    reads the query's shorter readings without descriptions of the subject
+    (:func:`recall.core.query_views.query_views`) in the same batch; the best reading decides, and
+    ``relation_view`` names it when it is not the query itself."""
+    slots, views, texts = [], [], []  # slots[k]: the pair that texts[k] reads (one text per view)
     for i, row in enumerate(retrieved):
         for j, edit in enumerate(row):
             if features[i][j].subj_any:
-                slots.append((i, j))
                 answer = edit.payload.get("target") if relation.reads_answer else None
-                texts.append(pair_texts(edit.payload["prompt"], queries[i], edit.names, answer))
+                for view in (None, *query_views(queries[i], edit.names, edit.payload["prompt"])):
+                    slots.append((i, j))
+                    views.append(view)
+                    texts.append(pair_texts(edit.payload["prompt"], view or queries[i], edit.names, answer))
     if not texts:
         return
     logits = relation.logits(texts)
@@ -596,10 +602,14 @@ def scorer_margins(relation: RelationScorer, sentinel: bool, queries: list[str],
     if sentinel:
         masked = sorted({q for _, q in texts})
         thresholds = dict(zip(masked, relation.sentinel_logits(masked).tolist()))
-    for (i, j), (_, query), z, p in zip(slots, texts, logits, probs):
-        features[i][j].relation_margin = float(p) - relation.threshold
+    for (i, j), view, (_, query), z, p in zip(slots, views, texts, logits, probs):
+        f = features[i][j]  # the best reading decides; the query itself comes first
+        margin = float(p) - relation.threshold
+        if f.relation_margin is None or margin > f.relation_margin:
+            f.relation_margin, f.relation_view = margin, view
         if sentinel:
-            features[i][j].sentinel_margin = float(z) - thresholds[query]
+            margin = float(z) - thresholds[query]
+            f.sentinel_margin = margin if f.sentinel_margin is None else max(f.sentinel_margin, margin)
 
 
 def pair_features(

@@ -547,8 +547,9 @@ class Runtime:
                     "features": {
                         k: round(float(v), 4)
                         for k, v in vars(c.features).items()
-                        if k != "rel_product" and v is not None
+                        if k not in ("rel_product", "relation_view") and v is not None
                     },
+                    "relation_view": c.features.relation_view,
                     "supersedes": self.memory.store.superseded_by(c.edit.id),
                 }
             )
