@@ -267,6 +267,13 @@ def edit_add(
     alias: Annotated[
         list[str] | None, typer.Option(help="fact: another name of the subject (repeatable), e.g. --alias Obama.")
     ] = None,
+    short_name: Annotated[
+        list[str] | None,
+        typer.Option(help="fact: a short form of the subject (repeatable); replaces the derived ones (Nadella)."),
+    ] = None,
+    no_short_names: Annotated[
+        bool, typer.Option("--no-short-names", help="fact: derive no short forms of the subject.")
+    ] = False,
     text: Annotated[str | None, typer.Option(help="patch: 'If <condition>, then <consequence>'.")] = None,
     pattern: Annotated[str | None, typer.Option(help="regex: the pattern.")] = None,
     replacement: Annotated[str | None, typer.Option(help="regex: the replacement.")] = None,
@@ -283,6 +290,7 @@ def edit_add(
         "subject": subject,
         "relation": relation,
         "aliases": alias or None,
+        "short_names": [] if no_short_names else (short_name or None),
         "text": text,
         "pattern": pattern,
         "replacement": replacement,

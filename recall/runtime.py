@@ -206,7 +206,7 @@ class Runtime:
         another user's conversation."""
         specials = [t for t in self.tokenizer.all_special_tokens if t and len(t) > 1]
         texts = [edit.subject or "", *(v for v in edit.payload.values() if isinstance(v, str))]
-        texts += [a for a in edit.payload.get("aliases") or [] if isinstance(a, str)]
+        texts += [a for f in ("aliases", "short_names") for a in edit.payload.get(f) or [] if isinstance(a, str)]
         for text in texts:
             for token in specials:
                 if token in text:

@@ -103,7 +103,8 @@ def test_store_written_before_the_lookups_is_upgraded_once(tmp_path):
     assert writer.lookups_stored and writer.get_meta("lookups") == LOOKUP_VERSION
     assert writer.get_meta("schema") == 2  # a recall that does not keep the lookups now refuses it
     assert writer.lookup_names(["ada lovelace", "lady ada"]) == {"ada lovelace": {0}, "lady ada": {0}}
-    assert writer.special_edits() == {1: "regex"} and writer.name_lengths() == {2: 2}
+    # two two-word names and the derived short name "Lovelace"
+    assert writer.special_edits() == {1: "regex"} and writer.name_lengths() == {2: 2, 1: 1}
     writer.close()
 
 

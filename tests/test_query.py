@@ -328,13 +328,13 @@ def test_name_lookup_asks_only_for_stored_name_lengths(rt):
     assert word_ngrams("a b", [5]) == set() and word_ngrams("a b", []) == set()
     long_subject = " ".join(f"word{i}" for i in range(250))
     long = rt.add_edit(prompt=f"{long_subject} is located in", target="Rome", subject=long_subject)
-    short = add_darrieux(rt)
-    assert set(rt.memory.store.name_lengths()) == {250, 2}
+    short = add_darrieux(rt)  # "Danielle Darrieux" and its short name "Darrieux"
+    assert set(rt.memory.store.name_lengths()) == {250, 2, 1}
     query = "filler " * 2000 + f"{long_subject} is located in"
     assert [c.edit.id for c in rt.memory.retrieve([query])[0] if c.features.subj_any] == [long.id]
     assert rt.memory.names_in(FACT_PROMPT) == [FACT_SUBJECT]
     rt.remove_edit(long.id)
     names = [normalize(long_subject), normalize(FACT_SUBJECT)]
-    assert set(rt.memory.store.name_lengths()) == {2} and set(rt.memory.store.lookup_names(names)) == {names[1]}
+    assert set(rt.memory.store.name_lengths()) == {2, 1} and set(rt.memory.store.lookup_names(names)) == {names[1]}
     rt.remove_edit(short.id)
     assert not rt.memory.store.name_lengths() and not rt.memory.store.lookup_names(names)

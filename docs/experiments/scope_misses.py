@@ -20,12 +20,16 @@ import sys
 import tempfile
 
 from recall.bench.chat import gate_verdicts, load_chat_cases
+from recall.core.short_names import short_names
 from recall.runtime import Runtime
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--rates-only"]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
     quiet = "--rates-only" in sys.argv
+    # --no-aliases: add every edit without its aliases, as a user who gives none (stop 45)
+    no_aliases = "--no-aliases" in sys.argv
+    derived = "--short-names" in sys.argv  # the derived short forms as aliases (before they were built in)
     files = args[0].split(",")
     cases = load_chat_cases(files if len(files) > 1 else files[0])
     scorer = args[1] if len(args) > 1 else None
@@ -34,7 +38,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         rt = Runtime.open(d, gate="relation", device="cpu", relation_scorer=scorer)
         for c in cases:
-            rt.add_edit(prompt=c.prompt, target=c.target, subject=c.subject, aliases=list(c.aliases))
+            aliases = [] if no_aliases else list(c.aliases)
+            if derived:
+                aliases += short_names(c.subject, aliases, c.prompt)
+            rt.add_edit(prompt=c.prompt, target=c.target, subject=c.subject, aliases=aliases or None)
         for v in gate_verdicts(rt, cases):
             rates.setdefault(v.group, []).append(v.ok)
             if v.form:

@@ -12,6 +12,7 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from recall.core.errors import (
     UnknownKindError,
 )
 from recall.core.limits import LIMITS
+from recall.core.short_names import short_names as derive_short_names
 
 SCHEMA_VERSION = 1
 KINDS = ("fact", "patch", "regex", "prompt", "codebook")
@@ -81,8 +83,10 @@ class Edit:
 
     def content(self) -> tuple[str, str | None, dict[str, Any]]:
         """What the edit says (kind, subject, payload), without its id, status or history: two
-        edits with equal content are the same correction."""
-        return self.kind, self.subject, self.payload
+        edits with equal content are the same correction. Short names are left out: they say how
+        the subject is written, not what is corrected, and a record exported before they were
+        derived must still match the same edit imported now."""
+        return self.kind, self.subject, {k: v for k, v in self.payload.items() if k != "short_names"}
 
     @property
     def prompt(self) -> str | None:
@@ -94,10 +98,11 @@ class Edit:
 
     @property
     def names(self) -> list[str]:
-        """The subject and its aliases (facts): the names that put a query about it in scope."""
+        """The subject, its aliases and its short names (facts): the names that put a query
+        about it in scope."""
         if not self.subject:
             return []
-        return [self.subject, *self.payload.get("aliases", [])]
+        return [self.subject, *self.payload.get("aliases", []), *self.payload.get("short_names", [])]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,23 +132,24 @@ def _text(fields: dict[str, Any], name: str, limit: int, *, required: bool = Tru
 MAX_ALIASES = 16
 
 
-def _aliases(fields: dict[str, Any], subject: str | None) -> list[str]:
+def _aliases(fields: dict[str, Any], subject: str | None, field: str = "aliases",
+             taken: Sequence[str] = ()) -> list[str]:
     """Other names of a fact's subject ("Obama" for "Barack Obama"): a list of non-empty
-    strings (repeats of the subject or of each other, ignoring case, are dropped); they need a
-    subject to stand for."""
-    value = fields.get("aliases")
+    strings (repeats of the subject, of ``taken`` or of each other, ignoring case, are dropped);
+    they need a subject to stand for. ``field`` names the list (``aliases`` or ``short_names``)."""
+    value = fields.get(field)
     if value is None:
         return []
     if not isinstance(value, (list, tuple)) or not all(isinstance(a, str) for a in value):
-        raise InvalidEditError("edit field 'aliases' must be a list of strings")
+        raise InvalidEditError(f"edit field {field!r} must be a list of strings")
     if subject is None:
-        raise InvalidEditError("edit field 'aliases' needs a 'subject' (they are other names of it)")
+        raise InvalidEditError(f"edit field {field!r} needs a 'subject' (they are other names of it)")
     if len(value) > MAX_ALIASES:
-        raise TextTooLongError(f"edit field 'aliases' has {len(value)} names; the limit is {MAX_ALIASES}")
+        raise TextTooLongError(f"edit field {field!r} has {len(value)} names; the limit is {MAX_ALIASES}")
     out: list[str] = []
-    seen = {subject.strip().casefold()}
+    seen = {n.strip().casefold() for n in (subject, *taken)}
     for i, alias in enumerate(value):
-        text = _text({f"aliases[{i}]": alias}, f"aliases[{i}]", 200)
+        text = _text({f"{field}[{i}]": alias}, f"{field}[{i}]", 200)
         assert text is not None
         key = text.strip().casefold()
         if key not in seen:  # a repeat of the subject or of another alias adds nothing
@@ -181,10 +187,10 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
     if not isinstance(kind, str) or kind not in KINDS:
         raise UnknownKindError(f"unknown edit kind {kind!r}; known kinds: {', '.join(KINDS)}")
     allowed = {
-        "fact": {"prompt", "target", "subject", "relation", "aliases"},
+        "fact": {"prompt", "target", "subject", "relation", "aliases", "short_names"},
         "patch": {"text", "condition", "consequence"},
         "regex": {"pattern", "replacement", "scope", "ignore_case"},
-        "prompt": {"prompt", "target", "subject", "relation", "aliases"},
+        "prompt": {"prompt", "target", "subject", "relation", "aliases", "short_names"},
         "codebook": {"prompt", "target", "subject"},
     }[kind]
     unknown = set(fields) - allowed
@@ -207,6 +213,14 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
         aliases = _aliases(fields, subject)
         if aliases:
             payload["aliases"] = aliases
+        # the forms people shorten the subject to ("Nadella"), derived unless the caller lists them
+        # (an empty list: none); stored with the edit, so a later rule never changes its scope
+        if fields.get("short_names") is None and subject:
+            derived = [n for n in derive_short_names(subject, aliases, payload["prompt"]) if len(n) <= 200]
+            fields = {**fields, "short_names": derived[:MAX_ALIASES]}
+        short = _aliases(fields, subject, "short_names", aliases)
+        if short:
+            payload["short_names"] = short
         keys = [payload["prompt"]]
     elif kind == "codebook":
         prompt = _text(fields, "prompt", LIMITS.max_prompt_chars)
