@@ -50,6 +50,8 @@ def test_short_forms_of_a_subject(subject, prompt, expected):
         ("Sammy Davis Jr.", "Where was Sammy Davis Jr. born?"),
         ("Tracey Takes On...", "Which network aired Tracey Takes On...?"),
         ("Kamchatka Krai", "What is the capital of Kamchatka Krai?"),
+        ("Welsh Proms", "When were the Welsh Proms first held?"),  # a nationality starts no person's name
+        ("Heroes Chronicles", "Who worked on Heroes Chronicles?"),  # "chronicles" is a common word
         ("Barack Obama", "What does Barack Obama Boulevard lead to?"),  # not asked about a person: "Obama" is frequent
         ("Indian Space Research Organisation", "Where is the Indian Space Research Organisation based?"),  # no initials
     ],

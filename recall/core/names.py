@@ -75,6 +75,12 @@ def _plain(word: str) -> str:
     return word.casefold().replace(".", "").replace("’", "'").removesuffix("'s")
 
 
+def is_nationality(word: str) -> bool:
+    """Whether ``word`` is one of the listed nationalities ("Welsh", "Swede"); the endings that
+    :func:`_foreign` also reads ("-ian") are left out, since given names share them ("Julian")."""
+    return _plain(word) in _DEMONYMS
+
+
 def _foreign(word: str, allowed: frozenset[str], own: frozenset[str]) -> bool:
     """Whether a capitalised neighbour makes the name part of a longer one. Acronyms ("the RPG
     Disco Elysium", "WWII") describe the name rather than extend it."""

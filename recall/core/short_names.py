@@ -28,6 +28,8 @@ import functools
 import re
 import unicodedata
 
+from recall.core.names import is_nationality
+
 _ARTICLE = re.compile(r"^the\s+", re.IGNORECASE)
 _LANDFORM = frozenset("mount mt. mt lake loch".split())
 # a club's prefix or suffix: what remains is often its city, so it must be specific ("FC Vaduz")
@@ -59,7 +61,9 @@ banks marsh moore rivers brooks lake hay frost storm winter summer spring rain s
 smith jones johnson williams wilson robinson wright adams singh kumar wang zhang chen liu yang huang zhao
 zhou nguyen garcia martinez rodriguez lopez gonzalez hernandez perez sanchez harris clark lewis allen
 campbell mitchell roberts carter phillips evans parker collins edwards morris murphy rogers peterson
-bailey richardson watson bennett hughes sanders myers foster thompson anderson jackson martin lee
+bailey richardson watson bennett hughes sanders myers foster thompson anderson jackson martin lee davis
+stewart rivera torres ramirez barnes henderson coleman jenkins perry powell patterson flores butler simmons
+gonzales bryant griffin diaz hayes
 france london england ireland wales scotland york paris washington israel chad georgia victoria holland
 """.split())
 # given names that are also family names: alone, they name too many people ("Fernand David")
@@ -81,7 +85,7 @@ _PERSON_QUESTION = re.compile(
     r"\b(?:he|she|his|her|him|born|birth\w*|die[ds]?|death|buried|wife|husband|married|marry|spouse|partner"
     r"|sons?|daughters?|father|mother|parents?(?!\s+compan)|brothers?|sisters?|siblings?|child(?:ren)?|grandfather|grandmother"
     r"|stud(?:y|ied|ies)|educated|graduated?|alma|attend(?:ed|s)?|citizen\w*|nationality|occupation|profession"
-    r"|job|career|employer|works?\s+(?:for|at|as)|worked|plays?\s+(?:for|as)|played|position|instrument"
+    r"|job|career|employer|works?\s+(?:for|at|as)|plays?\s+(?:for|as)|played|position|instrument"
     r"|party|religion|faith|native\s+language|mother\s+tongue|speaks?|spoke|nickname|age|old|retire\w*"
     r"|coach\w*|manag(?:e|es|ed|er)|elected|president|minister|ceo|founder|invent\w*|discover\w*|award\w*)\b",
     re.IGNORECASE,
@@ -109,8 +113,17 @@ def common_words() -> frozenset[str]:
 
 
 def _rare(word: str) -> bool:
+    """Not a whole word of :func:`common_words`, nor a plural or "-al" form of one ("Storms",
+    "Chronicles", "Rental" are common)."""
     common = common_words()
-    return bool(common) and without_accents(word).casefold() not in common
+    if not common:
+        return False
+    plain = without_accents(word).casefold()
+    forms = {plain}
+    for suffix in ("s", "es", "al"):
+        if plain.endswith(suffix) and len(plain) - len(suffix) >= 3:
+            forms.add(plain[: -len(suffix)])
+    return not forms & common
 
 
 def _specific(form: str) -> bool:
@@ -125,8 +138,10 @@ def family_name(subject: str, prompt: str | None = None) -> str | None:
     word is common and the edit's ``prompt`` asks nothing that only a person answers to
     ("Who wrote Bohemian Rhapsody?": "Rhapsody" is never offered)."""
     words = subject.split()
-    if not 2 <= len(words) <= 3 or any(not _WORD.match(w) for w in words):
+    if not 2 <= len(words) <= 3 or any(not _WORD.match(w) or any(c.isdigit() for c in w) for w in words):
         return None
+    if is_nationality(words[0]):
+        return None  # "Welsh Proms": a nationality does not start a person's name
     if any(w.casefold().strip(".") in _NOT_A_PERSON for w in words):
         return None
     if not all(w[:1].isupper() for w in words) or words[-1].isupper():
