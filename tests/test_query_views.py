@@ -60,6 +60,7 @@ def test_a_description_of_the_subject_is_left_out(text, names, prompt, view):
         # nothing to leave out
         ("Which instrument does Yo-Yo Ma play?", MA, None),
         ("", MA, None),
+        (" , which instrument does Yo-Yo Ma play?", MA, None),  # a blank lead-in (raised IndexError)
     ],
 )
 def test_a_relation_or_a_name_is_not_left_out(text, names, prompt):
@@ -70,10 +71,10 @@ _WORDS = ["Yo-Yo Ma", "the", "cellist", "French-born", "who", "plays", ",", "(",
           "famous", "—", "Paris", "?", "the", "in"]
 
 
-@given(st.lists(st.sampled_from(_WORDS), max_size=16))
-def test_a_view_is_the_query_with_words_left_out_and_names_the_edit(words):
+@given(st.sampled_from(["", " ", "\t "]), st.lists(st.sampled_from(_WORDS), max_size=16))
+def test_a_view_is_the_query_with_words_left_out_and_names_the_edit(lead, words):
     """Every reading keeps the name and is the query's own words in order, none added."""
-    text = " ".join(words)
+    text = lead + " ".join(words)
     for view in query_views(text, MA):
         assert re.search(r"(?i)yo-yo ma", view)
         tokens = iter(re.findall(r"\w[\w-]*", text.casefold()))

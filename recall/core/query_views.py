@@ -73,7 +73,8 @@ def without_lead_in(text: str, names: Sequence[str]) -> str:
     """``text`` without a leading phrase set off by a comma, colon or dash when that phrase does
     not name the edit and the rest does."""
     m = _LEAD_IN.match(text)
-    if not m or _names_in(m.group(1), names) or m.group(1).split()[0].casefold() in _FUNCTION:
+    lead = m.group(1).split() if m else []
+    if not lead or _names_in(m.group(1), names) or lead[0].casefold() in _FUNCTION:
         return text  # "Which foundation, set up by X, ...": a lead-in that asks is the question
     rest = text[m.end():]
     if not _names_in(rest, names) or len(rest.split()) < 2:
