@@ -132,7 +132,7 @@ def _text(fields: dict[str, Any], name: str, limit: int, *, required: bool = Tru
 MAX_ALIASES = 16
 
 
-def _aliases(fields: dict[str, Any], subject: str | None, field: str = "aliases",
+def _name_list(fields: dict[str, Any], subject: str | None, field: str = "aliases",
              taken: Sequence[str] = ()) -> list[str]:
     """Other names of a fact's subject ("Obama" for "Barack Obama"): a list of non-empty
     strings (repeats of the subject, of ``taken`` or of each other, ignoring case, are dropped);
@@ -210,7 +210,7 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
             raise InvalidEditError(f"subject {subject!r} does not occur in prompt {prompt!r}")
         payload = {"prompt": prompt.strip(), "target": target.strip(), "relation": relation}
         subject = subject.strip() if subject else None
-        aliases = _aliases(fields, subject)
+        aliases = _name_list(fields, subject)
         if aliases:
             payload["aliases"] = aliases
         # the forms people shorten the subject to ("Nadella"), derived unless the caller lists them
@@ -218,7 +218,7 @@ def build_edit(kind: str = "fact", *, provenance: str | None = None, edit_id: st
         if fields.get("short_names") is None and subject:
             derived = [n for n in derive_short_names(subject, aliases, payload["prompt"]) if len(n) <= 200]
             fields = {**fields, "short_names": derived[:MAX_ALIASES]}
-        short = _aliases(fields, subject, "short_names", aliases)
+        short = _name_list(fields, subject, "short_names", aliases)
         if short:
             payload["short_names"] = short
         keys = [payload["prompt"]]

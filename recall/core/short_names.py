@@ -79,7 +79,7 @@ carl clark clifford craig curtis dale dean derek duncan earl edgar elliott ellis
 grace heather jean joan julian karl kurt lawrence lee leslie lionel lucas manuel marcus mario max
 miles mitchell murray nathan nicholas noel pierre quentin rene ruth shirley stanley tony wilson
 """.split())
-_WORD = re.compile(r"^[^\W\d_][\w'’.-]*$")
+_WORD = re.compile(r"^[^\W\d_](?:[^\W\d]|['’.-])*$")  # a word of letters, no digits ("C14" is no name)
 # words of a question that only a person answers to: born, married, studied, plays for, his ...
 _PERSON_QUESTION = re.compile(
     r"\b(?:he|she|his|her|him|born|birth\w*|die[ds]?|death|buried|wife|husband|married|marry|spouse|partner"
@@ -138,7 +138,7 @@ def family_name(subject: str, prompt: str | None = None) -> str | None:
     word is common and the edit's ``prompt`` asks nothing that only a person answers to
     ("Who wrote Bohemian Rhapsody?": "Rhapsody" is never offered)."""
     words = subject.split()
-    if not 2 <= len(words) <= 3 or any(not _WORD.match(w) or any(c.isdigit() for c in w) for w in words):
+    if not 2 <= len(words) <= 3 or not all(_WORD.match(w) for w in words):
         return None
     if is_nationality(words[0]):
         return None  # "Welsh Proms": a nationality does not start a person's name
@@ -156,7 +156,6 @@ def family_name(subject: str, prompt: str | None = None) -> str | None:
     # it is an everyday word or a given name ("Bill Gates", "Fernand David")
     asks_a_person = bool(prompt) and bool(_PERSON_QUESTION.search(prompt.replace(subject, " ")))
     return last if asks_a_person and plain not in _COMMON_SURNAME_WORDS and plain not in _GIVEN_NAMES else None
-
 
 
 def short_names(subject: str, aliases: list[str] | tuple[str, ...] = (), prompt: str | None = None) -> list[str]:
