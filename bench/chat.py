@@ -16,6 +16,9 @@ and judge the replies:
   ``replies_too=False`` (``--no-replies``) measures only this.
 - ``paraphrase_<form>`` and ``fire_paraphrase_<form>`` (hand-written set): the paraphrase rates
   per form (question, instruction, chat, cloze), since each form has to fire on its own.
+- ``both_answers``: of the ask replies that state the new answer, the share that also state
+  the old one (the record's true answer, where it has one that differs): a reply that
+  contradicts itself ("born in the city of New York, specifically in the borough Bangalore").
 - ``fluency_ppl``: the unedited model's perplexity of the edited replies to the edit questions
   (geometric mean over replies; the unedited model's own replies give the reference
   ``fluency_ppl_unedited``).
@@ -81,6 +84,7 @@ class ChatCase:
     # hand-written set: the form of each paraphrase ask, in order ("question", "instruction",
     # "chat", "cloze"); each form's rate is reported beside the paraphrase rate
     paraphrase_forms: tuple[str, ...] = ()
+    true_answer: str | None = None  # the answer before the edit, where the data has it
 
     def ask_forms(self) -> list[str | None]:
         """Per ask, in order: the paraphrase's form, or None (other groups, or no form known)."""
@@ -111,7 +115,8 @@ def _from_edit_cases(path: Path, limit: int | None) -> list[ChatCase]:
         asks += [("paraphrase", [user(p)]) for p in case.rephrase[:1]]
         # KnowEdit's locality prompts ask about the edit's own subject (relation specificity)
         keeps = [(_keep_group(p, req.subject), [user(_as_question(p))]) for p, _ in case.locality[:1]]
-        out.append(ChatCase(case.case_id, req.prompt, req.target, req.subject, asks, keeps))
+        out.append(ChatCase(case.case_id, req.prompt, req.target, req.subject, asks, keeps,
+                            true_answer=req.target_true))
     return out
 
 
@@ -132,7 +137,7 @@ def _from_dev_set(path: Path, limit: int | None, use_aliases: bool = True) -> li
         keeps += [("same_relation", [user(q["text"])]) for q in r["same_relation_other_subject"]]
         aliases = tuple(r.get("aliases", ())) if use_aliases else ()
         forms = tuple(str(p.get("form", "")) for p in r["paraphrases"])
-        out.append(ChatCase(r["id"], prompt, target, r["subject"], asks, keeps, aliases, forms))
+        out.append(ChatCase(r["id"], prompt, target, r["subject"], asks, keeps, aliases, forms, r.get("true_answer")))
         if limit is not None and len(out) >= limit:
             break
     return out
@@ -243,9 +248,18 @@ def firing(editor: Editor, cases: list[ChatCase]) -> dict[str, float]:
     return {k: mean(v) for k, v in rates.items()}
 
 
+def _old_answer(case: ChatCase) -> str | None:
+    """The case's true answer when it is known and neither answer's words hold the other's."""
+    old, new = normalize(case.true_answer or ""), normalize(case.target)
+    if not old or contains_phrase(old, new) or contains_phrase(new, old):
+        return None
+    return case.true_answer
+
+
 def evaluate(editor: Editor, cases: list[ChatCase], max_new_tokens: int, unedited: dict[str, str]) -> dict[str, float]:
     """The metrics of one editor after its edits; ``unedited`` caches bare replies by conversation."""
     asks = [(g, c, case.target) for case in cases for g, c in case.asks]
+    olds = [_old_answer(case) for case in cases for _ in case.asks]
     forms = [form for case in cases for form in case.ask_forms()]
     keeps = [(g, c) for case in cases for g, c in case.keeps]
     key = lambda c: json.dumps(c, ensure_ascii=False)  # noqa: E731
@@ -263,6 +277,9 @@ def evaluate(editor: Editor, cases: list[ChatCase], max_new_tokens: int, unedite
     for form in dict.fromkeys(f for f in forms if f):
         hits = [contains_answer(t, target) for (_, _, target), t, f in zip(asks, got, forms) if f == form]
         result[f"paraphrase_{form}"] = mean(hits)
+    stated = [(t, old) for (_, _, target), t, old in zip(asks, got, olds) if old and contains_answer(t, target)]
+    if stated:
+        result["both_answers"] = mean([contains_answer(t, old) for t, old in stated])
     for group in KEEP_GROUPS:
         same = [t == unedited[key(c)] for (g, c), t in zip(keeps, kept) if g == group]
         if same:
@@ -374,7 +391,7 @@ def _edit_case(case: ChatCase) -> EditCase:
 
 def summary(results: dict[str, Any]) -> str:
     groups = (*ASK_GROUPS, *KEEP_GROUPS)
-    cols = [*(f"fire_{g}" for g in groups), *groups, "fluency_ppl", "fluency_ppl_unedited"]
+    cols = [*(f"fire_{g}" for g in groups), *groups, "both_answers", "fluency_ppl", "fluency_ppl_unedited"]
     present = [c for c in cols if any(c in r for r in results["rows"])]
     # each paraphrase form's rate (hand-written set), after the groups, gate first, in FORMS order
     by_form = [k for k in dict.fromkeys(k for r in results["rows"] for k in r) if "paraphrase_" in k]
@@ -388,7 +405,8 @@ def summary(results: dict[str, Any]) -> str:
         f"Chat benchmark on {cfg['data']} ({cfg['cases']} cases, "
         f"{'in file order' if cfg['seed'] is None else 'seed ' + str(cfg['seed'])}, greedy, "
         f"{cfg['max_new_tokens']} new tokens). Ask groups: reply contains the new answer; keep groups: reply "
-        "byte-identical to the unedited model's.\n\n"
+        "byte-identical to the unedited model's; both_answers: replies stating the new answer that state the old one "
+        "too.\n\n"
     )
     return head + md_table(["editor", "T", *present], rows) + "\n"
 

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from recall.core.edits import Edit
@@ -19,6 +21,8 @@ from recall.core.lm import (
     answer_tokens,
     join_continuation,
     line_end_mask,
+    name_start_mask,
+    sentence_end_mask,
     vocab_texts,
     word_glue_mask,
 )
@@ -53,6 +57,7 @@ class Injector:
         context_template: str = "{notes}\n{query}",
         slot_rank: int = SLOT_RANK,
         slot_deadline: int = SLOT_DEADLINE,
+        name_slot: bool = True,
     ) -> None:
         if mode not in INJECTION_MODES:
             raise ValueError(f"unknown injection mode {mode!r}; choose one of {INJECTION_MODES}")
@@ -65,11 +70,14 @@ class Injector:
         self.bias_weight = bias_weight
         self.slot_rank = slot_rank
         self.slot_deadline = slot_deadline
+        self.name_slot = name_slot
         self.context_template = context_template
         # built on first use from one decode of the vocabulary (line_end: answer-slot decoding only)
         self._vocab: list[str] | None = None
         self._word_glue: torch.Tensor | None = None
         self._line_end: torch.Tensor | None = None
+        self._name_start: torch.Tensor | None = None
+        self._sentence_end: torch.Tensor | None = None
 
     @property
     def vocab(self) -> list[str]:
@@ -88,6 +96,28 @@ class Injector:
         if self._line_end is None:
             self._line_end = line_end_mask(self.vocab)
         return self._line_end
+
+    def name_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens that start a name, tokens that end a sentence): see ``RowPlan.slot_names``."""
+        if self._name_start is None:
+            self._name_start, self._sentence_end = name_start_mask(self.vocab), sentence_end_mask(self.vocab)
+        return self._name_start, self._sentence_end
+
+    def slot_names(self, query: str, facts: list[Edit]) -> dict:
+        """``RowPlan.slot_names`` and ``sentence_ends`` for a slot row whose answers are all
+        names (each starts with a capital or a digit), when ``name_slot`` is on: the name-start
+        tokens less the first token of each word of the query and of the edits' names
+        (restating them is not naming an answer) and " I"."""
+        if not self.name_slot or not facts or not all(e.payload["target"].strip()[:1].isupper() or
+                                         e.payload["target"].strip()[:1].isdigit() for e in facts):
+            return {}
+        words = set(re.findall(r"\w[\w'.-]*", " ".join([query] + [n for e in facts for n in e.names])))
+        spaced = sorted({" " + v for w in words | {"I"} for v in (w, w[:1].upper() + w[1:])})
+        known = sorted({ids[0] for ids in self.tokenizer(spaced, add_special_tokens=False).input_ids if ids})
+        starts, ends = self.name_masks()
+        names = starts.clone()
+        names[known] = False
+        return dict(slot_names=names, sentence_ends=ends)
 
     def mode_for(self, chat: bool) -> str:
         """The mode a row runs with: "auto" is "slot" for a chat reply (a new turn, where the
@@ -130,5 +160,6 @@ class Injector:
                 pair = [answer_tokens(self.tokenizer, query, target), answer_tokens(self.tokenizer, "", " " + target)]
                 if all(pair):
                     targets += pair
-            slot = dict(slot_rank=self.slot_rank, slot_deadline=self.slot_deadline, slot_enders=self.line_end)
+            slot = dict(slot_rank=self.slot_rank, slot_deadline=self.slot_deadline, slot_enders=self.line_end,
+                        **self.slot_names(query, facts))
         return RowPlan(prompt, targets, self.bias_weight, word_glue=self.word_glue if targets else None, **slot)

@@ -28,6 +28,18 @@ def test_the_hand_written_set_loads_with_every_group():
     assert all(f is None for (g, _), f in zip(cases[0].asks, forms) if g != "paraphrase")
 
 
+def test_the_old_answer_is_read_where_it_differs_from_the_new():
+    from recall.bench.chat import ChatCase, _old_answer
+
+    first = json.loads(Path(DEV).read_text(encoding="utf-8").splitlines()[0])
+    assert load_chat_cases(DEV)[0].true_answer == first["true_answer"]
+    case = lambda old, new: ChatCase("c", "q", new, None, true_answer=old)  # noqa: E731
+    assert _old_answer(case("Coyoacán", "Guadalajara")) == "Coyoacán"
+    # unknown, the same, or one inside the other ("New York" / "New York City"): not judged
+    assert _old_answer(case(None, "Paris")) is None and _old_answer(case(" paris.", "Paris")) is None
+    assert _old_answer(case("New York", "New York City")) is None
+
+
 def test_contains_answer_is_whole_words_ignoring_case_and_punctuation():
     assert contains_answer("It is Babur.", "Babur") and contains_answer("MEZZO-SOPRANO, surely", "mezzo soprano")
     assert not contains_answer("Baburan, his father", "Babur") and not contains_answer("anything", "  ")
@@ -50,6 +62,8 @@ def test_bench_chat_writes_results_and_measures(tmp_path, loaded_model, encoder)
         rates = [recall[f"{prefix}_{f}"] for f in forms]
         assert set(rates) <= {0.0, 0.5, 1.0} and abs(sum(rates) / 4 - recall[prefix]) < 1e-9
     assert "fire_paraphrase_cloze" in (out / "summary.md").read_text()
+    # replies that state the new answer are checked for the old one too (dev cases carry it)
+    assert 0.0 <= recall["both_answers"] <= 1.0 and "both_answers" not in unedited
 
 
 def test_several_files_concatenate_without_repeated_prompts_and_ask_samples(tmp_path):

@@ -155,6 +155,46 @@ def test_slot_firsts_waits_for_the_slot_then_takes_the_spaced_form():
     assert _slot_firsts(inside_word, logp, step=6, stops=set(), left=2) == [9]  # room for the answer only
 
 
+def test_answer_begins_where_the_reply_starts_naming_its_own(make_runtime, store_dir):
+    """ "Where was Nadella born?": the unedited reply names New York after "born in the city
+    of", where "Bangalore" ranks 466th. The rank rule waited, and the answer went in after the
+    model's own ("... New York, specifically in the borough Bangalore, India")."""
+    rt = make_runtime(store_dir)
+    rt.add_edit(prompt="Where was Satya Nadella born?", target="Bangalore", subject="Satya Nadella")
+    ask = [user("Where was Nadella born?")]
+    assert "New York" in rt.chat(ask, max_new_tokens=12, use_memory=False)
+    reply = rt.chat(ask, max_new_tokens=12)
+    assert "city of Bangalore" in reply and "New York" not in reply, reply
+
+
+def test_slot_names_leave_out_the_question_and_answers_that_are_not_names(make_runtime, store_dir):
+    rt = make_runtime(store_dir)
+    edit = rt.add_edit(prompt=QUESTION, target="Babur", subject=FACT_SUBJECT)
+    plan = rt.injector.plan(rt.render_chat([user(QUESTION)])[0], [edit], chat=True)
+    first = lambda word: rt.tokenizer(" " + word, add_special_tokens=False).input_ids[0]  # noqa: E731
+    assert plan.slot_names[first("Paris")] and plan.slot_names[first("Mumbai")]
+    # restating the question's words, or "I", is not naming an answer
+    assert not any(plan.slot_names[first(w)] for w in ("Danielle", "Darrieux", "What", "I"))
+    lower = rt.add_edit(prompt="What did Danielle Darrieux do for a living?", target="politician",
+                        subject=FACT_SUBJECT)
+    assert rt.injector.plan("What did she do?", [lower], chat=True).slot_names is None
+
+
+def test_slot_firsts_begins_where_the_model_starts_naming_its_own_answer():
+    """ "born in the city of" -> " New" (York): a name the question does not hold, in
+    mid-sentence. The answer begins there although it ranks far below the top 3."""
+    vocab = 50
+    names, ends = torch.zeros(vocab, dtype=bool), torch.zeros(vocab, dtype=bool)
+    names[0], ends[1] = True, True  # token 0, the model's top, starts a new name; token 1 ends a sentence
+    plan = RowPlan("q", [[7, 8], [9, 8]], 0.9, slot_rank=3, slot_deadline=5, slot_names=names, sentence_ends=ends)
+    logp = torch.log_softmax(torch.arange(vocab, dtype=torch.float).flip(0), -1)
+    assert _slot_firsts(plan, logp, step=2, stops=set(), produced=[2, 4]) == [9]
+    assert _slot_firsts(plan, logp, step=2, stops=set(), produced=[4, 1]) == []  # a sentence may start with a name
+    assert _slot_firsts(plan, logp, step=0, stops=set(), produced=[]) == []  # the reply's first word
+    names[0] = False
+    assert _slot_firsts(plan, logp, step=2, stops=set(), produced=[2, 4]) == []  # no name: wait for the slot
+
+
 def test_auto_injection_takes_the_slot_for_chat_and_answer_first_for_text(make_runtime, store_dir):
     rt = make_runtime(store_dir)
     assert rt.injector.mode == DEFAULT_INJECTION == "auto"

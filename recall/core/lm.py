@@ -18,7 +18,7 @@ the first (prompt) pass; later steps read their effect from the KV cache.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +58,13 @@ class RowPlan:
     # bool [vocab]: tokens that end a line; when one (or a stop token) is the model's next token
     # and the answer has not begun, the answer begins there instead (it is never left out)
     slot_enders: torch.Tensor | None = None
+    # bool [vocab]: tokens that begin a name the query does not hold (a capitalised word or a
+    # number after a space). When one is the model's next token in mid-sentence (the reply's
+    # last token is not in ``sentence_ends``), the model is naming its own answer ("born in the
+    # city of" -> " New"), and the answer begins there instead. Set only for answers that are
+    # names themselves.
+    slot_names: torch.Tensor | None = None
+    sentence_ends: torch.Tensor | None = None
 
     @property
     def plain(self) -> bool:
@@ -157,6 +164,20 @@ def line_end_mask(texts: list[str]) -> torch.Tensor:
     return torch.tensor(["\n" in t for t in texts], dtype=torch.bool)
 
 
+def name_start_mask(texts: list[str]) -> torch.Tensor:
+    """Bool [vocab] from :func:`vocab_texts`: tokens that start a capitalised word or a number
+    after a space (" New", " Ash"; " 1947" where the tokenizer keeps the space with the digits:
+    SmolLM2 splits it into " " and single digits); see ``RowPlan.slot_names``."""
+    return torch.tensor([len(t) > 1 and t[0] == " " and (t[1].isupper() or t[1].isdigit()) for t in texts],
+                        dtype=torch.bool)
+
+
+def sentence_end_mask(texts: list[str]) -> torch.Tensor:
+    """Bool [vocab] from :func:`vocab_texts`: tokens after which a capitalised word may start a
+    sentence rather than name something (they end in . ! ? : or hold a line break)."""
+    return torch.tensor(["\n" in t or t.rstrip()[-1:] in (".", "!", "?", ":") for t in texts], dtype=torch.bool)
+
+
 def word_glue_mask(texts: list[str]) -> torch.Tensor:
     """Bool [vocab] from :func:`vocab_texts`: the tokens whose text starts with a letter or
     digit, i.e. that continue the word before them instead of starting a new one (see
@@ -178,13 +199,17 @@ def _boosted(targets: list[list[int]], produced: list[int]) -> list[int]:
     return sorted({t[j] for t in targets if len(t) > j and t[:j] == produced})
 
 
-def _slot_firsts(plan: RowPlan, logp: torch.Tensor, step: int, stops: set[int], left: int = 1 << 30) -> list[int]:
+def _slot_firsts(
+    plan: RowPlan, logp: torch.Tensor, step: int, stops: set[int], left: int = 1 << 30, produced: Sequence[int] = ()
+) -> list[int]:
     """Answer-slot decoding before the answer began: the targets' first tokens to bias at this
     step. The reply's first token takes the targets written without a leading space, later
     ones those with it, and only where the model itself starts a new word (so the answer never
     splits or glues onto a word). None while the model is not at a slot; the best-ranked one
     at the deadline, where the model would end the line or reply, or when only ``left`` new
-    tokens remain, just enough for the longest answer (then even inside a word)."""
+    tokens remain, just enough for the longest answer (then even inside a word), or (with
+    ``slot_names``) where the model starts naming something the query does not name, in
+    mid-sentence (``produced``: the reply's tokens so far)."""
     candidates = plan.bias_targets[step > 0 :: 2]
     firsts = sorted({t[0] for t in candidates if t})
     if not firsts:
@@ -200,7 +225,13 @@ def _slot_firsts(plan: RowPlan, logp: torch.Tensor, step: int, stops: set[int], 
     if at_slot:
         return at_slot
     ending = top in stops or (plan.slot_enders is not None and bool(plan.slot_enders[top]))
-    return best if step >= plan.slot_deadline or ending else []
+    naming = plan.slot_names is not None and bool(plan.slot_names[top]) and _mid_sentence(plan, produced)
+    return best if step >= plan.slot_deadline or ending or naming else []
+
+
+def _mid_sentence(plan: RowPlan, produced: Sequence[int]) -> bool:
+    """Has the reply begun, and is its last token not a sentence end?"""
+    return bool(produced) and not (plan.sentence_ends is not None and bool(plan.sentence_ends[produced[-1]]))
 
 
 def _step_boost(
@@ -210,7 +241,7 @@ def _step_boost(
     included). ``begun``: where the answer began in ``produced`` (answer-first: always 0)."""
     if begun is not None:
         return _boosted(plan.bias_targets, produced[begun:])
-    return _slot_firsts(plan, logp, step, stops, left)
+    return _slot_firsts(plan, logp, step, stops, left, produced)
 
 
 @dataclass
