@@ -23,6 +23,7 @@ from recall.core.lm import (
     line_end_mask,
     name_start_mask,
     sentence_end_mask,
+    spaced_first_tokens,
     vocab_texts,
     word_glue_mask,
 )
@@ -108,12 +109,12 @@ class Injector:
         names (each starts with a capital or a digit), when ``name_slot`` is on: the name-start
         tokens less the first token of each word of the query and of the edits' names
         (restating them is not naming an answer) and " I"."""
-        if not self.name_slot or not facts or not all(e.payload["target"].strip()[:1].isupper() or
-                                         e.payload["target"].strip()[:1].isdigit() for e in facts):
+        firsts = [e.payload["target"].strip()[:1] for e in facts]
+        if not self.name_slot or not firsts or not all(c.isupper() or c.isdigit() for c in firsts):
             return {}
-        words = set(re.findall(r"\w[\w'.-]*", " ".join([query] + [n for e in facts for n in e.names])))
-        spaced = sorted({" " + v for w in words | {"I"} for v in (w, w[:1].upper() + w[1:])})
-        known = sorted({ids[0] for ids in self.tokenizer(spaced, add_special_tokens=False).input_ids if ids})
+        words = set(re.findall(r"\w[\w'.-]*", " ".join([query] + [n for e in facts for n in e.names]))) | {"I"}
+        variants = sorted({v for w in words for v in (w, w[:1].upper() + w[1:])})
+        known = sorted(spaced_first_tokens(self.tokenizer, variants))
         starts, ends = self.name_masks()
         names = starts.clone()
         names[known] = False

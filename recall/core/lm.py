@@ -150,12 +150,44 @@ def join_continuation(prompt: str, continuation: str) -> str:
 
 
 def answer_tokens(tokenizer, prompt: str, answer: str) -> list[int]:
-    return tokenizer(join_continuation(prompt, answer), add_special_tokens=False).input_ids
+    """The tokens of ``answer`` as they follow ``prompt`` (see :func:`join_continuation`). A
+    continuation that starts with a space is tokenized after an anchor word ("a") and the
+    anchor's tokens are cut off: a SentencePiece tokenizer that prepends a space (Llama 2,
+    Mistral, Phi-3) would otherwise read " Paris" alone as "▁" + "▁Paris", a stray space token
+    the model never writes there."""
+    text = join_continuation(prompt, answer)
+    if text[:1] == " ":
+        anchor = tokenizer("a", add_special_tokens=False).input_ids
+        ids = tokenizer("a" + text, add_special_tokens=False).input_ids
+        if anchor and ids[: len(anchor)] == anchor and len(ids) > len(anchor):
+            return ids[len(anchor) :]
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def spaced_first_tokens(tokenizer, words: list[str]) -> set[int]:
+    """The first token of each word as it reads after a space inside a text (one batched call;
+    each word follows the anchor "a", whose tokens are cut off: see :func:`answer_tokens`)."""
+    anchor = tokenizer("a", add_special_tokens=False).input_ids
+    out = set()
+    for ids in tokenizer(["a " + w for w in words], add_special_tokens=False).input_ids:
+        if ids[: len(anchor)] == anchor and len(ids) > len(anchor):
+            out.add(ids[len(anchor)])
+    return out
 
 
 def vocab_texts(tokenizer) -> list[str]:
-    """Each vocabulary entry decoded on its own (one decode per entry: build once, derive masks)."""
-    return [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    """Each vocabulary entry's text as it reads after another token, its leading space kept
+    (build once, derive masks). Each entry is decoded after an anchor token ("a") and the
+    anchor's text is cut off: a SentencePiece decoder (Llama 2, Mistral, Phi-3) strips the
+    leading space of the first token it decodes, so "▁New" decoded alone reads "New", a token
+    that would glue onto the word before it."""
+    anchor = tokenizer("a", add_special_tokens=False).input_ids[-1:]
+    lead = tokenizer.decode(anchor)
+    texts = []
+    for i in range(len(tokenizer)):
+        pair = tokenizer.decode(anchor + [i])
+        texts.append(pair[len(lead) :] if lead and pair.startswith(lead) else tokenizer.decode([i]))
+    return texts
 
 
 def line_end_mask(texts: list[str]) -> torch.Tensor:
