@@ -151,27 +151,31 @@ def join_continuation(prompt: str, continuation: str) -> str:
 
 def answer_tokens(tokenizer, prompt: str, answer: str) -> list[int]:
     """The tokens of ``answer`` as they follow ``prompt`` (see :func:`join_continuation`). A
-    continuation that starts with a space is tokenized after an anchor word ("a") and the
-    anchor's tokens are cut off: a SentencePiece tokenizer that prepends a space (Llama 2,
-    Mistral, Phi-3) would otherwise read " Paris" alone as "▁" + "▁Paris", a stray space token
-    the model never writes there."""
+    continuation that starts with a space is read after an anchor word (:func:`_after_anchor`):
+    a SentencePiece tokenizer that prepends a space (Llama 2, Mistral, Phi-3) would otherwise
+    read " Paris" alone as "▁" + "▁Paris", a stray space token the model never writes there."""
     text = join_continuation(prompt, answer)
     if text[:1] == " ":
-        anchor = tokenizer("a", add_special_tokens=False).input_ids
-        ids = tokenizer("a" + text, add_special_tokens=False).input_ids
-        if anchor and ids[: len(anchor)] == anchor and len(ids) > len(anchor):
-            return ids[len(anchor) :]
+        (ids,) = _after_anchor(tokenizer, [text])
+        if ids:
+            return ids
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
 def spaced_first_tokens(tokenizer, words: list[str]) -> set[int]:
     """The first token of each word as it reads after a space inside a text (one batched call;
-    each word follows the anchor "a", whose tokens are cut off: see :func:`answer_tokens`)."""
+    see :func:`_after_anchor`)."""
+    return {ids[0] for ids in _after_anchor(tokenizer, [" " + w for w in words]) if ids}
+
+
+def _after_anchor(tokenizer, texts: list[str]) -> list[list[int] | None]:
+    """The tokens of each text as it follows the anchor word "a", whose tokens are cut off;
+    None where the anchor's tokens do not stay apart or nothing follows them."""
     anchor = tokenizer("a", add_special_tokens=False).input_ids
-    out = set()
-    for ids in tokenizer(["a " + w for w in words], add_special_tokens=False).input_ids:
-        if ids[: len(anchor)] == anchor and len(ids) > len(anchor):
-            out.add(ids[len(anchor)])
+    out: list[list[int] | None] = []
+    for ids in tokenizer(["a" + t for t in texts], add_special_tokens=False).input_ids:
+        ok = bool(anchor) and ids[: len(anchor)] == anchor and len(ids) > len(anchor)
+        out.append(ids[len(anchor) :] if ok else None)
     return out
 
 
