@@ -11,7 +11,14 @@ of per-query runtime/bare ratios. Whether an edit actually fired is read from
 ``kind`` picks the edit kind streamed in (fact, prompt or codebook) and ``gate`` the runtime's
 gate, so the same table gives each kind's inference overhead.
 
-Run as ``recall bench latency [--n-edits 1000] [--kind prompt] [--out DIR]``.
+``form="chat"`` times what a chat client meets instead: ``Runtime.chat`` on one user turn
+(chat template, the turn as scope, answer-slot decoding), unedited against edited. The edits
+are zsRE questions (``data``: a zsRE/CounterFact/KnowEdit file or a hand-written conversation
+set, read by ``recall.bench.chat.load_chat_cases``), asked as written ("edit") and beside
+unrelated questions (the records' locality questions); when the file has fewer than
+``n_edits`` edits, CounterFact edits fill the store up to ``n_edits``.
+
+Run as ``recall bench latency [--n-edits 1000] [--kind prompt] [--form chat] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -25,13 +32,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from recall.bench.chat import ChatCase, load_chat_cases, user
 from recall.core import resources
 from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, store_dir, torch_threads
+from recall.evaluation.metrics import contains_answer
 from recall.evaluation.timing import stream_edits, summarize_pairs, time_queries
 from recall.gate import DEFAULT_GATE
 from recall.runtime import Runtime
 
 DEFAULT_DATA = Path("../shared/data/counterfact/easyedit_mend_format/counterfact-edit.json")
+# --form chat: zsRE eval questions, else the hand-written validation conversations of a checkout
+DEFAULT_CHAT_DATA = (
+    Path("../shared/data/zsre/easyedit_portability/zsre_mend_eval_portability_gpt4.json"),
+    Path("bench/data/conversations_val.jsonl"),
+)
+FORMS = ("cloze", "chat")
 GEN_TOKENS = 16
 
 
@@ -87,14 +104,29 @@ def run(
     threads: int | None = None,
     kind: str = "fact",
     gate: str = DEFAULT_GATE,
+    form: str = "cloze",
 ) -> dict[str, Any]:
     """Run the benchmark, print its table, and (with ``out``) write latency.json/latency.md.
 
     ``store``: build the store in this (new) directory and keep it; default: a temporary one.
-    ``threads``: torch threads (default: ``recall.core.reporting.pick_threads``, i.e. the idle CPUs)."""
+    ``threads``: torch threads (default: ``recall.core.reporting.pick_threads``, i.e. the idle CPUs).
+    ``form``: "cloze" (``generate`` and ``score`` on prompts) or "chat" (``chat`` on user turns)."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+    if form == "chat" and kind != "fact":
+        raise ValueError("form 'chat' streams fact edits; kind must be 'fact'")
     t_start = time.perf_counter()
-    source_records, source = load_records(data)
-    records = expand(source_records, n_edits)
+    chat_cases: list[ChatCase] = []
+    if form == "chat":
+        chat_cases, source = load_chat_data(data, n_edits)
+        filler, filler_source = load_records(None) if len(chat_cases) < n_edits else ([], "")
+        records = expand(filler, n_edits - len(chat_cases)) if filler else []
+        source_records = [*chat_cases, *filler]
+        if filler_source:
+            source += f" + {filler_source}"
+    else:
+        source_records, source = load_records(data)
+        records = expand(source_records, n_edits)
     n_threads = pick_threads(threads)
     info_start = {**machine_info(), "torch_threads": n_threads}
 
@@ -103,7 +135,10 @@ def run(
         rt = Runtime.open(path, model=model, device=device, gate=gate)
         open_s = time.perf_counter() - t0
         try:
-            result = _measure(rt, records, n_queries, seed, kind)
+            if form == "chat":
+                result = _measure_chat(rt, chat_cases, records, n_queries, seed)
+            else:
+                result = _measure(rt, records, n_queries, seed, kind)
             result["store_bytes_open"] = rt.memory.store.disk_bytes()
         finally:
             rt.close()
@@ -118,6 +153,7 @@ def run(
         device=str(rt.model.device),
         gate=rt.memory.gate.kind,
         kind=kind,
+        form=form,
         injection=rt.injector.mode,
         open_s=open_s,
         peak_rss_bytes=peak_rss_bytes(),
@@ -128,6 +164,19 @@ def run(
     print(text)
     write_report(out, "latency", result, text)
     return result
+
+
+def load_chat_data(data: str | Path | None, limit: int) -> tuple[list[ChatCase], str]:
+    """Up to ``limit`` chat cases that have an unrelated question to ask beside the edit's own."""
+    if data is None:
+        data = next((p for p in DEFAULT_CHAT_DATA if p.is_file()), None)
+        if data is None:
+            raise ValueError("--form chat needs --data (a zsRE, CounterFact or KnowEdit file, or a conversation set)")
+    cases = [c for c in load_chat_cases(data) if c.keeps][:limit]
+    if not cases:
+        raise ValueError(f"{data}: no edit with a locality question to time")
+    return cases, str(data)
+
 
 def write_report(out: str | Path | None, stem: str, result: dict[str, Any], text: str) -> None:
     """``out/<stem>.json`` (the numbers) and ``out/<stem>.md`` (the table), when ``out`` is set."""
@@ -163,25 +212,66 @@ def _measure(rt: Runtime, records: list[dict[str, Any]], n_queries: int, seed: i
     for row in rows:  # untimed: did an edit actually fire?
         row["fired"] = _fired(rt, row["prompt"])
 
-    latency: dict[str, Any] = {}
-    for kind in ("generate", "score"):
-        latency[kind] = {
-            "bare": summarize_pairs(rows, kind),
-            "edit_prompts": summarize_pairs([r for r in rows if r["group"] == "edit"], kind),
-            "locality_prompts": summarize_pairs([r for r in rows if r["group"] == "locality"], kind),
-            "fired": summarize_pairs([r for r in rows if r["fired"]], kind),
-            "none_fired": summarize_pairs([r for r in rows if not r["fired"]], kind),
-        }
-    fire_rate = {
-        g: sum(r["fired"] for r in rows if r["group"] == g) / max(1, sum(r["group"] == g for r in rows))
-        for g in ("edit", "locality")
-    }
     return {
         "active_edits": active,
         "add_edit_ms": percentiles_ms(add_s),
         "add_total_s": sum(add_s),
-        "latency": latency,
-        "fire_rate": fire_rate,
+        "latency": {kind: _split(rows, kind) for kind in ("generate", "score")},
+        "fire_rate": _fire_rate(rows),
+    }
+
+
+def _measure_chat(
+    rt: Runtime, cases: list[ChatCase], filler: list[dict[str, Any]], n_queries: int, seed: int
+) -> dict[str, Any]:
+    """Store the chat cases' edits and the filler edits, then time ``chat`` on one user turn:
+    the edit's question ("edit") and a locality question ("locality")."""
+    add_s = []
+    for c in tqdm(cases, desc="add_edit (chat cases)", unit="edit"):
+        t0 = time.perf_counter()
+        rt.add_edit(prompt=c.prompt, target=c.target, subject=c.subject, aliases=list(c.aliases) or None)
+        add_s.append(time.perf_counter() - t0)
+    add_s += stream_edits(rt, filler)
+    active = len(rt.edits())
+
+    picks = random.Random(seed).sample(range(len(cases)), min(n_queries, len(cases)))
+    queries = []
+    for i in picks:
+        c = cases[i]
+        queries += [("edit", [user(c.prompt)], c.target), ("locality", c.keeps[0][1], "")]
+    time_queries(rt, queries[:2], GEN_TOKENS, desc="warm-up", chat=True)
+    rows = time_queries(rt, queries, GEN_TOKENS, desc="timing chat turns", chat=True)
+    for row in rows:  # untimed: did an edit act on the turn's scope?
+        row["fired"] = _fired(rt, rt.render_chat(row["prompt"])[1])
+        row["states_target"] = bool(row["continuation"]) and contains_answer(
+            row["chat_runtime_out"], row["continuation"]
+        )
+    return {
+        "active_edits": active,
+        "add_edit_ms": percentiles_ms(add_s),
+        "add_total_s": sum(add_s),
+        "latency": {"chat": _split(rows, "chat")},
+        "fire_rate": _fire_rate(rows),
+        "edit_replies_with_target": sum(r["states_target"] for r in rows if r["group"] == "edit")
+        / max(1, sum(r["group"] == "edit" for r in rows)),
+    }
+
+
+def _split(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """Bare timings over all rows, and the runtime's ratios per query group and per what fired."""
+    return {
+        "bare": summarize_pairs(rows, kind),
+        "edit_prompts": summarize_pairs([r for r in rows if r["group"] == "edit"], kind),
+        "locality_prompts": summarize_pairs([r for r in rows if r["group"] == "locality"], kind),
+        "fired": summarize_pairs([r for r in rows if r["fired"]], kind),
+        "none_fired": summarize_pairs([r for r in rows if not r["fired"]], kind),
+    }
+
+
+def _fire_rate(rows: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        g: sum(r["fired"] for r in rows if r["group"] == g) / max(1, sum(r["group"] == g for r in rows))
+        for g in ("edit", "locality")
     }
 
 
@@ -194,11 +284,16 @@ def report(result: dict[str, Any]) -> str:
         f"{result['n_queries']} queries per group",
         "",
         f"data {result['data']} ({result['data_records']} records); model {result['model']} on {result['device']}; "
-        f"gate {result['gate']}; injection {result['injection']}",
+        f"gate {result['gate']}; injection {result['injection']}; form {result.get('form', 'cloze')}",
         f"{m['cpus']} CPUs, torch threads {m['torch_threads']}, load average {m['loadavg_1m']:.2f} at start, "
         f"{m['loadavg_1m_end']:.2f} at end",
         f"active edits: {result['active_edits']}; fired on edit prompts {result['fire_rate']['edit']:.0%}, "
         f"on locality prompts {result['fire_rate']['locality']:.0%}",
+        *(
+            [f"edited replies stating the new answer: {result['edit_replies_with_target']:.0%}"]
+            if "edit_replies_with_target" in result
+            else []
+        ),
         "",
         md_table(
             ["add_edit", "p50 ms", "p95 ms", "mean ms", "max ms", "total s"],
@@ -206,10 +301,10 @@ def report(result: dict[str, Any]) -> str:
         ),
         "",
     ]
+    labels = {"generate": f"generate ({GEN_TOKENS} tok)", "chat": f"chat ({GEN_TOKENS} tok)", "score": "score"}
     rows = []
-    for kind in ("generate", "score"):
-        lat = result["latency"][kind]
-        label = f"generate ({GEN_TOKENS} tok)" if kind == "generate" else "score"
+    for kind, lat in result["latency"].items():
+        label = labels[kind]
         b = lat["bare"]
         rows.append([label, "bare model (all queries)", b["n"], b["bare_ms"], "", ""])
         keys = [("edit_prompts", "runtime, edit prompts"), ("locality_prompts", "runtime, locality prompts")]

@@ -470,6 +470,13 @@ def bench_latency(
     out: Annotated[Path | None, typer.Option(help="Write latency.json and latency.md here.")] = None,
     kind: Annotated[Kind, typer.Option(help="Edit kind streamed in: fact, prompt or codebook.")] = Kind.fact,
     gate: Annotated[str, typer.Option(help=f"One of {', '.join(GATE_KINDS)}.")] = DEFAULT_GATE,
+    form: Annotated[
+        str,
+        typer.Option(
+            help="cloze: generate and score on prompts; chat: Runtime.chat on user turns "
+            "(zsRE questions by default; --data takes any edit file or conversation set)."
+        ),
+    ] = "cloze",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
@@ -478,6 +485,10 @@ def bench_latency(
 
     if kind.value not in ("fact", "prompt", "codebook"):
         raise _fail("--kind must be fact, prompt or codebook")
+    if form not in latency.FORMS:
+        raise _fail(f"--form must be one of {', '.join(latency.FORMS)}")
+    if form == "chat" and kind.value != "fact":
+        raise _fail("--form chat streams fact edits (--kind fact)")
     latency.run(
         n_edits=n_edits,
         n_queries=n_queries,
@@ -488,6 +499,7 @@ def bench_latency(
         threads=threads,
         kind=kind.value,
         gate=gate,
+        form=form,
     )
 
 

@@ -20,12 +20,13 @@ LATENCY_TOKENS = 16  # greedy tokens for the per-query latency measurement
 
 def time_queries(
     rt: Runtime,
-    queries: Sequence[tuple[str, str, str]],
+    queries: Sequence[tuple[str, Any, str]],
     gen_tokens: int = LATENCY_TOKENS,
     *,
     budget_s: float | None = None,
     min_per_group: int = 1,
     desc: str = "latency",
+    chat: bool = False,
 ) -> list[dict[str, Any]]:
     """Time single-row ``generate`` and ``score`` for the bare model and for the runtime.
 
@@ -33,7 +34,12 @@ def time_queries(
     run back to back, and which goes first alternates from query to query (and between
     generate and score), so that a warm cache or a burst of load from another process does
     not favour one side. After ``budget_s`` seconds only groups with fewer than
-    ``min_per_group`` timed queries are still served."""
+    ``min_per_group`` timed queries are still served.
+
+    ``chat=True``: each prompt is a conversation (a list of messages) and the one timed call,
+    ``chat``, is ``Runtime.chat`` with ``gen_tokens`` new tokens, unedited against edited: the
+    path a chat client and the server's ``/v1/chat/completions`` take (template, the turn's
+    scope, answer-slot decoding)."""
     start = time.perf_counter()
     seen: Counter[str] = Counter()
     rows = []
@@ -43,13 +49,22 @@ def time_queries(
         k = seen[group]
         seen[group] += 1
         row: dict[str, Any] = {"group": group, "prompt": prompt, "continuation": cont}
-        calls = {
-            "generate": (
-                partial(rt.generate, [prompt], max_new_tokens=gen_tokens, use_memory=False),
-                partial(rt.generate, [prompt], max_new_tokens=gen_tokens),
-            ),
-            "score": (partial(rt.score, [prompt], [cont], use_memory=False), partial(rt.score, [prompt], [cont])),
-        }
+        calls = (
+            {
+                "chat": (
+                    partial(_one, rt.chat, prompt, max_new_tokens=gen_tokens, use_memory=False),
+                    partial(_one, rt.chat, prompt, max_new_tokens=gen_tokens),
+                )
+            }
+            if chat
+            else {
+                "generate": (
+                    partial(rt.generate, [prompt], max_new_tokens=gen_tokens, use_memory=False),
+                    partial(rt.generate, [prompt], max_new_tokens=gen_tokens),
+                ),
+                "score": (partial(rt.score, [prompt], [cont], use_memory=False), partial(rt.score, [prompt], [cont])),
+            }
+        )
         for j, (kind, (bare, runtime)) in enumerate(calls.items()):
             order = [("bare", bare), ("runtime", runtime)]
             if (k + j) % 2:
@@ -61,6 +76,11 @@ def time_queries(
             row[f"{kind}_ratio"] = row[f"{kind}_runtime_s"] / row[f"{kind}_bare_s"]
         rows.append(row)
     return rows
+
+
+def _one(fn: Any, *args: Any, **kwargs: Any) -> list[Any]:
+    """``fn``'s single result as a one-element list, as ``generate`` and ``score`` return theirs."""
+    return [fn(*args, **kwargs)]
 
 
 def summarize_pairs(rows: Sequence[dict[str, Any]], kind: str) -> dict[str, Any]:
