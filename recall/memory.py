@@ -25,9 +25,10 @@ from recall.core.limits import LIMITS
 from recall.core.names import inside_longer_name
 from recall.core.query_views import query_views
 from recall.core.text import (
-    contains_phrase,
     find_phrase,
     focus,
+    name_spans,
+    names_occur,
     normalize,
     refers_back,
     relation_text,
@@ -288,7 +289,7 @@ class EditMemory:
                 same = rel_new == rel_old
             else:
                 prompt = edit.payload["prompt"]
-                f = pair_features(prompt, normalize(prompt), vectors[0], vectors[-1], old,
+                f = pair_features(prompt, vectors[0], vectors[-1], old,
                                   self.store.vectors(old.num) if old_vecs is None else old_vecs)
                 same = bool(f.subj_focus) and (
                     f.cos_rel >= self.gate.params.conflict_rel_threshold
@@ -387,11 +388,11 @@ class EditMemory:
 
     # -- queries --------------------------------------------------------------
     def _features(
-        self, query: str, norm_query: str, q_vec: np.ndarray, rel_vecs: dict[str, np.ndarray], edit: Edit
+        self, query: str, q_vec: np.ndarray, rel_vecs: dict[str, np.ndarray], edit: Edit
     ) -> PairFeatures:
         # the relation text masks whichever of the edit's names the query uses (subject or alias)
         rel_vec = next((rel_vecs[n] for n in map(normalize, edit.names) if n in rel_vecs), None)
-        return pair_features(query, norm_query, q_vec, rel_vec, edit, self.store.vectors(edit.num))
+        return pair_features(query, q_vec, rel_vec, edit, self.store.vectors(edit.num))
 
     def query_knowledge(self, queries: list[str]) -> tuple | None:
         """The queries' knowledge-encoder representations and sentinel similarities, when the
@@ -434,7 +435,7 @@ class EditMemory:
             written = find_phrase(text, g)
             if written and inside_longer_name(text, [written]):
                 continue
-            if written and not any(contains_phrase(normalize(f), g) for f in found):
+            if written and not any(name_spans(f, g) for f in found):
                 found.append(written)
         return found
 
@@ -456,11 +457,10 @@ class EditMemory:
         whose names occur are retrieved and ``cos_key`` stays None; ``dense=True`` (explain)
         always adds the top-k and key similarities. The verdicts are the same either way."""
         self.sync()
-        norms = [normalize(q) for q in queries]
         lengths = self.store.name_lengths()
-        subject_hits = [self.store.lookup_names(word_ngrams(norm, lengths)) for norm in norms]
+        subject_hits = [self.store.lookup_names(word_ngrams(normalize(q), lengths)) for q in queries]
         if not dense and not self.needs_dense:
-            return self._retrieve_by_name(queries, norms, subject_hits)
+            return self._retrieve_by_name(queries, subject_hits)
         if self.index.ntotal == 0 and not any(subject_hits):
             return [[] for _ in queries]  # no fact or patch could be retrieved: skip the encoder
         rel_texts = [(i, s, query_relation_text(queries[i], s)) for i, hits in enumerate(subject_hits) for s in hits]
@@ -480,7 +480,7 @@ class EditMemory:
             edits = (self.store.get_by_num(num) for num in sorted(nums))
             retrieved.append([e for e in edits if e is not None and e.served])
         margins = self._sentinel_margins(queries, retrieved, knowledge_q) if self.gate.kind == "krm-sentinel" else None
-        features = [[self._features(query, norms[i], q_vecs[i], rel_by_query[i], edit) for edit in retrieved[i]]
+        features = [[self._features(query, q_vecs[i], rel_by_query[i], edit) for edit in retrieved[i]]
                     for i, query in enumerate(queries)]
         if self.gate.kind in SCORER_GATES:
             self._relation_margins(queries, retrieved, features)
@@ -491,7 +491,7 @@ class EditMemory:
         return [settle(row) for row in self._verdicts(retrieved, features)]
 
     def _retrieve_by_name(
-        self, queries: list[str], norms: list[str], subject_hits: list[dict[str, set[int]]]
+        self, queries: list[str], subject_hits: list[dict[str, set[int]]]
     ) -> list[list[Candidate]]:
         """The relation gate's candidates when no verdict reads key similarity: the active facts
         one of whose names occurs in the query. Queries where several fired facts share a name
@@ -500,7 +500,7 @@ class EditMemory:
         for hits in subject_hits:
             edits = (self.store.get_by_num(num) for num in sorted(set().union(*hits.values())))
             retrieved.append([e for e in edits if e is not None and e.served])
-        features = [[pair_features(q, norms[i], None, None, e) for e in retrieved[i]] for i, q in enumerate(queries)]
+        features = [[pair_features(q, None, None, e) for e in row] for q, row in zip(queries, retrieved)]
         self._relation_margins(queries, retrieved, features)
         rows = self._verdicts(retrieved, features)
         todo = [i for i, row in enumerate(rows) if sum(c.fired for c in row) > 1]
@@ -614,7 +614,6 @@ def scorer_margins(relation: RelationScorer, sentinel: bool, queries: list[str],
 
 def pair_features(
     query: str,
-    norm_query: str,
     q_vec: np.ndarray | None,
     query_rel_vec: np.ndarray | None,
     edit: Edit,
@@ -630,13 +629,10 @@ def pair_features(
     # a prompt edit stored before prompt edits had keys has no vectors: it is never in scope
     if edit.kind not in ANSWER_KINDS or not edit.subject or not n_keys:
         return PairFeatures(cos_key=cos_key)
-    names = [normalize(n) for n in edit.names]
     query_focus = focus(query)
-    norm_focus = normalize(query_focus)
     # a name inside a longer one ("Paris" in "Paris Hilton") names another entity
-    subj_any = any(contains_phrase(norm_query, n) for n in names) and not inside_longer_name(
-        query, edit.names, edit.prompt)
-    subj_focus = subj_any and any(contains_phrase(norm_focus, n) for n in names) and not inside_longer_name(
+    subj_any = names_occur(query, edit.names) and not inside_longer_name(query, edit.names, edit.prompt)
+    subj_focus = subj_any and names_occur(query_focus, edit.names) and not inside_longer_name(
         query_focus, edit.names, edit.prompt)
     matched = subj_any and query_rel_vec is not None
     cos_rel = float(edit_vecs[n_keys] @ query_rel_vec) if matched else 0.0

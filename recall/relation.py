@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from transformers import AutoModel, AutoTokenizer
 from recall.core import onnx_cpu, resources
 from recall.core.errors import ModelLoadError
 from recall.core.models import default_encoder_path, pick_device
-from recall.core.text import SUBJECT_MASK, name_pattern
+from recall.core.text import SUBJECT_MASK, name_spans
 
 MAX_TOKENS = 96  # both texts together; a query's tail (what it asks) is kept when longer
 MAX_QUERY_CHARS = 400  # longer queries keep their last characters: the question is at the end
@@ -61,9 +60,8 @@ def mask_names(text: str, names: Sequence[str]) -> str:
     """``text`` with every whole-word occurrence of any of ``names`` (any case, any punctuation
     between its words) replaced by the mask, longest name first."""
     for name in sorted({n.strip() for n in names if n and n.strip()}, key=len, reverse=True):
-        pattern = name_pattern(name)
-        if pattern:
-            text = re.sub(pattern, SUBJECT_MASK, text, flags=re.IGNORECASE)
+        for start, end in reversed(name_spans(text, name)):
+            text = text[:start] + SUBJECT_MASK + text[end:]
     return text
 
 

@@ -136,7 +136,6 @@ def test_scorer_gates_judge_the_sentence_that_asks():
     """A name that only sets the scene before a question about someone else does not fire the
     edit; the asked sentence must name the subject or refer back to it with a pronoun."""
     from recall.core.edits import build_edit
-    from recall.core.text import normalize
     from recall.memory import pair_features
 
     edit = build_edit("fact", prompt="The mother tongue of Danielle Darrieux is", target="English",
@@ -147,7 +146,7 @@ def test_scorer_gates_judge_the_sentence_that_asks():
         "I saw a film yesterday. What was Danielle Darrieux's first language?": True,
     }
     for query, refers in cases.items():
-        f = pair_features(query, normalize(query), None, None, edit)
+        f = pair_features(query, None, None, edit)
         assert f.subj_any and f.focus_refers_back is refers, query
     for kind in ("relation", "sentinel"):
         scene = PairFeatures(cos_key=0.9, subj_any=1.0, has_subject=True, focus_refers_back=False,

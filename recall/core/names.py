@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from recall.core.text import name_pattern
+from recall.core.text import name_spans
 
 _COMMON = frozenset("""
 a an the and or but nor so yet if then than that this these those there here
@@ -134,11 +134,7 @@ def own_words(prompt: str | None, names: Sequence[str]) -> frozenset[str]:
 def _spans(text: str, names: Iterable[str]) -> list[tuple[int, int]]:
     """Every whole-word occurrence of any name (any case, any punctuation between its words),
     without those inside a longer occurrence."""
-    spans = set()
-    for name in names:
-        pattern = name_pattern(name)
-        if pattern:
-            spans |= {m.span() for m in re.finditer(pattern, text, re.IGNORECASE)}
+    spans = {span for name in names for span in name_spans(text, name)}
     kept, reach = [], -1
     for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
         if end > reach:  # not inside a span that starts earlier (or at the same place, longer)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from recall.core.text import name_pattern
+from recall.core.text import name_spans
 
 _PARENTHESISED = re.compile(r"\s*\([^()]{1,60}\)")
 _SENTENCE_MARKS = re.compile(r"[;:?!.()]")
@@ -40,14 +40,9 @@ tell please give name list explain describe show say know
 MAX_DESCRIPTION_WORDS = 5
 
 
-def _names_at(text: str, names: Sequence[str]) -> list[re.Match]:
-    """Every whole-word occurrence of any name in ``text`` (any case), in text order."""
-    found = []
-    for name in names:
-        pattern = name_pattern(name) if name else None
-        if pattern:
-            found.extend(re.finditer(pattern, text, re.IGNORECASE))
-    return sorted(found, key=lambda m: m.start())
+def _names_at(text: str, names: Sequence[str]) -> list[tuple[int, int]]:
+    """Every occurrence of any name in ``text`` (:func:`~recall.core.text.name_spans`), in text order."""
+    return sorted(span for name in names if name for span in name_spans(text, name))
 
 
 def _names_in(text: str, names: Sequence[str]) -> bool:
@@ -88,7 +83,7 @@ def without_description(text: str, names: Sequence[str]) -> str:
     found = _names_at(text, names)
     if not found:
         return text
-    at = found[0].start()
+    at = found[0][0]
     words = list(re.finditer(r"\S+", text[:at]))
     for k in range(1, min(len(words), MAX_DESCRIPTION_WORDS + 1) + 1):
         word = words[-k].group(0).casefold()

@@ -41,19 +41,32 @@ def phrase_pattern(phrase: str) -> str | None:
     return r"\W+".join(re.escape(w) for w in words) if words else None
 
 
-def name_pattern(name: str) -> str | None:
-    """:func:`phrase_pattern` as a whole word (match it with IGNORECASE): a name's occurrences,
-    not its letters inside a longer word ("Obama" in "Obama's", not in "Obamacare")."""
+def name_spans(text: str, name: str) -> list[tuple[int, int]]:
+    """Where ``name`` occurs in ``text`` as whole words: any case, any punctuation or spacing
+    between its words; its occurrences, not its letters inside a longer word ("Obama" in
+    "Obama's", not in "Obamacare"). The one definition of "a text names this" that the
+    longer-name rule, the scorer's masking, the query readings and the subject features share.
+
+    Accents count ("Skoda" does not name "Škoda"): the edit's accent-free forms are derived when
+    it is built (:mod:`recall.core.short_names`). Plural endings count too: the plural of a
+    proper name is often another entity ("the Jacksons"). Matching that ignored either was
+    measured and not kept (docs/experiments.md section 38)."""
     pattern = phrase_pattern(name)
-    return rf"(?<!\w){pattern}(?!\w)" if pattern else None
+    if not pattern:
+        return []
+    return [m.span() for m in re.finditer(rf"(?<!\w){pattern}(?!\w)", text, re.IGNORECASE)]
+
+
+def names_occur(text: str, names: Iterable[str]) -> bool:
+    """Whether any of ``names`` occurs in ``text`` (:func:`name_spans`)."""
+    return any(name_spans(text, n) for n in names if n)
 
 
 def find_phrase(text: str, norm_phrase: str) -> str | None:
-    """Where a normalized phrase occurs in raw ``text``, as written there (its words may be
-    joined by any punctuation or spacing, any case), or None."""
-    pattern = phrase_pattern(norm_phrase)
-    m = re.search(pattern, text, re.IGNORECASE) if pattern else None
-    return m.group(0) if m else None
+    """Where a normalized name first occurs in raw ``text`` (:func:`name_spans`), as written
+    there, or None."""
+    spans = name_spans(text, norm_phrase)
+    return text[spans[0][0] : spans[0][1]] if spans else None
 
 
 def split_sentences(text: str) -> list[str]:

@@ -193,7 +193,7 @@ def featurize(pairs: list[Pair], encoder, batch: int = 256, cache: dict | None =
     vecs = np.stack([cache[t] for t in texts])
     out = []
     for p, e, (k, rel, q, qr) in zip(pairs, edits, plan):
-        out.append(pair_features(p.query, normalize(p.query), vecs[q], vecs[qr], e, vecs[[k, rel]]))
+        out.append(pair_features(p.query, vecs[q], vecs[qr], e, vecs[[k, rel]]))
     return out
 
 
@@ -282,7 +282,7 @@ def scorer_gates_fired(pairs: list[Pair], scorer: RelationScorer) -> dict[str, n
     (:func:`recall.memory.pair_features` for the name match, :func:`recall.memory.scorer_margins`)."""
     edits = [[build_edit("fact", **p.edit_fields)] for p in pairs]
     queries = [p.query for p in pairs]
-    features = [[pair_features(q, normalize(q), None, None, row[0])] for q, row in zip(queries, edits)]
+    features = [[pair_features(q, None, None, row[0])] for q, row in zip(queries, edits)]
     scorer_margins(scorer, scorer.has_sentinel, queries, edits, features)
     gates = [Gate(kind, GateParams()) for kind in (("relation", "sentinel") if scorer.has_sentinel else ("relation",))]
     return {gate.kind: np.array([gate.score(row[0])[1] for row in features]) for gate in gates}
