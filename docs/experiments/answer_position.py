@@ -38,6 +38,10 @@ rephrase) and the validation conversations (bench/data/conversations_val.jsonl: 
 prompt, the question/instruction/chat paraphrases, the follow-up; the first set only). Dev and zsRE eval are
 read by the choice. After it, ``held-out`` reports both settings on zsRE EVAL (the first N
 records, seed-0 shuffle) and the first 80 dev edits.
+Stop 47: ``+names+articles`` (neither rule begins a number right after an article, and the
+name rule begins no answer there) with ``number_after_article`` and a third tuning set of
+number answers (``zsre_train_numbers``); rule in bench/results/answer_position_s47/selection_rule.md;
+not kept (docs/experiments.md section 38).
 Run from the repository root: python docs/experiments/answer_position.py [N] [OUT] [tune|held-out] [SETTING,...]
 """
 
@@ -62,7 +66,15 @@ TRAIN = "../shared/data/zsre/zsre_mend_train-1k.json"
 VAL = ["bench/data/conversations_val.jsonl"]  # the first validation set (80 edits): time
 EVAL = "../shared/data/zsre/easyedit_portability/zsre_mend_eval_portability_gpt4.json"
 DEV = "bench/data/conversations_dev.jsonl"
-SETTINGS = {"slot": False, "+names": True}  # setting -> name_slot
+# setting -> Injector keywords. "+names+articles" (stop 47, not kept) runs only with
+# bench/results/answer_position_s47/article_slot_not_kept.patch applied (which also gives the
+# other two article_slot=False, as they were measured with it)
+SETTINGS = {
+    "slot": dict(name_slot=False),
+    "+names": dict(name_slot=True),
+    "+names+articles": dict(name_slot=True, article_slot=True),
+}
+_ARTICLES = {"the", "a", "an"}
 
 
 _WORD = re.compile(r"[^\W_][\w'-]*")
@@ -98,6 +110,27 @@ def split_name(reply: str, answer: str) -> bool:
         return False
     word, first = words[i - 1]
     return word[0].isupper() and not first and word != "I"
+
+
+def number_after_article(reply: str, answer: str) -> bool:
+    """A number answer whose first whole-word occurrence directly follows an article."""
+    if not answer.strip()[:1].isdigit():
+        return False
+    seen = [normalize(w) for w in _WORD.findall(reply)]
+    target = normalize(answer).split()
+    i = next((i for i in range(len(seen)) if seen[i : i + len(target)] == target), None)
+    return bool(i) and seen[i - 1] in _ARTICLES
+
+
+def zsre_numbers(path: str, skip: int, n: int) -> tuple[list[dict], list[Case]]:
+    """The first ``n`` records after the first ``skip`` (seed-0 shuffle) whose answer starts
+    with a digit, asked by question and rephrase."""
+    recs = [r for r in json.load(open(path)) if r["alt"].strip()]
+    random.Random(0).shuffle(recs)
+    recs = [r for r in recs[skip:] if r["alt"].strip()[:1].isdigit()][:n]
+    edits = [dict(prompt=r["src"], target=r["alt"], subject=r["subject"]) for r in recs]
+    return edits, [([{"role": "user", "content": q}], r["alt"], r["answers"][0], r["subject"], q)
+                   for r in recs for q in (r["src"], r["rephrase"])]
 
 
 def rescore(out: Path) -> None:
@@ -153,19 +186,22 @@ def main() -> None:
         sets = {"zsre_eval": zsre_set(EVAL, n), "dev": conversation_set([DEV], limit=80)}
     else:
         sets = {"zsre_train": zsre_set(TRAIN, n), "val": conversation_set(VAL)}
+        if "+names+articles" in settings:  # stop 47: more number answers than zsRE's 12 %
+            sets["zsre_train_numbers"] = zsre_numbers(TRAIN, n, 60)
     rows = []
     for name, (edits, convs) in sets.items():
         rt = Runtime.open(tempfile.mkdtemp(prefix="answer-pos-"))
         for e in edits:
             rt.add_edit(**e)
-        for setting, names in settings.items():
-            rt.injector = Injector(rt.tokenizer, "auto", rt.injector.bias_weight, name_slot=names)
+        for setting, kwargs in settings.items():
+            rt.injector = Injector(rt.tokenizer, "auto", rt.injector.bias_weight, **kwargs)
             texts = replies(rt, [c for c, *_ in convs], 24)
             hits = [contains_answer(t, a) for (_, a, *_), t in zip(convs, texts)]
             before = [named_before(t, a, f"{s} {q}") for (_, a, _, s, q), t in zip(convs, texts)]
             both = [h and bool(tr) and normalize(tr) != normalize(a) and contains_answer(t, tr)
                     for h, (_, a, tr, *_), t in zip(hits, convs, texts)]
             split = [split_name(t, a) for (_, a, *_), t in zip(convs, texts)]
+            after_article = [number_after_article(t, a) for (_, a, *_), t in zip(convs, texts)]
             glued = [f" {normalize(s)} {normalize(a)} " in f" {normalize(t)} "
                      for (_, a, _, s, _), t in zip(convs, texts)]
             pairs = [(rt.render_chat(c)[0], t) for (c, *_), t in zip(convs, texts) if t.strip()]
@@ -176,6 +212,7 @@ def main() -> None:
             row = {"set": name, "setting": setting, "n": len(convs), "contains": sum(hits) / len(convs),
                    "named_before": sum(before), "split_name": sum(split),
                    "misplaced": sum(a or b for a, b in zip(before, split)), "both": sum(both), "glued": sum(glued),
+                   "number_after_article": sum(after_article),
                    "ppl": math.exp(-sum(logps) / len(logps))}
             rows.append(row)
             print(json.dumps(row), flush=True)
