@@ -44,7 +44,7 @@ from typing import Any
 from tqdm import tqdm
 
 from recall.bench.editors import EDITORS, Editor, make_editor
-from recall.core.datasets import EditCase, load_cases
+from recall.core.datasets import DatasetFormatError, EditCase, load_cases
 from recall.core.edits import ANSWER_KINDS
 from recall.core.models import load_model
 from recall.core.reporting import machine_info, md_table, pick_threads, pyplot, torch_threads
@@ -120,24 +120,68 @@ def _from_edit_cases(path: Path, limit: int | None) -> list[ChatCase]:
     return out
 
 
+class _Line:
+    """Field access on one line of a hand-written conversation file that raises
+    ``DatasetFormatError`` naming the file, the line and the field."""
+
+    def __init__(self, path: Path, number: int, text: str) -> None:
+        self.where = f"{path}: line {number}"
+        try:
+            self.rec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetFormatError(f"{self.where}: not JSON ({exc.msg})") from None
+        if not isinstance(self.rec, dict):
+            raise DatasetFormatError(f"{self.where}: expected a JSON object")
+
+    def text(self, obj: Any, key: str, field: str, optional: bool = False) -> str | None:
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise DatasetFormatError(f"{self.where}: {field!r} must be a non-empty string")
+        return value
+
+    def texts(self, key: str) -> list[str]:
+        """The ``text`` of each entry of the list ``key`` ({"text": ...} objects)."""
+        items = self.rec.get(key)
+        if not isinstance(items, list):
+            raise DatasetFormatError(f"{self.where}: {key!r} must be a list")
+        return [self.text(item, "text", f"{key}[{i}].text") for i, item in enumerate(items)]
+
+    def obj(self, key: str) -> dict:
+        value = self.rec.get(key)
+        if not isinstance(value, dict):
+            raise DatasetFormatError(f"{self.where}: {key!r} must be an object")
+        return value
+
+
 def _from_dev_set(path: Path, limit: int | None, use_aliases: bool = True) -> list[ChatCase]:
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        r = json.loads(line)
-        prompt, target = r["edit"]["prompt"], r["edit"]["target"]
-        asks = [("question", [user(prompt)]), ("second_turn", [*ASIDE, user(prompt)])]
-        asks += [("paraphrase", [user(p["text"])]) for p in r["paraphrases"]]
-        f = r["follow_up"]
-        asks.append(
-            ("follow_up", [user(f["setup"]), {"role": "assistant", "content": f["reply"]}, user(f["question"])])
-        )
-        keeps = [("same_subject", [user(q["text"])]) for q in r["same_subject_other_relation"]]
-        keeps += [("same_relation", [user(q["text"])]) for q in r["same_relation_other_subject"]]
-        aliases = tuple(r.get("aliases", ())) if use_aliases else ()
+        rec = _Line(path, number, line)
+        r, edit = rec.rec, rec.obj("edit")
+        prompt, target = rec.text(edit, "prompt", "edit.prompt"), rec.text(edit, "target", "edit.target")
+        subject, true_answer = rec.text(r, "subject", "subject"), rec.text(r, "true_answer", "true_answer", True)
+        paraphrases = rec.texts("paraphrases")
         forms = tuple(str(p.get("form", "")) for p in r["paraphrases"])
-        out.append(ChatCase(r["id"], prompt, target, r["subject"], asks, keeps, aliases, forms, r.get("true_answer")))
+        f = rec.obj("follow_up")
+        setup, reply, question = (rec.text(f, k, f"follow_up.{k}") for k in ("setup", "reply", "question"))
+        same_subject, same_relation = rec.texts("same_subject_other_relation"), rec.texts("same_relation_other_subject")
+        aliases = r.get("aliases") or []
+        if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+            raise DatasetFormatError(f"{rec.where}: 'aliases' must be a list of non-empty strings")
+        case_id = r.get("id", number)
+        if not isinstance(case_id, (str, int)):
+            raise DatasetFormatError(f"{rec.where}: 'id' must be a string or a number")
+        asks = [("question", [user(prompt)]), ("second_turn", [*ASIDE, user(prompt)])]
+        asks += [("paraphrase", [user(p)]) for p in paraphrases]
+        asks.append(("follow_up", [user(setup), {"role": "assistant", "content": reply}, user(question)]))
+        keeps = [("same_subject", [user(q)]) for q in same_subject]
+        keeps += [("same_relation", [user(q)]) for q in same_relation]
+        out.append(ChatCase(str(case_id), prompt, target, subject, asks, keeps,
+                            tuple(aliases) if use_aliases else (), forms, true_answer))
         if limit is not None and len(out) >= limit:
             break
     return out

@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from recall.bench.chat import load_chat_cases, run
+from recall.core.datasets import DatasetFormatError
 from recall.evaluation.metrics import contains_answer
 
 DEV = Path(__file__).resolve().parent.parent / "bench" / "data" / "conversations_dev.jsonl"
@@ -93,3 +96,52 @@ def test_the_validation_set_loads_with_every_group_and_distinct_subjects():
     assert len(cases) >= 80 and len({c.subject for c in cases}) == len(cases)
     groups = {g for c in cases for g, _ in c.asks} | {g for c in cases for g, _ in c.keeps}
     assert groups == {"question", "paraphrase", "second_turn", "follow_up", "same_subject", "same_relation"}
+
+
+def _broken(record: dict, path: list, value) -> dict:
+    rec = json.loads(json.dumps(record))
+    obj = rec
+    for key in path[:-1]:
+        obj = obj[key]
+    if value is KeyError:
+        del obj[path[-1]]
+    else:
+        obj[path[-1]] = value
+    return rec
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (["true_answer"], 1946, "true_answer"),
+        (["edit", "target"], "", "edit.target"),
+        (["edit", "prompt"], KeyError, "edit.prompt"),
+        (["edit"], "not an object", "edit"),
+        (["subject"], None, "subject"),
+        (["paraphrases"], "one", "paraphrases"),
+        (["paraphrases", 1], {"form": "chat"}, "paraphrases[1].text"),
+        (["follow_up", "question"], 3, "follow_up.question"),
+        (["same_relation_other_subject", 0, "text"], ["x"], "same_relation_other_subject[0].text"),
+        (["aliases"], "Obama", "aliases"),
+        (["id"], {"a": 1}, "id"),
+    ],
+)
+def test_a_malformed_conversation_file_is_a_typed_error_naming_line_and_field(tmp_path, path, value, field):
+    """A user's own conversation set (the schema of bench/data/conversations_*.jsonl) with a
+    missing or mistyped field is refused with the file, the line and the field."""
+    good = json.loads(DEV.read_text(encoding="utf-8").splitlines()[0])
+    f = tmp_path / "mine.jsonl"
+    f.write_text(json.dumps(good) + "\n\n" + json.dumps(_broken(good, path, value)) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match=rf"line 3: '{field}'".replace("[", r"\[").replace("]", r"\]")):
+        load_chat_cases(f)
+
+
+def test_a_conversation_line_that_is_not_json_is_a_typed_error(tmp_path):
+    good = DEV.read_text(encoding="utf-8").splitlines()[0]
+    f = tmp_path / "mine.jsonl"
+    f.write_text(good + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match="line 2: not JSON"):
+        load_chat_cases(f)
+    f.write_text(good + "\n[1, 2]\n", encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match="line 2: expected a JSON object"):
+        load_chat_cases(f)
