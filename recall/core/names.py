@@ -25,18 +25,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from recall.core.text import name_spans
+from recall.core.text import FUNCTION_WORDS, name_spans
 
-_COMMON = frozenset("""
-a an the and or but nor so yet if then than that this these those there here
-what which who whom whose where when why how whether
-is are was were be been being am do does did has have had can could will would shall should may might must
-not no yes i me my mine we us our you your he him his she her it its they them their
-in on at to of for from by with about as into onto over under between among through during before after
-since until within without against toward towards upon via per like near
-tell please give name list explain describe show say know think remind compare find
-hi hello hey ok okay thanks thank also just quick question wait actually really well
-according any some all every each
+# capitalised, these words start no name: the function words, and articles, negation, greetings
+# and the small words of a request
+_COMMON = FUNCTION_WORDS | frozenset("""
+a an the so yet if then not no yes mine like near toward towards upon according any some all every each
+think remind compare find hi hello hey ok okay thanks thank also just quick question wait actually really well
 """.split())
 
 _TITLES = frozenset("""

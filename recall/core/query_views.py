@@ -22,21 +22,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from recall.core.text import name_spans
+from recall.core.text import FUNCTION_WORDS, name_spans
 
 _PARENTHESISED = re.compile(r"\s*\([^()]{1,60}\)")
 _SENTENCE_MARKS = re.compile(r"[;:?!.()]")
 _LEAD_IN = re.compile(r"^([^,:;\u2013\u2014]{1,80})(?:,|:|\s[\u2013\u2014-]\s|[\u2013\u2014])\s*")
 _DETERMINERS = frozenset({"the", "a", "an"})
-# words that carry the asked relation or the sentence's structure, so never part of a description
-_FUNCTION = frozenset("""
-of in on at to for from by with about as into onto over under between among through during before after
-since until within without against via per than and or but nor
-is are was were be been being am do does did has have had can could will would shall should may might must
-who whom whose what which where when why how whether that this these those there here
-i me my we us our you your he him his she her it its they them their
-tell please give name list explain describe show say know
-""".split())
 MAX_DESCRIPTION_WORDS = 5
 
 
@@ -69,7 +60,7 @@ def without_lead_in(text: str, names: Sequence[str]) -> str:
     not name the edit and the rest does."""
     m = _LEAD_IN.match(text)
     lead = m.group(1).split() if m else []
-    if not lead or _names_in(m.group(1), names) or lead[0].casefold() in _FUNCTION:
+    if not lead or _names_in(m.group(1), names) or lead[0].casefold() in FUNCTION_WORDS:
         return text  # "Which foundation, set up by X, ...": a lead-in that asks is the question
     rest = text[m.end():]
     if not _names_in(rest, names) or len(rest.split()) < 2:
@@ -88,13 +79,13 @@ def without_description(text: str, names: Sequence[str]) -> str:
     for k in range(1, min(len(words), MAX_DESCRIPTION_WORDS + 1) + 1):
         word = words[-k].group(0).casefold()
         head = word in _DETERMINERS or (
-            re.fullmatch(r"[\w.-]+['\u2019]s", word) is not None and word[:-2] not in _FUNCTION)
+            re.fullmatch(r"[\w.-]+['\u2019]s", word) is not None and word[:-2] not in FUNCTION_WORDS)
         if head:
             if k == 1 and word in _DETERMINERS:
                 return text  # "the X": nothing describes the name ("Pakistan's X" is a description)
             cut = words[-k].start()
             break
-        if k > MAX_DESCRIPTION_WORDS or word in _FUNCTION or not re.fullmatch(r"[\w-]+", word):
+        if k > MAX_DESCRIPTION_WORDS or word in FUNCTION_WORDS or not re.fullmatch(r"[\w-]+", word):
             return text
         if k == 1 and not words[-1].group(0)[:1].islower():
             return text  # "the football club FK X": a capitalised word before the name is part of it

@@ -14,6 +14,17 @@ _ABBREVIATIONS = {"st", "mr", "mrs", "ms", "dr", "jr", "sr", "inc", "ltd", "co",
                   "gen", "col", "lt", "sgt", "prof", "rev", "hon", "u.s", "u.k", "e.g", "i.e", "etc", "jan", "feb",
                   "mar", "apr", "aug", "sept", "sep", "oct", "nov", "dec", "fc", "ac", "bros"}
 SUBJECT_MASK = "X"
+# Words that carry a sentence's structure or what it asks (prepositions, auxiliaries, question
+# words, pronouns, request verbs): never part of a name or of a description of one
+# (recall.core.query_views, recall.core.names)
+FUNCTION_WORDS = frozenset("""
+of in on at to for from by with about as into onto over under between among through during before after
+since until within without against via per than and or but nor
+is are was were be been being am do does did has have had can could will would shall should may might must
+who whom whose what which where when why how whether that this these those there here
+i me my we us our you your he him his she her it its they them their
+tell please give name list explain describe show say know
+""".split())
 
 
 def normalize(text: str) -> str:
