@@ -55,7 +55,7 @@ def kl_row(tok, req: EditRequest, index: int) -> Row | None:
     if not req.subject:
         return None
     ids = tok(req.subject).input_ids
-    return Row(ids + tok(" is a", add_special_tokens=False).input_ids, len(ids) - 1, index, [], [])
+    return Row(ids + answer_tokens(tok, req.subject, " is a"), len(ids) - 1, index, [], [])
 
 
 def with_other_subjects(req: EditRequest, names: list[str], k: int, seed: str) -> list[EditRequest]:

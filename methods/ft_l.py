@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from recall.core.lm import answer_tokens
 from recall.core.requests import EditRequest
 from recall.methods.hparams import HyperParams
 
@@ -36,10 +37,10 @@ class FTLHyperParams(HyperParams):
 
 
 def _target_batch(tok, prompt: str, target: str, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """input ids of prompt + " " + target, and labels that are -100 outside the target."""
+    """input ids of prompt + " " + target, and labels that are -100 outside the target (the
+    target's tokens as they follow the prompt: :func:`recall.core.lm.answer_tokens`)."""
     p_ids = tok(prompt, return_tensors=None)["input_ids"]
-    sep = "" if prompt.endswith(" ") or target.startswith(" ") else " "
-    t_ids = tok.encode(sep + target, add_special_tokens=False)
+    t_ids = answer_tokens(tok, prompt, target)
     ids = torch.tensor([p_ids + t_ids], device=device)
     labels = torch.tensor([[-100] * len(p_ids) + t_ids], device=device)
     return ids, labels

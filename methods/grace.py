@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recall.core.lm import cache_keyword, join_continuation, output_cache
+from recall.core.lm import answer_tokens, cache_keyword, output_cache
 from recall.core.models import text_config
 from recall.methods.hparams import HyperParams, scale_layers
 from recall.methods.nethook import BatchShape, Trace, get_module, run_until
@@ -248,7 +248,7 @@ def train_value(
     module = get_module(model, name)
     device = _device(model)
     prompt_ids = tokenizer(prompt).input_ids
-    target_ids = tokenizer(join_continuation(prompt, target), add_special_tokens=False).input_ids
+    target_ids = answer_tokens(tokenizer, prompt, target)
     if not prompt_ids or not target_ids:
         raise ValueError(f"cannot train a GRACE value for prompt {prompt!r} and target {target!r}: empty tokens")
     key_pos = len(prompt_ids) - 1

@@ -23,7 +23,7 @@ from recall.core.lm import (
     word_glue_mask,
 )
 
-PIECES = ["<unk>", "▁", "a", "▁New", "▁York", "▁born", "▁in", "New", "ork", "▁a", ".", "▁Paris", "Paris"]
+PIECES = ["<unk>", "▁", "a", "▁New", "▁York", "▁born", "▁in", "New", "ork", "▁a", ".", "▁Paris", "Paris", "▁is"]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,24 @@ def test_an_answer_after_a_prompt_has_no_stray_space_token(sentencepiece_tokeniz
     assert answer_tokens(tok, "born in ", "Paris") == ids("▁Paris")  # no seam space: encoded as it is
     # the words of a question, as the answer slot reads them (Injector.slot_names)
     assert spaced_first_tokens(tok, ["New", "Paris"]) == set(ids("▁New", "▁Paris"))
+
+
+def test_weight_editors_read_targets_without_a_stray_space_token(sentencepiece_tokenizer):
+    """ROME/MEMIT/AlphaEdit (rewriting and essence rows), FT-L and GRACE train on the target's
+    tokens as they follow the prompt; a stray "▁" first would teach the model to write a space."""
+    from recall.core.requests import EditRequest
+    from recall.methods.edit_requests import kl_row, prompt_row
+    from recall.methods.ft_l import _target_batch
+
+    tok = sentencepiece_tokenizer
+    ids = lambda *pieces: [PIECES.index(p) for p in pieces]  # noqa: E731
+    req = EditRequest("New York born in", "New York", "Paris")
+    row = prompt_row(tok, "", req, 0, with_target=True)
+    assert row.target_ids == ids("▁Paris") and row.ids == ids("▁New", "▁York", "▁born", "▁in")
+    assert kl_row(tok, req, 0).ids == ids("▁New", "▁York", "▁is", "▁a")
+    batch, labels = _target_batch(tok, req.prompt, req.target, "cpu")
+    assert batch[0].tolist() == ids("▁New", "▁York", "▁born", "▁in", "▁Paris")
+    assert labels[0].tolist() == [-100] * 4 + ids("▁Paris")
 
 
 def test_byte_level_tokens_are_read_as_before(loaded_model):
