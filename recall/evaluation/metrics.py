@@ -41,7 +41,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 from recall.core.datasets import EditCase, EditRequest
-from recall.core.lm import RowPlan, SamplingOptions, TokenScore, generate_rows, score_tokens_rows
+from recall.core.lm import RowPlan, SamplingOptions, TokenScore, answer_tokens, generate_rows, score_tokens_rows
 from recall.core.text import contains_phrase, normalize
 from recall.runtime import Runtime
 
@@ -240,7 +240,7 @@ def generations(scorer: Scorer, prompts: Sequence[str], max_new_tokens: int) -> 
 
 
 def _gen_len(tokenizer: Any, targets: Iterable[str]) -> int:
-    longest = max((len(tokenizer.encode(" " + t, add_special_tokens=False)) for t in targets), default=1)
+    longest = max((len(answer_tokens(tokenizer, "", " " + t)) for t in targets), default=1)
     return min(64, longest + 2)
 
 
