@@ -16,7 +16,7 @@ demo: install
 test: install test-deps
 	$(PY) -m ruff check recall index methods bench tests
 	$(MAKE) wheel-check
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 # what only the tests need: Ray Serve (tests/test_server_ray.py) and Debian's Chromium, driven
 # by Playwright from the dev extra (tests/test_server_web.py); no browser build is downloaded
