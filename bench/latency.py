@@ -15,7 +15,8 @@ gate, so the same table gives each kind's inference overhead.
 (chat template, the turn as scope, answer-slot decoding), unedited against edited. The edits
 are zsRE questions (``data``: a zsRE/CounterFact/KnowEdit file or a hand-written conversation
 set, read by ``recall.bench.chat.load_chat_cases``), asked as written ("edit") and beside
-unrelated questions (the records' locality questions); when the file has fewer than
+each case's first keep conversation ("locality": zsRE's NQ question, unrelated; in a
+hand-written set, a same-subject question of another relation); when the file has fewer than
 ``n_edits`` edits, CounterFact edits fill the store up to ``n_edits``.
 
 Run as ``recall bench latency [--n-edits 1000] [--kind prompt] [--form chat] [--out DIR]``.
