@@ -14,10 +14,11 @@ gate, so the same table gives each kind's inference overhead.
 ``form="chat"`` times what a chat client meets instead: ``Runtime.chat`` on one user turn
 (chat template, the turn as scope, answer-slot decoding), unedited against edited. The edits
 are zsRE questions (``data``: a zsRE/CounterFact/KnowEdit file or a hand-written conversation
-set, read by ``recall.bench.chat.load_chat_cases``), asked as written ("edit") and beside
-each case's first keep conversation ("locality": zsRE's NQ question, unrelated; in a
-hand-written set, a same-subject question of another relation); when the file has fewer than
-``n_edits`` edits, CounterFact edits fill the store up to ``n_edits``.
+set, read by ``recall.bench.chat.load_chat_cases``; without ``data``, the hand-written training
+conversations every install carries), asked as written ("edit") and beside each case's first
+keep conversation ("locality": zsRE's NQ question, unrelated; in a hand-written set, a
+same-subject question of another relation); when the file has fewer than ``n_edits`` edits,
+CounterFact edits fill the store up to ``n_edits``.
 
 Run as ``recall bench latency [--n-edits 1000] [--kind prompt] [--form chat] [--out DIR]``.
 """
@@ -33,22 +34,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from recall.bench.chat import ChatCase, load_chat_cases, user
 from recall.core import resources
+from recall.core.datasets import DatasetFormatError
 from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, store_dir, torch_threads
 from recall.evaluation.metrics import contains_answer
-from recall.evaluation.timing import stream_edits, summarize_pairs, time_queries
+from recall.evaluation.timing import stream_edits, summarize_pairs, time_queries, timed_adds
 from recall.gate import DEFAULT_GATE
 from recall.runtime import Runtime
+from recall.training.relation_training import CONVERSATIONS_FILE
 
 DEFAULT_DATA = Path("../shared/data/counterfact/easyedit_mend_format/counterfact-edit.json")
-# --form chat: zsRE eval questions, else the hand-written validation conversations of a checkout
-DEFAULT_CHAT_DATA = (
-    Path("../shared/data/zsre/easyedit_portability/zsre_mend_eval_portability_gpt4.json"),
-    Path("bench/data/conversations_val.jsonl"),
-)
+# --form chat: zsRE eval questions when the shared data is next to the checkout, else the
+# hand-written training conversations that every install carries (timing reads no answer's quality)
+DEFAULT_CHAT_DATA = Path("../shared/data/zsre/easyedit_portability/zsre_mend_eval_portability_gpt4.json")
 FORMS = ("cloze", "chat")
 GEN_TOKENS = 16
 
@@ -168,14 +167,14 @@ def run(
 
 
 def load_chat_data(data: str | Path | None, limit: int) -> tuple[list[ChatCase], str]:
-    """Up to ``limit`` chat cases that have an unrelated question to ask beside the edit's own."""
+    """Up to ``limit`` chat cases that have a keep conversation to ask beside the edit's own
+    question (``data=None``: ``DEFAULT_CHAT_DATA`` if present, else the packaged training
+    conversations)."""
     if data is None:
-        data = next((p for p in DEFAULT_CHAT_DATA if p.is_file()), None)
-        if data is None:
-            raise ValueError("--form chat needs --data (a zsRE, CounterFact or KnowEdit file, or a conversation set)")
+        data = DEFAULT_CHAT_DATA if DEFAULT_CHAT_DATA.is_file() else CONVERSATIONS_FILE
     cases = [c for c in load_chat_cases(data) if c.keeps][:limit]
     if not cases:
-        raise ValueError(f"{data}: no edit with a locality question to time")
+        raise DatasetFormatError(f"{data}: no edit with a locality question to time")
     return cases, str(data)
 
 
@@ -227,12 +226,8 @@ def _measure_chat(
 ) -> dict[str, Any]:
     """Store the chat cases' edits and the filler edits, then time ``chat`` on one user turn:
     the edit's question ("edit") and a locality question ("locality")."""
-    add_s = []
-    for c in tqdm(cases, desc="add_edit (chat cases)", unit="edit"):
-        t0 = time.perf_counter()
-        rt.add_edit(prompt=c.prompt, target=c.target, subject=c.subject, aliases=list(c.aliases) or None)
-        add_s.append(time.perf_counter() - t0)
-    add_s += stream_edits(rt, filler)
+    edits = [dict(prompt=c.prompt, target=c.target, subject=c.subject, aliases=list(c.aliases) or None) for c in cases]
+    add_s = timed_adds(rt, edits, "add_edit (chat cases)") + stream_edits(rt, filler)
     active = len(rt.edits())
 
     picks = random.Random(seed).sample(range(len(cases)), min(n_queries, len(cases)))

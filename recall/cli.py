@@ -474,7 +474,8 @@ def bench_latency(
         str,
         typer.Option(
             help="cloze: generate and score on prompts; chat: Runtime.chat on user turns "
-            "(zsRE questions by default; --data takes any edit file or conversation set)."
+            "(zsRE questions if ../shared/data has them, else the packaged training conversations; "
+            "--data takes any edit file or conversation set)."
         ),
     ] = "cloze",
     model: ModelOpt = None,

@@ -100,9 +100,15 @@ def summarize_pairs(rows: Sequence[dict[str, Any]], kind: str) -> dict[str, Any]
 def stream_edits(rt: Runtime, records: list[dict[str, Any]], kind: str = "fact") -> list[float]:
     """``add_edit`` every CounterFact record (MEND schema) in order, as edits of ``kind`` (fact,
     prompt or codebook); returns each call's seconds."""
+    edits = [dict(kind=kind, prompt=r["prompt"], target=r["target_new"], subject=r["subject"]) for r in records]
+    return timed_adds(rt, edits, f"add_edit ({kind})")
+
+
+def timed_adds(rt: Runtime, edits: list[dict[str, Any]], desc: str = "add_edit") -> list[float]:
+    """``rt.add_edit(**e)`` for each of ``edits`` in order; returns each call's seconds."""
     add_s = []
-    for r in tqdm(records, desc=f"add_edit ({kind})", unit="edit"):
+    for e in tqdm(edits, desc=desc, unit="edit"):
         t0 = time.perf_counter()
-        rt.add_edit(kind, prompt=r["prompt"], target=r["target_new"], subject=r["subject"])
+        rt.add_edit(**e)
         add_s.append(time.perf_counter() - t0)
     return add_s
