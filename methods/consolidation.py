@@ -25,6 +25,7 @@ import torch
 
 from recall.core.lm import RowPlan, SamplingOptions, answer_tokens, generate_rows, score_tokens_rows
 from recall.core.requests import EditRequest
+from recall.methods.layer_stats import N_PROBE_TEXTS
 
 
 @dataclass
@@ -34,7 +35,20 @@ class ConsolidationParams:
     batch_size: int = 100
     min_probe_agreement: float = 0.90  # argmax agreement with the base model on probe text
     max_ppl_ratio: float = 1.10  # probe perplexity relative to the base model
-    probe_tokens: int = 128
+    probe_tokens: int = 128  # each probe text is cut to this many tokens
+    # how many of the held-out generic texts the bounds are measured on: the probe runs once on
+    # the base weights and once after every batch, so on a CPU it is most of a small job's time
+    probe_texts: int = N_PROBE_TEXTS
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_probe_agreement <= 1.0:
+            raise ValueError(f"min_probe_agreement must lie in [0, 1], got {self.min_probe_agreement!r}")
+        if not self.max_ppl_ratio >= 1.0:
+            raise ValueError(f"max_ppl_ratio must be at least 1, got {self.max_ppl_ratio!r}")
+        if not 2 <= self.probe_tokens:
+            raise ValueError(f"probe_tokens must be at least 2, got {self.probe_tokens!r}")
+        if not 1 <= self.probe_texts <= N_PROBE_TEXTS:
+            raise ValueError(f"probe_texts must lie in [1, {N_PROBE_TEXTS}], got {self.probe_texts!r}")
 
 
 def previous_answers(model, tok, requests: list[EditRequest]) -> list[str]:

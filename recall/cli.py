@@ -41,6 +41,7 @@ from recall.core.reporting import pick_threads, torch_threads
 from recall.gate import DEFAULT_GATE, GATE_KINDS
 from recall.methods.consolidation import ConsolidationParams
 from recall.methods.editor import DEFAULT_EDITOR, EDITORS, with_overrides
+from recall.methods.layer_stats import N_PROBE_TEXTS
 from recall.runtime import Runtime
 from recall.server import ServerConfig
 from recall.server import serve as run_server
@@ -1163,6 +1164,15 @@ def consolidate_cmd(
     max_ppl_ratio: Annotated[
         float, typer.Option(min=1.0, help="Accept only if probe perplexity / base perplexity is at most this.")
     ] = 1.10,
+    probe_texts: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=N_PROBE_TEXTS,
+            help="How many held-out texts the two bounds are measured on (fewer: a faster job, coarser bounds).",
+        ),
+    ] = N_PROBE_TEXTS,
+    probe_tokens: Annotated[int, typer.Option(min=2, help="Each probe text is cut to this many tokens.")] = 128,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -1170,7 +1180,12 @@ def consolidate_cmd(
     and write a checkpoint (served from then on). Prints the report as JSON; exit code 1 when
     the new weights were rejected (nothing changed)."""
 
-    params = ConsolidationParams(min_probe_agreement=min_probe_agreement, max_ppl_ratio=max_ppl_ratio)
+    params = ConsolidationParams(
+        min_probe_agreement=min_probe_agreement,
+        max_ppl_ratio=max_ppl_ratio,
+        probe_tokens=probe_tokens,
+        probe_texts=probe_texts,
+    )
     with Runtime.open(store, model=model, device=device) as rt:
         report = rt.consolidate(method, batch_size, limit, hparams=hparams, params=params)
     print(json.dumps(report.to_dict(), indent=1))

@@ -70,6 +70,8 @@ def run_job(
         raise ConsolidationError(f"batch_size must be a positive int, got {batch_size!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConsolidationError(f"limit must be a positive int or None, got {limit!r}")
+    if params is not None and not isinstance(params, ConsolidationParams):
+        raise ConsolidationError(f"params must be a ConsolidationParams, got {type(params).__name__}")
     params = replace(params or ConsolidationParams(), batch_size=batch_size)
     started = time.time()
     edits = [e for e in rt.edits("active") if e.kind in ANSWER_KINDS]
@@ -102,7 +104,7 @@ def _run_locked(rt: Runtime, method, edits, params, hparams, progress: bool, sta
     # the state a stateful editor carried out of the served checkpoint (same method only)
     if editor.stateful and served.head and served.dir.manifest(served.head).get("method") == editor.name:
         editor.load_state(served.dir.state(served.head))
-    probe_texts = generic_texts("probe")
+    probe_texts = generic_texts("probe")[: params.probe_texts]
     touched = editor.parameter_names
     served.remember_base(touched)
     before = {
@@ -211,6 +213,8 @@ def _write_within_bounds(
         current = trial
         bar.update(len(batch))
     bar.close()
-    if current is None:  # nothing written: the weights are the ones served before the job
+    if current is None and rt.served.head is None:  # nothing written, and the base weights serve
+        current = base_probe
+    elif current is None:  # nothing written: the weights are the checkpoint served before the job
         current = probe(rt.model, rt.tokenizer, probe_texts, params.probe_tokens)
     return applied, previous, current, stop

@@ -30,12 +30,18 @@ from recall.bench.killloop import child_env  # noqa: E402
 from recall.bench.killloop import weights_digest as state_digest  # noqa: E402
 from recall.core.models import load_model  # noqa: E402
 from recall.index import TextEncoder  # noqa: E402
+from recall.methods.consolidation import ConsolidationParams  # noqa: E402
 from recall.runtime import Runtime  # noqa: E402
 
 FACT_PROMPT = "The mother tongue of Danielle Darrieux is"
 FACT_PARAPHRASE = "Where Danielle Darrieux is from, people speak the language of"
 FACT_SUBJECT = "Danielle Darrieux"
 UNRELATED = "The capital of France is"
+# Consolidation jobs in tests measure their acceptance bounds on 8 of the 40 held-out probe
+# texts (``recall consolidate --probe-texts 8``): the probe runs on the base weights and after
+# every batch, and on this CPU it was three quarters of each small job's time.
+FAST_BOUNDS = ConsolidationParams(probe_texts=8)
+FAST_BOUNDS_ARGS = ["--probe-texts", "8"]
 # one CounterFact record in the MEND/EasyEdit schema (counterfact-edit.json, case 0; MIT)
 CF_MEND = {
     "case_id": 0,

@@ -10,11 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FACT_PROMPT, FACT_SUBJECT, child_env, tiny_model_dir, weights_digest
+from conftest import FACT_PROMPT, FACT_SUBJECT, FAST_BOUNDS, child_env, tiny_model_dir, weights_digest
 
 from recall.checkpoints import CheckpointDir
 from recall.core.errors import CheckpointError, ConsolidationError, StoreLockedError
@@ -47,7 +48,7 @@ def test_consolidate_restart_serve_and_roll_back(make_runtime, loaded_model, sto
     ids = [rt.add_edit(prompt=p, target=t, subject=s).id for p, t, s in FACTS]
     before_old = rt.generate([p for p, _, _ in FACTS], max_new_tokens=2, use_memory=False)
 
-    report = rt.consolidate("memit", batch_size=2, hparams=fast_memit, progress=False)
+    report = rt.consolidate("memit", batch_size=2, hparams=fast_memit, params=FAST_BOUNDS, progress=False)
     assert report.accepted, report.reason
     assert report.checkpoint and set(report.consolidated) | set(report.still_active) == set(ids)
     assert report.consolidated, report.to_dict()
@@ -94,7 +95,7 @@ def test_bad_consolidation_requests_leave_the_store_unchanged(make_runtime, stor
     rt = make_runtime(store_dir)
     rt.add_edit(prompt=FACT_PROMPT, target="English", subject=FACT_SUBJECT)
     gen = rt.memory.store.generation
-    for kwargs in ({"method": "mend-xl"}, {"batch_size": 0}, {"limit": -3}):
+    for kwargs in ({"method": "mend-xl"}, {"batch_size": 0}, {"limit": -3}, {"params": {"probe_texts": 8}}):
         with pytest.raises(ConsolidationError):
             rt.consolidate(**kwargs)
     bad = tmp_path / "bad.json"
@@ -109,6 +110,17 @@ def test_bad_consolidation_requests_leave_the_store_unchanged(make_runtime, stor
         ro.consolidate()
     with pytest.raises(StoreLockedError):
         ro.rollback(None)
+
+
+def test_acceptance_bounds_are_checked_when_made():
+    from recall.methods.consolidation import ConsolidationParams
+    from recall.methods.layer_stats import N_PROBE_TEXTS
+
+    for bad in ({"probe_texts": 0}, {"probe_texts": N_PROBE_TEXTS + 1}, {"probe_tokens": 1},
+                {"min_probe_agreement": 1.5}, {"max_ppl_ratio": 0.9}):
+        with pytest.raises(ValueError):
+            ConsolidationParams(**bad)
+    assert ConsolidationParams().probe_texts == N_PROBE_TEXTS == 40  # the default measures on all of them
 
 
 def test_leftovers_of_a_killed_job_are_never_served(make_runtime, store_dir, fast_memit):
@@ -126,20 +138,21 @@ def test_leftovers_of_a_killed_job_are_never_served(make_runtime, store_dir, fas
     rt = make_runtime(store_dir)
     assert rt.served.head is None and rt.checkpoints() == []
     assert len(rt.edits("active")) == 1
-    report = rt.consolidate("memit", batch_size=1, hparams=fast_memit, progress=False)
+    report = rt.consolidate("memit", batch_size=1, hparams=fast_memit, params=FAST_BOUNDS, progress=False)
     assert report.accepted
     assert sorted(p.name for p in ckpts.root.iterdir()) == [report.checkpoint]
 
 
 KILLED_WRITER = r"""
 import sys, json
+from recall.methods.consolidation import ConsolidationParams
 from recall.runtime import Runtime
 store, model, hp = sys.argv[1:4]
 rt = Runtime.open(store, model=model, device="cpu")
 for i, city in enumerate(["Oslo", "Lima", "Pune", "Bonn"]):
     rt.add_edit(prompt=f"The favourite city of person number {i} is", target=city)
 print("ready", flush=True)
-rep = rt.consolidate("memit", batch_size=2, hparams=hp, progress=False)
+rep = rt.consolidate("memit", batch_size=2, hparams=hp, params=ConsolidationParams(probe_texts=8), progress=False)
 print("done", rep.accepted, flush=True)
 """
 
@@ -192,13 +205,12 @@ def test_writer_killed_midway_leaves_a_consistent_store(tmp_path, loaded_model, 
 
 
 def test_a_batch_that_breaks_the_bounds_is_undone(make_runtime, loaded_model, store_dir, fast_memit):
-    from recall.methods.consolidation import ConsolidationParams
 
     rt = make_runtime(store_dir)
     for p, t, s in FACTS:
         rt.add_edit(prompt=p, target=t, subject=s)
     gen = rt.memory.store.generation
-    strict = ConsolidationParams(min_probe_agreement=1.0)  # any change to a next-token argmax breaks it
+    strict = replace(FAST_BOUNDS, min_probe_agreement=1.0)  # any change to a next-token argmax breaks it
     report = rt.consolidate("memit", batch_size=1, hparams=fast_memit, params=strict, progress=False)
     assert not report.accepted and report.reason.startswith("stopped before edit 1 of 2: probe agreement")
     assert report.metrics["written"] == 0 and len(report.still_active) == 2

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FACT_PROMPT, FACT_SUBJECT, child_env, weights_digest
+from conftest import FACT_PROMPT, FACT_SUBJECT, FAST_BOUNDS, child_env, weights_digest
 
 from recall.core.errors import ConsolidationError
 from recall.index.store import StaleStateError
@@ -87,7 +87,7 @@ def test_an_edit_retired_while_the_job_runs_is_not_folded(make_runtime, store_di
 
     monkeypatch.setattr(job, "_write_within_bounds", retire_during)
     base = weights_digest(rt.model)
-    report = rt.consolidate("memit", batch_size=2, hparams=fast_memit, progress=False)
+    report = rt.consolidate("memit", batch_size=2, hparams=fast_memit, params=FAST_BOUNDS, progress=False)
     assert not report.accepted and "changed while the job ran" in report.reason
     assert rt.get_edit(ids[0]).status == "retired" and rt.get_edit(ids[1]).status == "active"
     assert rt.served.head is None and rt.checkpoints() == []
@@ -99,7 +99,7 @@ def test_removing_a_consolidated_edit_takes_it_out_of_the_weights(make_runtime, 
     base = weights_digest(loaded_model[0])
     rt = make_runtime(store_dir)
     ids = [rt.add_edit(prompt=p, target=t, subject=s).id for p, t, s in FACTS]
-    report = rt.consolidate("memit", batch_size=2, hparams=fast_memit, progress=False)
+    report = rt.consolidate("memit", batch_size=2, hparams=fast_memit, params=FAST_BOUNDS, progress=False)
     assert report.accepted and report.consolidated, report.reason
     gone = report.consolidated[0]
     removed = rt.remove_edit(gone)

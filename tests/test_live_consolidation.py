@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from conftest import FACT_PROMPT, FACT_SUBJECT, child_env
+from conftest import FACT_PROMPT, FACT_SUBJECT, FAST_BOUNDS, FAST_BOUNDS_ARGS, child_env
 
 from recall.core.errors import ConsolidationError
 from recall.server import ServerConfig, create_app
@@ -46,6 +46,22 @@ def test_parse_duration():
         ConsolidationSchedule(60, method="mend-xl")
 
 
+def test_the_job_command_carries_the_acceptance_bounds(make_runtime, store_dir):
+    from recall.methods.consolidation import ConsolidationParams
+
+    rt = make_runtime(store_dir)
+    bounds = ConsolidationParams(min_probe_agreement=0.8, max_ppl_ratio=1.2, probe_texts=5, probe_tokens=64)
+    cmd = ScheduledConsolidation(rt, ConsolidationSchedule(60, method="memit", bounds=bounds)).command()
+    flags = dict(zip(cmd[5::2], cmd[6::2]))
+    assert cmd[3:5] == ["consolidate", str(rt.memory.store.path)]
+    assert {k: flags[k] for k in ("--min-probe-agreement", "--max-ppl-ratio", "--probe-texts", "--probe-tokens")} == {
+        "--min-probe-agreement": "0.8", "--max-ppl-ratio": "1.2", "--probe-texts": "5", "--probe-tokens": "64"}
+    # the CLI the command runs refuses a probe set the corpus does not have (exit 2, nothing run)
+    bad = subprocess.run([sys.executable, "-m", "recall", "consolidate", str(store_dir), "--probe-texts", "41"],
+                         capture_output=True, text=True, env=child_env(), timeout=120)
+    assert bad.returncode == 2 and "probe-texts" in bad.stderr
+
+
 def test_bad_job_settings_fail_at_start_up(make_runtime, store_dir, tmp_path):
     rt = make_runtime(store_dir)
     bad = tmp_path / "bad.json"
@@ -61,7 +77,9 @@ def test_scheduled_job_runs_while_the_server_answers(make_runtime, store_dir):
     for p, t, s in FACTS:
         rt.add_edit(prompt=p, target=t, subject=s)
     jobs = ScheduledConsolidation(
-        rt, ConsolidationSchedule(every_s=1.0, min_edits=1, method="memit", batch_size=2, hparams=FAST_MEMIT),
+        rt, ConsolidationSchedule(
+            every_s=1.0, min_edits=1, method="memit", batch_size=2, hparams=FAST_MEMIT, bounds=FAST_BOUNDS
+        ),
         device="cpu",
     )
     app = create_app(rt, ServerConfig(model_name="recall-llama"), consolidation=jobs)
@@ -108,7 +126,7 @@ def test_a_request_never_sees_weights_change_under_it(make_runtime, store_dir):
     thread all get one of the two checkpoints' answers."""
     rt = make_runtime(store_dir)
     rt.add_edit(prompt=FACT_PROMPT, target="English", subject=FACT_SUBJECT)
-    report = rt.consolidate("memit", batch_size=1, hparams=FAST_MEMIT, progress=False)
+    report = rt.consolidate("memit", batch_size=1, hparams=FAST_MEMIT, params=FAST_BOUNDS, progress=False)
     assert report.accepted
     app = create_app(rt, ServerConfig(model_name="recall-llama"))
     errors: list[str] = []
@@ -138,7 +156,7 @@ def test_an_unservable_head_keeps_the_old_weights_and_the_memory_copies(make_run
     edit = reader.add_edit(prompt=FACT_PROMPT, target="English", subject=FACT_SUBJECT)
     job = subprocess.run(  # another process consolidates (one LMDB environment per process)
         [sys.executable, "-m", "recall", "consolidate", str(store_dir), "--method", "memit", "--batch-size", "1",
-         "--hparams", FAST_MEMIT, "--device", "cpu"],
+         "--hparams", FAST_MEMIT, "--device", "cpu", *FAST_BOUNDS_ARGS],
         capture_output=True, text=True, env=child_env(), timeout=300,
     )
     assert job.returncode == 0, job.stderr[-2000:]

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import FACT_PARAPHRASE, FACT_PROMPT, FACT_SUBJECT, UNRELATED
+from conftest import FACT_PARAPHRASE, FACT_PROMPT, FACT_SUBJECT, FAST_BOUNDS, UNRELATED
 
 from recall.core.lm import RowPlan, score_tokens_rows
 from recall.core.models import copy_in_dtype, native_bfloat16
@@ -185,7 +185,7 @@ def test_prompt_edits_are_consolidated_like_facts(make_runtime, store_dir, tmp_p
     rt = make_runtime(store_dir)
     ids = [rt.add_edit("prompt", prompt=p, target=t, subject=s).id
            for p, t, s in [(FACT_PROMPT, "English", FACT_SUBJECT), RELIGION]]
-    report = rt.consolidate("memit", batch_size=2, hparams=str(path), progress=False)
+    report = rt.consolidate("memit", batch_size=2, hparams=str(path), params=FAST_BOUNDS, progress=False)
     assert report.accepted, report.reason
     assert set(report.consolidated) | set(report.still_active) == set(ids) and report.consolidated
     for edit_id in report.consolidated:

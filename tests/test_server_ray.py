@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import FACT_PROMPT, FACT_SUBJECT, UNRELATED, child_env
+from conftest import FACT_PROMPT, FACT_SUBJECT, FAST_BOUNDS_ARGS, UNRELATED, child_env
 
 from recall.server import ServerConfig
 
@@ -118,7 +118,10 @@ def test_replicas_switch_to_a_new_head_between_requests(ray_url):
         return done.stdout
 
     report = json.loads(
-        recall_cli("consolidate", str(store), "--method", "memit", "--batch-size", "1", "--hparams", FAST_MEMIT)
+        recall_cli(
+            "consolidate", str(store), "--method", "memit", "--batch-size", "1", "--hparams", FAST_MEMIT,
+            *FAST_BOUNDS_ARGS,
+        )
     )
     assert edit["id"] in report["consolidated"] and report["checkpoint"]
     with ThreadPoolExecutor(8) as pool:  # spread over both replicas

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import FACT_PROMPT, FACT_SUBJECT, child_env
+from conftest import FACT_PROMPT, FACT_SUBJECT, FAST_BOUNDS_ARGS, child_env
 from test_server_ray import AUTH, FAST_MEMIT, MODEL, TOKEN, WORKER_ENV, complete, free_port
 
 from recall.bench.scale import synthetic_facts
@@ -161,6 +161,7 @@ def test_a_checkpoint_made_on_the_writer_store_is_fetched_and_served(copies):
             "1",
             "--hparams",
             FAST_MEMIT,
+            *FAST_BOUNDS_ARGS,
         ],
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import FACT_PROMPT, FACT_SUBJECT
+from conftest import FACT_PROMPT, FACT_SUBJECT, FAST_BOUNDS
 
 from recall.core.requests import EditRequest
 from recall.methods import ffn_patch, tpatcher
@@ -92,7 +92,7 @@ def test_consolidation_checkpoint_holds_the_grown_ffn(make_runtime, store_dir, t
     hp.write_text(json.dumps(FAST))
     rt = make_runtime(store_dir)
     ids = [rt.add_edit(prompt=p, target=t, subject=s).id for p, t, s in FACTS]
-    report = rt.consolidate("tpatcher", batch_size=2, hparams=str(hp), progress=False)
+    report = rt.consolidate("tpatcher", batch_size=2, hparams=str(hp), params=FAST_BOUNDS, progress=False)
     assert report.accepted and set(report.consolidated) == set(ids), report.to_dict()
     assert report.metrics["patch_neurons"] >= 2 and report.metrics["probe_agreement"] > 0.95
     manifest = rt.served.dir.manifest(report.checkpoint)

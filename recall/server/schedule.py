@@ -28,6 +28,7 @@ from typing import Any
 
 from recall.core.edits import ANSWER_KINDS
 from recall.core.errors import ConsolidationError
+from recall.methods.consolidation import ConsolidationParams
 from recall.methods.editor import DEFAULT_EDITOR, editor_class, hparams_for
 from recall.runtime import Runtime
 
@@ -59,6 +60,7 @@ class ConsolidationSchedule:
     batch_size: int = 100
     hparams: str | None = None  # hyper-parameter JSON (default: the model family's file)
     timeout_s: float = 6 * 3600.0  # a job running longer is killed (the old head keeps serving)
+    bounds: ConsolidationParams = field(default_factory=ConsolidationParams)  # acceptance bounds of each job
 
     def __post_init__(self) -> None:
         editor_class(self.method)  # UnknownEditorError before the server starts
@@ -100,6 +102,9 @@ class ScheduledConsolidation:
         s = self.schedule
         cmd = [sys.executable, "-m", "recall", "consolidate", str(self.runtime.memory.store.path),
                "--method", s.method, "--batch-size", str(s.batch_size), "--device", self.device]
+        b = s.bounds
+        cmd += ["--min-probe-agreement", repr(b.min_probe_agreement), "--max-ppl-ratio", repr(b.max_ppl_ratio),
+                "--probe-texts", str(b.probe_texts), "--probe-tokens", str(b.probe_tokens)]
         if s.hparams:
             cmd += ["--hparams", s.hparams]
         if self.model:

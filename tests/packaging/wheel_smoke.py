@@ -78,13 +78,17 @@ with tempfile.TemporaryDirectory() as tmp:
     after = weights(rt.model)
     assert all(torch.equal(base[n], after[n]) for n in base), "rollback is not byte-identical"
 
-    # T-Patcher: its settings come from package data; a quick job grows the last FFN, rollback shrinks it
+    # T-Patcher: its settings come from package data; a quick job grows the last FFN, rollback shrinks it.
+    # This job and MEND's measure their bounds on 8 probe texts (the memit job above on all 40).
+    from recall.methods.consolidation import ConsolidationParams
     from recall.methods.editor import hparams_for
+
+    quick = ConsolidationParams(probe_texts=8)
 
     assert hparams_for("tpatcher", rt.spec).neighbor_negatives == 128
     fast = Path(tmp) / "tpatcher_fast.json"
     fast.write_text(json.dumps({"memory_tokens": 2000, "neighbor_negatives": 4, "max_steps": 300}))
-    report = rt.consolidate("tpatcher", batch_size=5, hparams=str(fast), progress=False)
+    report = rt.consolidate("tpatcher", batch_size=5, hparams=str(fast), params=quick, progress=False)
     assert report.accepted and report.metrics["patch_neurons"] >= 1, report.to_dict()
     rt.rollback(None)
     assert all(torch.equal(base[n], p) for n, p in weights(rt.model).items() if n in base)
@@ -96,7 +100,7 @@ with tempfile.TemporaryDirectory() as tmp:
     mend_editor = make_editor("mend", rt.model, rt.tokenizer, rt.spec)
     mend_editor.prepare()
     assert mend_editor.network is not None and not mend_editor.network.training
-    report = rt.consolidate("mend", batch_size=5, progress=False)
+    report = rt.consolidate("mend", batch_size=5, params=quick, progress=False)
     print(f"mend job: accepted={report.accepted} consolidated {len(report.consolidated)}/{foldable}")
     if report.checkpoint:
         rt.rollback(None)
