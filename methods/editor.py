@@ -336,7 +336,7 @@ class TPatcherEditor(ParameterEditor):
 
     def prepare(self) -> None:
         if self.memory.generic is None:
-            self.memory.generic = tpatcher.collect_memory(self.model, self.tok, self.spec, self.hparams)
+            self.memory.generic = tpatcher.cached_memory(self.model, self.tok, self.spec, self.hparams)
             self.names = corpus_names()
 
     def write(self, requests: list[EditRequest]) -> dict[str, torch.Tensor]:

@@ -17,8 +17,10 @@ numbers with papers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from tqdm.auto import tqdm
 from recall.core import resources
 from recall.core.models import cache_root
 from recall.methods.nethook import TraceDict, run_until
+
+log = logging.getLogger("recall.methods")
 
 N_PROBE_TEXTS = 40  # the corpus' last texts are the consolidation probe set, not statistics
 
@@ -117,6 +121,38 @@ def compute_second_moments(
     return {layer: (s / count).float().cpu() for layer, s in sums.items()}, count
 
 
+def corpus_tag(texts: list[str], max_length: int) -> str:
+    """Cache-file tag of a corpus as read: its texts and the per-text token cut."""
+    h = hashlib.blake2b("\n".join(texts).encode(), digest_size=6).hexdigest()
+    return f"{h}-len{max_length}"
+
+
+def read_cached(path: Path, key: str) -> torch.Tensor | None:
+    """Tensor ``key`` of a cache file, or None when there is none; a file that cannot be read
+    is removed (recomputed, never trusted)."""
+    if not path.exists():
+        return None
+    try:
+        return load_file(str(path))[key]
+    except Exception:
+        path.unlink(missing_ok=True)
+        return None
+
+
+def write_cached(path: Path, key: str, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
+    """Write a cache file atomically (a reader never sees half of it). A cache that cannot be
+    written (read-only or full disk) is skipped with a warning: the caller has its tensor."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({key: tensor.contiguous()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not write the cache file %s (%s); it will be computed again next time", path, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
 class StatsCache:
     """Second moments on disk, one safetensors file per (model, module, corpus)."""
 
@@ -126,10 +162,6 @@ class StatsCache:
         self.root = Path(root) if root else cache_root() / "stats" / model_fingerprint(model, spec)
         self._loaded: dict[int, torch.Tensor] = {}
 
-    def _corpus_tag(self, texts: list[str]) -> str:
-        h = hashlib.blake2b("\n".join(texts).encode(), digest_size=6).hexdigest()
-        return f"{h}-len{self.cfg.max_length}"
-
     def _path(self, layer: int, tag: str) -> Path:
         return self.root / f"{self.spec.mlp_out_template.format(layer)}.{tag}.safetensors"
 
@@ -137,26 +169,19 @@ class StatsCache:
         """C for each layer, computing (in one pass) and caching the ones not on disk yet."""
         texts = generic_texts("stats") if texts is None else texts
         texts = texts[: self.cfg.max_texts] if self.cfg.max_texts else texts
-        tag = self._corpus_tag(texts)
+        tag = corpus_tag(texts, self.cfg.max_length)
         missing = []
         for layer in layers:
             if layer in self._loaded:
                 continue
-            path = self._path(layer, tag)
-            if path.exists():
-                try:
-                    self._loaded[layer] = load_file(str(path))["mom2"]
-                    continue
-                except Exception:  # a corrupt cache file is recomputed, never trusted
-                    path.unlink(missing_ok=True)
+            cached = read_cached(self._path(layer, tag), "mom2")
+            if cached is not None:
+                self._loaded[layer] = cached
+                continue
             missing.append(layer)
         if missing:
             moments, count = compute_second_moments(self.model, self.tok, self.spec, missing, texts, self.cfg, progress)
-            self.root.mkdir(parents=True, exist_ok=True)
             for layer, c in moments.items():
-                path = self._path(layer, tag)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                save_file({"mom2": c.contiguous()}, str(tmp), metadata={"tokens": str(count), "texts": str(len(texts))})
-                os.replace(tmp, path)
+                write_cached(self._path(layer, tag), "mom2", c, {"tokens": str(count), "texts": str(len(texts))})
                 self._loaded[layer] = c
         return {layer: self._loaded[layer] for layer in layers}

@@ -79,12 +79,11 @@ def test_editor_writes_sequentially_and_undo_shrinks(loaded_model):
     assert result.changed and all(norm > 0 for norm in result.delta_norms.values())
     # an unrelated prompt about someone else keeps its answer (the neurons stay off)
     other = "The mother tongue of Tony Blair is"
+    patched_other = _logits(model, tok, other)
     editor.undo(result)
     assert editor.patch.n == 0 and editor.state_tensors() == {}
-    base_other = _logits(model, tok, other)
     assert all(torch.equal(p, original[n]) for n, p in model.named_parameters() if n in original)
-    editor.apply(_requests())
-    assert int(_logits(model, tok, other).argmax()) == int(base_other.argmax())
+    assert int(patched_other.argmax()) == int(_logits(model, tok, other).argmax())
 
 
 def test_consolidation_checkpoint_holds_the_grown_ffn(make_runtime, store_dir, tmp_path, loaded_model):
@@ -115,3 +114,25 @@ def test_consolidation_checkpoint_holds_the_grown_ffn(make_runtime, store_dir, t
     assert {e.id for e in rt2.edits("active")} == set(ids)
     rt2.rollback(report.checkpoint)  # and forward again
     assert all(torch.equal(p, served[n]) for n, p in rt2.model.named_parameters())
+
+
+def test_the_memory_bank_is_cached_per_model_and_size(loaded_model, tmp_path, monkeypatch):
+    """The generic bank is read once per (base model, size) and then loaded; a damaged cache
+    file is recomputed, never trusted."""
+    model, tok, spec = loaded_model
+    monkeypatch.setenv("RECALL_CACHE", str(tmp_path))
+    hp = tpatcher.TPatcherHyperParams(memory_tokens=150)
+    fresh = tpatcher.cached_memory(model, tok, spec, hp)
+    (path,) = (tmp_path / "tpatcher").rglob("*.safetensors")
+    assert fresh.shape == (150, spec.hidden_size) and "-n150" in path.name
+    assert torch.equal(tpatcher.cached_memory(model, tok, spec, hp), fresh)
+    assert torch.equal(fresh, tpatcher.collect_memory(model, tok, spec, hp))
+    path.write_bytes(b"not a safetensors file")
+    assert torch.equal(tpatcher.cached_memory(model, tok, spec, hp), fresh)
+    assert path.stat().st_size > 1000  # rewritten
+    smaller = tpatcher.cached_memory(model, tok, spec, tpatcher.TPatcherHyperParams(memory_tokens=100))
+    assert torch.equal(smaller, fresh[:100]) and len(list((tmp_path / "tpatcher").rglob("*.safetensors"))) == 2
+    blocked = tmp_path / "a-file"  # a cache root that cannot be a directory: no cache, same bank
+    blocked.write_text("")
+    monkeypatch.setenv("RECALL_CACHE", str(blocked))
+    assert torch.equal(tpatcher.cached_memory(model, tok, spec, hp), fresh)
