@@ -37,6 +37,7 @@ from typing import Any
 from recall.bench.chat import ChatCase, load_chat_cases, user
 from recall.core import resources
 from recall.core.datasets import DatasetFormatError
+from recall.core.errors import BenchSettingsError
 from recall.core.reporting import machine_info, md_table, percentiles_ms, pick_threads, store_dir, torch_threads
 from recall.evaluation.metrics import contains_answer
 from recall.evaluation.timing import stream_edits, summarize_pairs, time_queries, timed_adds
@@ -49,6 +50,7 @@ DEFAULT_DATA = Path("../shared/data/counterfact/easyedit_mend_format/counterfact
 # hand-written training conversations that every install carries (timing reads no answer's quality)
 DEFAULT_CHAT_DATA = Path("../shared/data/zsre/easyedit_portability/zsre_mend_eval_portability_gpt4.json")
 FORMS = ("cloze", "chat")
+STREAMED_KINDS = ("fact", "prompt", "codebook")  # the kinds stream_edits writes from CounterFact records
 GEN_TOKENS = 16
 
 
@@ -112,9 +114,11 @@ def run(
     ``threads``: torch threads (default: ``recall.core.reporting.pick_threads``, i.e. the idle CPUs).
     ``form``: "cloze" (``generate`` and ``score`` on prompts) or "chat" (``chat`` on user turns)."""
     if form not in FORMS:
-        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+        raise BenchSettingsError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+    if kind not in STREAMED_KINDS:
+        raise BenchSettingsError(f"kind must be one of {', '.join(STREAMED_KINDS)}, got {kind!r}")
     if form == "chat" and kind != "fact":
-        raise ValueError("form 'chat' streams fact edits; kind must be 'fact'")
+        raise BenchSettingsError("form 'chat' streams fact edits; kind must be 'fact'")
     t_start = time.perf_counter()
     chat_cases: list[ChatCase] = []
     if form == "chat":

@@ -485,12 +485,6 @@ def bench_latency(
 ) -> None:
     """Edit latency, query latency relative to the bare model, store size and peak memory."""
 
-    if kind.value not in ("fact", "prompt", "codebook"):
-        raise _fail("--kind must be fact, prompt or codebook")
-    if form not in latency.FORMS:
-        raise _fail(f"--form must be one of {', '.join(latency.FORMS)}")
-    if form == "chat" and kind.value != "fact":
-        raise _fail("--form chat streams fact edits (--kind fact)")
     latency.run(
         n_edits=n_edits,
         n_queries=n_queries,

@@ -9,6 +9,7 @@ import pytest
 
 from recall.bench import latency
 from recall.bench.chat import load_chat_cases
+from recall.core.errors import BenchSettingsError
 from recall.evaluation.metrics import contains_answer
 
 VAL = Path(__file__).resolve().parent.parent / "bench" / "data" / "conversations_val.jsonl"
@@ -74,6 +75,8 @@ def test_chat_form_refuses_what_it_cannot_time(tmp_path):
         latency.run(n_edits=1, form="poem")
     with pytest.raises(ValueError, match="kind must be 'fact'"):
         latency.run(n_edits=1, form="chat", kind="prompt")
+    with pytest.raises(BenchSettingsError, match="kind must be one of"):
+        latency.run(n_edits=1, kind="regex")
     empty = tmp_path / "no_locality.jsonl"
     empty.write_text("")
     with pytest.raises(ValueError):

@@ -74,6 +74,10 @@ class ConfigError(RecallError):
     """A configuration file (e.g. gate parameters) is missing or malformed."""
 
 
+class BenchSettingsError(ConfigError, ValueError):
+    """A benchmark was asked for settings it cannot run (an unknown form, a kind it does not stream)."""
+
+
 class RecallIOError(RecallError, OSError):
     """A file the caller named cannot be read or written."""
 
