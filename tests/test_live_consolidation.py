@@ -57,9 +57,12 @@ def test_the_job_command_carries_the_acceptance_bounds(make_runtime, store_dir):
     assert {k: flags[k] for k in ("--min-probe-agreement", "--max-ppl-ratio", "--probe-texts", "--probe-tokens")} == {
         "--min-probe-agreement": "0.8", "--max-ppl-ratio": "1.2", "--probe-texts": "5", "--probe-tokens": "64"}
     # the CLI the command runs refuses a probe set the corpus does not have (exit 2, nothing run)
-    bad = subprocess.run([sys.executable, "-m", "recall", "consolidate", str(store_dir), "--probe-texts", "41"],
-                         capture_output=True, text=True, env=child_env(), timeout=120)
-    assert bad.returncode == 2 and "probe-texts" in bad.stderr
+    from typer.testing import CliRunner
+
+    from recall.cli import app
+
+    bad = CliRunner().invoke(app, ["consolidate", str(store_dir), "--probe-texts", "41"])
+    assert bad.exit_code == 2 and "probe-texts" in bad.output
 
 
 def test_bad_job_settings_fail_at_start_up(make_runtime, store_dir, tmp_path):
