@@ -9,6 +9,9 @@ counted per group, as ``scope_misses.py --rates-only`` does, for each probabilit
 
 FILES: comma-separated chat-case files; THRESHOLDS: comma-separated (e.g. .40,.45,.49). Choose on
 validation; read the dev set once, with the threshold chosen beforehand.
+
+Stop 43's ``scorer_symmetric.py`` measured the same idea on rebuilt pairs (§34); this one goes
+through a live runtime on the current main (§39). Both found nothing to ship.
 """
 
 from __future__ import annotations
