@@ -205,7 +205,6 @@ def test_writer_killed_midway_leaves_a_consistent_store(tmp_path, loaded_model, 
 
 
 def test_a_batch_that_breaks_the_bounds_is_undone(make_runtime, loaded_model, store_dir, fast_memit):
-
     rt = make_runtime(store_dir)
     for p, t, s in FACTS:
         rt.add_edit(prompt=p, target=t, subject=s)
@@ -214,5 +213,7 @@ def test_a_batch_that_breaks_the_bounds_is_undone(make_runtime, loaded_model, st
     report = rt.consolidate("memit", batch_size=1, hparams=fast_memit, params=strict, progress=False)
     assert not report.accepted and report.reason.startswith("stopped before edit 1 of 2: probe agreement")
     assert report.metrics["written"] == 0 and len(report.still_active) == 2
+    # the report describes the weights left: the base ones (their probe is the base probe)
+    assert report.metrics["probe_agreement"] == 1.0 and report.metrics["probe_ppl_ratio"] == 1.0
     assert weights_digest(rt.model) == weights_digest(loaded_model[0])  # the batch was undone
     assert rt.memory.store.generation == gen and rt.checkpoints() == []
