@@ -73,6 +73,27 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:
 ThreadsOpt = Annotated[
     int | None, typer.Option(min=1, help="Torch CPU threads (default: as many as the load average leaves idle).")
 ]
+# a consolidation job's acceptance bounds, for `recall consolidate` and `recall serve --consolidate-*`
+BOUNDS = ConsolidationParams()
+MinAgreementOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Accept only if argmax agreement with the base model on the probe texts is at least this.",
+    ),
+]
+MaxPplRatioOpt = Annotated[
+    float, typer.Option(min=1.0, help="Accept only if probe perplexity / base perplexity is at most this.")
+]
+ProbeTextsOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=N_PROBE_TEXTS,
+        help="How many held-out texts the two bounds are measured on (fewer: a faster job, coarser bounds).",
+    ),
+]
 
 
 class Kind(str, Enum):
@@ -213,6 +234,12 @@ def serve(
     consolidate_hparams: Annotated[
         str | None, typer.Option(help="Hyper-parameter JSON of scheduled jobs (default: the model family's).")
     ] = None,
+    consolidate_batch_size: Annotated[
+        int, typer.Option(min=1, help="Edits written per batch in scheduled jobs.")
+    ] = 100,
+    consolidate_min_probe_agreement: MinAgreementOpt = BOUNDS.min_probe_agreement,
+    consolidate_max_ppl_ratio: MaxPplRatioOpt = BOUNDS.max_ppl_ratio,
+    consolidate_probe_texts: ProbeTextsOpt = BOUNDS.probe_texts,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -238,11 +265,18 @@ def serve(
         if readonly:
             raise typer.BadParameter("--consolidate-every needs a writable store (not --readonly)")
         try:
+            bounds = ConsolidationParams(
+                min_probe_agreement=consolidate_min_probe_agreement,
+                max_ppl_ratio=consolidate_max_ppl_ratio,
+                probe_texts=consolidate_probe_texts,
+            )
             schedule = ConsolidationSchedule(
                 parse_duration(consolidate_every),
                 consolidate_min_edits,
                 consolidate_method,
+                batch_size=consolidate_batch_size,
                 hparams=consolidate_hparams,
+                bounds=bounds,
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
@@ -1147,26 +1181,12 @@ def consolidate_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Edits written per batch.")] = 100,
     limit: Annotated[int | None, typer.Option(min=1, help="Consolidate at most N (oldest first).")] = None,
     hparams: Annotated[str | None, typer.Option(help="Hyper-parameter JSON (default: the model family's).")] = None,
-    min_probe_agreement: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="Accept only if argmax agreement with the base model on the probe texts is at least this.",
-        ),
-    ] = 0.90,
-    max_ppl_ratio: Annotated[
-        float, typer.Option(min=1.0, help="Accept only if probe perplexity / base perplexity is at most this.")
-    ] = 1.10,
-    probe_texts: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            max=N_PROBE_TEXTS,
-            help="How many held-out texts the two bounds are measured on (fewer: a faster job, coarser bounds).",
-        ),
-    ] = N_PROBE_TEXTS,
-    probe_tokens: Annotated[int, typer.Option(min=2, help="Each probe text is cut to this many tokens.")] = 128,
+    min_probe_agreement: MinAgreementOpt = BOUNDS.min_probe_agreement,
+    max_ppl_ratio: MaxPplRatioOpt = BOUNDS.max_ppl_ratio,
+    probe_texts: ProbeTextsOpt = BOUNDS.probe_texts,
+    probe_tokens: Annotated[
+        int, typer.Option(min=2, help="Each probe text is cut to this many tokens.")
+    ] = BOUNDS.probe_tokens,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:

@@ -349,8 +349,9 @@ def test_shutdown_keeps_acknowledged_edits(loaded_model, encoder, tmp_path):
 
 
 def test_recall_serve_command_sigterm(tmp_path):
-    """`recall serve` in a real process: the token from RECALL_API_TOKEN, an edit acknowledged
-    over HTTP, SIGTERM, a clean exit, and the edit in the store afterwards."""
+    """`recall serve` in a real process: the token from RECALL_API_TOKEN, a consolidation
+    schedule whose job settings /health reports, an edit acknowledged over HTTP, SIGTERM, a clean
+    exit, and the edit in the store afterwards."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -359,7 +360,8 @@ def test_recall_serve_command_sigterm(tmp_path):
     env = {**child_env(), "RECALL_API_TOKEN": TOKEN}
     proc = subprocess.Popen(
         [sys.executable, "-m", "recall.cli", "serve", str(store), "--port", str(port), "--device", "cpu",
-         "--model-name", MODEL],
+         "--model-name", MODEL, "--consolidate-every", "1d", "--consolidate-batch-size", "7",
+         "--consolidate-min-probe-agreement", "0.8", "--consolidate-probe-texts", "8"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -374,6 +376,10 @@ def test_recall_serve_command_sigterm(tmp_path):
                 pass
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.3)
+        jobs = httpx.get(f"{url}/health", headers=AUTH, timeout=10).json()["consolidation"]
+        assert jobs["every_s"] == 86400 and jobs["batch_size"] == 7 and jobs["runs"] == 0
+        bounds = {"min_probe_agreement": 0.8, "max_ppl_ratio": 1.1, "probe_tokens": 128, "probe_texts": 8}
+        assert jobs["bounds"] == bounds
         assert httpx.post(f"{url}/v1/edits", json=FACT).status_code == 401
         edit = httpx.post(f"{url}/v1/edits", json=FACT, headers=AUTH, timeout=60).json()
         proc.send_signal(signal.SIGTERM)

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from recall.core.edits import ANSWER_KINDS
@@ -175,6 +175,8 @@ class ScheduledConsolidation:
             "every_s": self.schedule.every_s,
             "min_edits": self.schedule.min_edits,
             "method": self.schedule.method,
+            "batch_size": self.schedule.batch_size,
+            "bounds": {k: v for k, v in asdict(self.schedule.bounds).items() if k != "batch_size"},
             "runs": s.runs,
             "skipped": s.skipped,
             "running": s.running,
