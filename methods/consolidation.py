@@ -30,9 +30,9 @@ from recall.methods.layer_stats import N_PROBE_TEXTS
 
 @dataclass
 class ConsolidationParams:
-    """Acceptance bounds of a job (the method's own hyper-parameters live in its file)."""
+    """Acceptance bounds of a job (the method's own hyper-parameters live in its file; the batch
+    size is an argument of the job itself, :meth:`recall.Runtime.consolidate`)."""
 
-    batch_size: int = 100
     min_probe_agreement: float = 0.90  # argmax agreement with the base model on probe text
     max_ppl_ratio: float = 1.10  # probe perplexity relative to the base model
     probe_tokens: int = 128  # each probe text is cut to this many tokens

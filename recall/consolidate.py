@@ -24,7 +24,7 @@ report that nothing was folded.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -72,7 +72,7 @@ def run_job(
         raise ConsolidationError(f"limit must be a positive int or None, got {limit!r}")
     if params is not None and not isinstance(params, ConsolidationParams):
         raise ConsolidationError(f"params must be a ConsolidationParams, got {type(params).__name__}")
-    params = replace(params or ConsolidationParams(), batch_size=batch_size)
+    params = params or ConsolidationParams()
     started = time.time()
     edits = [e for e in rt.edits("active") if e.kind in ANSWER_KINDS]
     edits = edits[:limit] if limit else edits
@@ -80,10 +80,12 @@ def run_job(
         return ConsolidationReport(method, False, rt.served.head, reason="no active fact or prompt edits")
 
     with rt.served.dir.job_lock():
-        return _run_locked(rt, method, edits, params, hparams, progress, started)
+        return _run_locked(rt, method, edits, batch_size, params, hparams, progress, started)
 
 
-def _run_locked(rt: Runtime, method, edits, params, hparams, progress: bool, started: float) -> ConsolidationReport:
+def _run_locked(
+    rt: Runtime, method, edits, batch_size: int, params, hparams, progress: bool, started: float
+) -> ConsolidationReport:
     rt.own_model()
     served, store = rt.served, rt.memory.store
     rt.memory.sync()  # another process may have moved the head or retired an edit before the lock
@@ -116,7 +118,7 @@ def _run_locked(rt: Runtime, method, edits, params, hparams, progress: bool, sta
     requests = [EditRequest.from_edit(e) for e in edits]
     try:
         applied, previous, new_probe, stop = _write_within_bounds(
-            rt, editor, requests, params, probe_texts, base_probe, progress
+            rt, editor, requests, batch_size, params, probe_texts, base_probe, progress
         )
         passed = verify(rt.model, rt.tokenizer, requests[:applied], previous)
     except BaseException:
@@ -129,7 +131,7 @@ def _run_locked(rt: Runtime, method, edits, params, hparams, progress: bool, sta
     metrics = {
         "edits": len(edits),
         "written": applied,
-        "batch_size": params.batch_size,
+        "batch_size": batch_size,
         "efficacy": len(ok_ids) / applied if applied else 0.0,
         "probe_agreement": round(agreement, 4),
         "probe_ppl_base": round(base_probe.ppl, 4),
@@ -188,7 +190,7 @@ def _bounds_broken(params, base_probe, new_probe) -> str:
 
 
 def _write_within_bounds(
-    rt: Runtime, editor: ParameterEditor, requests, params, probe_texts, base_probe, progress: bool
+    rt: Runtime, editor: ParameterEditor, requests, batch_size: int, params, probe_texts, base_probe, progress: bool
 ):
     """Write batch after batch; after each, probe, and undo the batch (weights and the
     editor's carried state, e.g. AlphaEdit's accumulated keys) that would break the bounds,
@@ -198,8 +200,8 @@ def _write_within_bounds(
     current = None
     applied, stop = 0, ""
     bar = tqdm(total=len(requests), desc=f"consolidate ({editor.name})", unit="edit", disable=not progress)
-    for start in range(0, len(requests), params.batch_size):
-        batch = requests[start : start + params.batch_size]
+    for start in range(0, len(requests), batch_size):
+        batch = requests[start : start + batch_size]
         answers = previous_answers(rt.model, rt.tokenizer, batch)
         result = editor.apply(batch)
         trial = probe(rt.model, rt.tokenizer, probe_texts, params.probe_tokens)

@@ -176,7 +176,7 @@ class ScheduledConsolidation:
             "min_edits": self.schedule.min_edits,
             "method": self.schedule.method,
             "batch_size": self.schedule.batch_size,
-            "bounds": {k: v for k, v in asdict(self.schedule.bounds).items() if k != "batch_size"},
+            "bounds": asdict(self.schedule.bounds),
             "runs": s.runs,
             "skipped": s.skipped,
             "running": s.running,
